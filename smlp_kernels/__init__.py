@@ -1,0 +1,31 @@
+"""smlp-kernels: fused kernels for the sparse-MLP (sMLP) token mixing of sMLPNet.
+
+Public API:
+
+* :func:`smlp_mix`, :func:`row_mix`, :func:`col_mix`: the ops, differentiable, with a
+  ``backend=`` choice (see :func:`backends`);
+* :class:`smlp_kernels.nn.SparseMLP` and :func:`convert_spach`: the drop-in module for
+  SPACH's ``sMLPBlock``;
+* :mod:`smlp_kernels.models`: sMLPNet-T/S/B with SPACH's state_dict layout;
+* :mod:`smlp_kernels.reference`: the pure-PyTorch reference every backend is tested against.
+"""
+
+from ._version import __version__
+from .nn import SparseMLP, convert_spach
+from .ops import ColMixFunction, RowMixFunction, SMLPMixFunction, col_mix, row_mix, smlp_mix
+from .registry import BackendStatus, backends, register_backend
+
+__all__ = [
+    "BackendStatus",
+    "ColMixFunction",
+    "RowMixFunction",
+    "SMLPMixFunction",
+    "SparseMLP",
+    "__version__",
+    "backends",
+    "col_mix",
+    "convert_spach",
+    "register_backend",
+    "row_mix",
+    "smlp_mix",
+]

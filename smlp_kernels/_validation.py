@@ -1,0 +1,112 @@
+"""Argument checks for every op: the one place where bad input becomes a clear exception.
+
+Rules (documented in the README):
+
+* ``x`` is a 4-D floating tensor (float16, bfloat16, float32 or float64) of shape
+  (B, C, H, W) with B >= 0 and C, H, W >= 1; any strides.
+* Every parameter is on x's device, and its dtype is x's dtype or float32 (float32 master
+  weights with a low-precision x, as under mixed precision). The op computes in x's dtype,
+  accumulates in float32 or wider, and returns x's dtype.
+* Shapes: row_weight (W, W), row_bias (W,) or None, col_weight (H, H), col_bias (H,) or None,
+  fuse_weight (C_out, 3C) with C_out >= 1.
+
+Wrong types and dtypes raise TypeError; wrong ranks, shapes and devices raise ValueError.
+Each message names the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_x(x: object, op: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(_dtype_name(d) for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{op}: x must have a floating dtype ({names}); got {_dtype_name(x.dtype)}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"{op}: x must be 4-D with shape (B, C, H, W); got {x.dim()}-D shape {tuple(x.shape)}"
+        )
+    _, c, h, w = x.shape
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(
+            f"{op}: x must have C, H, W >= 1 (B may be 0); got shape (B, C, H, W) = "
+            f"{tuple(x.shape)}"
+        )
+    return x
+
+
+ANY = -1  # a dimension that may take any size >= 1 (C_out of fuse_weight)
+
+
+def _check_param(
+    t: object,
+    name: str,
+    expected: tuple[int, ...],
+    expected_text: str,
+    x: Tensor,
+    op: str,
+    optional: bool = False,
+) -> None:
+    if t is None:
+        if optional:
+            return
+        raise TypeError(f"{op}: {name} must be a torch.Tensor of shape {expected_text}, got None")
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (x.dtype, torch.float32):
+        raise TypeError(
+            f"{op}: {name} must have x's dtype ({_dtype_name(x.dtype)}) or float32; "
+            f"got {_dtype_name(t.dtype)}"
+        )
+    if t.device != x.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}; move both to one")
+    shape = tuple(t.shape)
+    fits = len(shape) == len(expected) and all(
+        n >= 1 if e == ANY else n == e for n, e in zip(shape, expected, strict=False)
+    )
+    if not fits:
+        shown = "(" + ", ".join("any >= 1" if e == ANY else str(e) for e in expected) + ")"
+        if len(expected) == 1:
+            shown = shown[:-1] + ",)"
+        raise ValueError(
+            f"{op}: {name} must have shape {expected_text} = {shown} for x of shape "
+            f"(B, C, H, W) = {tuple(x.shape)}; got {shape}"
+        )
+
+
+def check_smlp_mix_args(
+    x: object,
+    row_weight: object,
+    row_bias: object,
+    col_weight: object,
+    col_bias: object,
+    fuse_weight: object,
+) -> None:
+    """Raise TypeError/ValueError unless the arguments of ``smlp_mix`` are consistent."""
+    op = "smlp_mix"
+    x = _check_x(x, op)
+    _, c, h, w = x.shape
+    _check_param(row_weight, "row_weight", (w, w), "(W, W)", x, op)
+    _check_param(row_bias, "row_bias", (w,), "(W,)", x, op, optional=True)
+    _check_param(col_weight, "col_weight", (h, h), "(H, H)", x, op)
+    _check_param(col_bias, "col_bias", (h,), "(H,)", x, op, optional=True)
+    _check_param(fuse_weight, "fuse_weight", (ANY, 3 * c), "(C_out, 3C)", x, op)
+
+
+def check_axis_mix_args(op: str, x: object, weight: object, bias: object) -> None:
+    """Check the arguments of ``row_mix`` (op="row_mix") or ``col_mix`` (op="col_mix")."""
+    x = _check_x(x, op)
+    n = x.shape[3] if op == "row_mix" else x.shape[2]
+    axis = "W" if op == "row_mix" else "H"
+    _check_param(weight, "weight", (n, n), f"({axis}, {axis})", x, op)
+    _check_param(bias, "bias", (n,), f"({axis},)", x, op, optional=True)

@@ -1,0 +1,231 @@
+"""sMLPNet (Tang et al., AAAI 2022) with the module tree and state_dict of SPACH's ``sMLPNet``.
+
+The token mixers' sMLP blocks are :class:`smlp_kernels.nn.SparseMLP`, so checkpoints trained
+with SPACH (``models/smlp.py`` and ``models/registry.py`` in microsoft/SPACH) load with
+``strict=True``. Key layout, for block ``i`` of all stages counted together::
+
+    to_patch_embedding.{stage}.0.weight           patch embedding / downsampling conv
+    token_mix.{i}.0.conv_merge.{BN,Conv}.*        BN -> GELU -> 3x3 depthwise conv
+    token_mix.{i}.1.{BN,proj_h,proh_w,fuse}.*     the sMLP block
+    channel_mix.{i}.1.*                           LayerNorm over channels
+    channel_mix.{i}.2.net.{0,3}.*                 the MLP (ratio ``alpha``)
+    batch_norm.*, mlp_head.0.*                    final BN and classifier
+
+| model          | dim | depths        | drop path | params     |
+|----------------|-----|---------------|-----------|------------|
+| smlpnet_tiny   | 80  | 2, 8, 14, 2   | 0.0       | 24,123,584 |
+| smlpnet_small  | 96  | 2, 10, 24, 2  | 0.2       | 48,558,136 |
+| smlpnet_base   | 112 | 2, 10, 24, 2  | 0.3       | 65,880,408 |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+from .nn import SparseMLP
+
+__all__ = ["SMLPNet", "smlpnet_base", "smlpnet_small", "smlpnet_tiny"]
+
+# Builds the sMLP block of a stage: (channels, height, width) -> module (B, C, H, W) -> same.
+BlockFactory = Callable[[int, int, int], nn.Module]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a whole sample's branch with probability ``p`` and
+    scale the kept ones by 1 / (1 - p)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Permute(nn.Module):
+    """``x.permute(*dims)``; no parameters (SPACH uses einops' Rearrange here)."""
+
+    def __init__(self, *dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(*self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
+
+
+class FeedForward(nn.Module):
+    """Linear -> GELU -> Dropout -> Linear -> Dropout over the last axis (keys ``net.0``,
+    ``net.3``)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class BNActConv(nn.Module):
+    """BN -> activation -> conv with "same" padding (keys ``BN.*``, ``Conv.weight``)."""
+
+    def __init__(
+        self,
+        channels: int,
+        activation: nn.Module,
+        kernel_size: int,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.BN = nn.BatchNorm2d(channels)
+        self.Activation = activation
+        self.Conv = nn.Conv2d(
+            channels,
+            channels,
+            kernel_size,
+            padding=(kernel_size - 1) // 2,
+            groups=groups,
+            bias=False,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.Conv(self.Activation(self.BN(x)))
+
+
+class DWConvBlock(nn.Module):
+    """The 3x3 depthwise conv that precedes each sMLP block (key ``conv_merge``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_merge = BNActConv(channels, nn.GELU(), 3, groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_merge(x)
+
+
+class SMLPNet(nn.Module):
+    """sMLPNet. Input (B, in_chans, image_size, image_size), output (B, num_classes).
+
+    Four stages at resolutions image_size / patch_size / 2**i with dim * 2**i channels; each
+    block is ``x + token_mix(x)`` then ``x + channel_mix(x)``, both through stochastic depth.
+
+    Args:
+        in_chans, dim, alpha (MLP ratio), num_classes, patch_size, image_size, depths, dp_rate
+            (maximum stochastic-depth rate): as in SPACH's ``sMLPNet``.
+        backend: passed to every :class:`SparseMLP`.
+        smlp_block: builds the sMLP blocks instead of SparseMLP, e.g.
+            :class:`smlp_kernels.reference.SpachStyleSMLPBlock` for the eager SPACH model.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        dim: int = 80,
+        alpha: int = 3,
+        num_classes: int = 1000,
+        patch_size: int = 4,
+        image_size: int = 224,
+        depths: Sequence[int] = (2, 8, 14, 2),
+        dp_rate: float = 0.0,
+        *,
+        backend: str | None = None,
+        smlp_block: BlockFactory | None = None,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size != 0:
+            raise ValueError(
+                f"SMLPNet: image_size ({image_size}) must be divisible by patch_size ({patch_size})"
+            )
+        if smlp_block is None:
+
+            def smlp_block(c: int, h: int, w: int) -> nn.Module:
+                return SparseMLP(c, h, w, backend=backend)
+
+        self.num_patch = image_size // patch_size
+        self.depths = list(depths)
+        self.to_patch_embedding = nn.ModuleList()
+        self.token_mix = nn.ModuleList()
+        self.channel_mix = nn.ModuleList()
+        self.drop_path = nn.ModuleList()
+
+        num_blocks = sum(self.depths)
+        block_idx = 0
+        for i, depth in enumerate(self.depths):
+            ratio = 2**i
+            channels = dim * ratio
+            side = self.num_patch // ratio
+            if i == 0:
+                embed = nn.Conv2d(in_chans, dim, patch_size, patch_size, bias=False)
+            else:
+                embed = nn.Conv2d(channels // 2, channels, 2, 2, bias=False)
+            self.to_patch_embedding.append(nn.Sequential(embed))
+            for _ in range(depth):
+                # Stochastic depth grows linearly from 0 to dp_rate over all blocks.
+                rate = dp_rate * block_idx / max(num_blocks - 1, 1)
+                self.drop_path.append(DropPath(rate) if rate > 0.0 else nn.Identity())
+                block_idx += 1
+                self.channel_mix.append(
+                    nn.Sequential(
+                        Permute(0, 2, 3, 1),
+                        nn.LayerNorm(channels),
+                        FeedForward(channels, channels * alpha),
+                        Permute(0, 3, 1, 2),
+                    )
+                )
+                self.token_mix.append(
+                    nn.Sequential(DWConvBlock(channels), smlp_block(channels, side, side))
+                )
+        self.batch_norm = nn.BatchNorm2d(dim * 2 ** (len(self.depths) - 1))
+        self.mlp_head = nn.Sequential(nn.Linear(dim * 2 ** (len(self.depths) - 1), num_classes))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, in_chans, S, S) -> the final feature map (B, 8 * dim, S / 32, S / 32)."""
+        block = 0
+        for i, depth in enumerate(self.depths):
+            x = self.to_patch_embedding[i](x)
+            for _ in range(depth):
+                drop = self.drop_path[block]
+                x = x + drop(self.token_mix[block](x))
+                x = x + drop(self.channel_mix[block](x))
+                block += 1
+        return self.batch_norm(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp_head(self.forward_features(x).mean(dim=(2, 3)))
+
+
+def _make(dim: int, depths: tuple[int, ...], dp_rate: float, **kwargs) -> SMLPNet:
+    kwargs.setdefault("dp_rate", dp_rate)
+    return SMLPNet(dim=dim, alpha=3, patch_size=4, depths=depths, **kwargs)
+
+
+def smlpnet_tiny(num_classes: int = 1000, **kwargs) -> SMLPNet:
+    """sMLPNet-T: 24.1M parameters, 5.0G multiply-adds at 224x224."""
+    return _make(80, (2, 8, 14, 2), 0.0, num_classes=num_classes, **kwargs)
+
+
+def smlpnet_small(num_classes: int = 1000, **kwargs) -> SMLPNet:
+    """sMLPNet-S: 48.6M parameters, 10.3G multiply-adds at 224x224."""
+    return _make(96, (2, 10, 24, 2), 0.2, num_classes=num_classes, **kwargs)
+
+
+def smlpnet_base(num_classes: int = 1000, **kwargs) -> SMLPNet:
+    """sMLPNet-B: 65.9M parameters, 14.0G multiply-adds at 224x224."""
+    return _make(112, (2, 10, 24, 2), 0.3, num_classes=num_classes, **kwargs)

@@ -1,0 +1,152 @@
+"""Drop-in modules: :class:`SparseMLP`, a replacement for SPACH's ``sMLPBlock``, and
+:func:`convert_spach`, which swaps it into an existing model."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .ops import smlp_mix
+
+__all__ = ["SparseMLP", "convert_spach"]
+
+
+class SparseMLP(nn.Module):
+    """BN -> GELU -> :func:`smlp_kernels.smlp_mix`: SPACH's ``sMLPBlock``, fused.
+
+    Its submodules, state_dict keys and shapes are those of SPACH's block, so a SPACH
+    checkpoint loads with ``strict=True``:
+
+    * ``BN``: BatchNorm2d(C);
+    * ``proj_h``: Conv2d(W, W, 1), weight (W, W, 1, 1). Despite the name it mixes along **W**
+      (SPACH applies it to ``x.permute(0, 3, 1, 2)``);
+    * ``proh_w`` (sic): Conv2d(H, H, 1), weight (H, H, 1, 1); mixes along **H**;
+    * ``fuse``: Conv2d(3C, C, 1, bias=False), weight (C, 3C, 1, 1), over ``[x, row, col]``.
+
+    Unlike SPACH's block, H and W may differ. Input and output: (B, C, H, W).
+
+    Args:
+        channels: C.
+        height: H, the number of rows.
+        width: W, the number of columns; defaults to ``height``.
+        backend: passed to :func:`smlp_kernels.smlp_mix` (None: automatic).
+        device, dtype: for the parameters, as in ``torch.nn`` modules.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int | None = None,
+        *,
+        backend: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        width = height if width is None else width
+        for name, value in (("channels", channels), ("height", height), ("width", width)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SparseMLP: {name} must be a positive int, got {value!r}")
+        kw = {"device": device, "dtype": dtype}
+        self.channels = channels
+        self.height = height
+        self.width = width
+        self.backend = backend
+        self.activation = nn.GELU()
+        self.BN = nn.BatchNorm2d(channels, **kw)
+        self.proj_h = nn.Conv2d(width, width, 1, **kw)
+        self.proh_w = nn.Conv2d(height, height, 1, **kw)
+        self.fuse = nn.Conv2d(3 * channels, channels, 1, bias=False, **kw)
+
+    @classmethod
+    def from_spach(cls, block: nn.Module, *, backend: str | None = None) -> SparseMLP:
+        """A SparseMLP that shares ``block``'s submodules (so its parameters, buffers, device,
+        dtype, BN settings and activation), with the same train/eval mode.
+
+        ``block`` is SPACH's ``sMLPBlock`` or anything with the same attributes.
+        """
+        if not _looks_like_spach_block(block):
+            raise TypeError(
+                "SparseMLP.from_spach: expected a module with BN (BatchNorm2d), proj_h, proh_w "
+                f"and fuse (1x1 Conv2d) like SPACH's sMLPBlock; got {type(block).__name__}"
+            )
+        width = block.proj_h.weight.shape[0]
+        height = block.proh_w.weight.shape[0]
+        channels = block.BN.num_features
+        if tuple(block.fuse.weight.shape) != (channels, 3 * channels, 1, 1):
+            raise ValueError(
+                f"SparseMLP.from_spach: fuse.weight must have shape (C, 3C, 1, 1) = "
+                f"({channels}, {3 * channels}, 1, 1); got {tuple(block.fuse.weight.shape)}"
+            )
+        # Built on the meta device (no allocation), then given the block's own submodules.
+        new = cls(channels, height, width, backend=backend, device="meta")
+        if isinstance(getattr(block, "activation", None), nn.Module):
+            new.activation = block.activation
+        new.BN = block.BN
+        new.proj_h = block.proj_h
+        new.proh_w = block.proh_w
+        new.fuse = block.fuse
+        new.train(block.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.activation(self.BN(x))
+        return smlp_mix(
+            x,
+            self.proj_h.weight.flatten(1),
+            self.proj_h.bias,
+            self.proh_w.weight.flatten(1),
+            self.proh_w.bias,
+            self.fuse.weight.flatten(1),
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, height={self.height}, width={self.width}, "
+            f"backend={self.backend!r}"
+        )
+
+
+def _is_pointwise_conv(m: object, bias: bool) -> bool:
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.stride == (1, 1)
+        and m.padding in ((0, 0), "valid")
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and (m.bias is not None) == bias
+    )
+
+
+def _looks_like_spach_block(m: nn.Module) -> bool:
+    return (
+        isinstance(getattr(m, "BN", None), nn.BatchNorm2d)
+        and _is_pointwise_conv(getattr(m, "proj_h", None), bias=True)
+        and _is_pointwise_conv(getattr(m, "proh_w", None), bias=True)
+        and _is_pointwise_conv(getattr(m, "fuse", None), bias=False)
+    )
+
+
+def convert_spach(model: nn.Module, *, backend: str | None = None) -> nn.Module:
+    """Replace every SPACH ``sMLPBlock`` inside ``model`` by a :class:`SparseMLP`, in place.
+
+    Blocks are found by class name (``sMLPBlock``) and attributes (``BN``, ``proj_h``,
+    ``proh_w``, ``fuse``), so SPACH need not be importable. Each replacement shares the old
+    block's parameters and buffers, which keeps weights, device, dtype, train/eval mode and any
+    optimizer's references valid. Returns ``model``, or the new module if ``model`` itself is
+    such a block.
+    """
+    if type(model).__name__ == "sMLPBlock" and _looks_like_spach_block(model):
+        return SparseMLP.from_spach(model, backend=backend)
+    targets = [
+        (parent, child_name, child)
+        for parent in model.modules()
+        for child_name, child in parent.named_children()
+        if type(child).__name__ == "sMLPBlock" and _looks_like_spach_block(child)
+    ]
+    for parent, child_name, child in targets:
+        setattr(parent, child_name, SparseMLP.from_spach(child, backend=backend))
+    return model

@@ -1,0 +1,351 @@
+"""The op layer: public functions, autograd Functions and the torch.library custom ops.
+
+Every call goes through here, whatever the backend::
+
+    smlp_mix(...)                      checks the arguments, picks a backend
+      -> SMLPMixFunction.apply(...)    autograd: saves x and the parameters, nothing else
+        -> torch.ops.smlp.mix_fwd      custom op: empty batches, dtype and memory format,
+           torch.ops.smlp.mix_bwd      then the backend's computation
+
+The custom ops have fake (meta) implementations, autograd formulas and FLOP formulas, so
+they work under ``torch.compile(fullgraph=True)``, ``torch.export`` and ``FlopCounterMode``.
+The backend is an argument of the custom op, chosen before the op is called, so a traced
+graph records which backend runs.
+
+Outputs: ``y`` and ``dx`` are channels_last when x is channels_last (and not also
+contiguous), contiguous otherwise; parameter gradients are contiguous, in each parameter's
+dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from . import flops
+from ._validation import check_axis_mix_args, check_smlp_mix_args
+from .reference import AxisMixGrads, SMLPMixGrads
+from .registry import get_backend, resolve_backend
+
+__all__ = [
+    "ColMixFunction",
+    "RowMixFunction",
+    "SMLPMixFunction",
+    "col_mix",
+    "row_mix",
+    "smlp_mix",
+]
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """channels_last if x is laid out that way, else contiguous (the op's output layout)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty(shape, like: Tensor, dtype: torch.dtype, fmt=torch.contiguous_format) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
+
+
+def _grad_dtype(param: Tensor | None, fallback: Tensor) -> torch.dtype:
+    return (param if param is not None else fallback).dtype
+
+
+def _finish(t: Tensor, dtype: torch.dtype, fmt=torch.contiguous_format) -> Tensor:
+    return t.to(dtype).contiguous(memory_format=fmt)
+
+
+# --------------------------------------------------------------------------------------------
+# smlp::mix_fwd and smlp::mix_bwd
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("smlp::mix_fwd", mutates_args=())
+def _mix_fwd(
+    x: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+    backend: str,
+) -> Tensor:
+    check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    b, _, h, w = x.shape
+    fmt = _memory_format(x)
+    if b == 0:
+        return _empty((0, fuse_weight.shape[0], h, w), x, x.dtype, fmt)
+    y = get_backend(backend).mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    return _finish(y, x.dtype, fmt)
+
+
+@_mix_fwd.register_fake
+def _(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
+    check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    b, _, h, w = x.shape
+    return _empty((b, fuse_weight.shape[0], h, w), x, x.dtype, _memory_format(x))
+
+
+@torch.library.custom_op("smlp::mix_bwd", mutates_args=())
+def _mix_bwd(
+    grad: Tensor,
+    x: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    fmt = _memory_format(x)
+    if x.shape[0] == 0:
+        g = _mix_bwd_zeros(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    else:
+        g = get_backend(backend).mix_bwd(
+            grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight
+        )
+    return (
+        _finish(g.x, x.dtype, fmt),
+        _finish(g.row_weight, row_weight.dtype),
+        _finish(g.row_bias, _grad_dtype(row_bias, row_weight)),
+        _finish(g.col_weight, col_weight.dtype),
+        _finish(g.col_bias, _grad_dtype(col_bias, col_weight)),
+        _finish(g.fuse_weight, fuse_weight.dtype),
+    )
+
+
+def _mix_bwd_zeros(x, row_weight, row_bias, col_weight, col_bias, fuse_weight) -> SMLPMixGrads:
+    """Gradients of an empty batch: an empty dx and all-zero parameter gradients."""
+    w, h = row_weight.shape[0], col_weight.shape[0]
+    return SMLPMixGrads(
+        x=torch.zeros_like(x),
+        row_weight=torch.zeros_like(row_weight),
+        row_bias=row_weight.new_zeros(w),
+        col_weight=torch.zeros_like(col_weight),
+        col_bias=col_weight.new_zeros(h),
+        fuse_weight=torch.zeros_like(fuse_weight),
+    )
+
+
+@_mix_bwd.register_fake
+def _(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
+    check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    w, h = row_weight.shape[0], col_weight.shape[0]
+    return (
+        _empty(x.shape, x, x.dtype, _memory_format(x)),
+        _empty(row_weight.shape, x, row_weight.dtype),
+        _empty((w,), x, _grad_dtype(row_bias, row_weight)),
+        _empty(col_weight.shape, x, col_weight.dtype),
+        _empty((h,), x, _grad_dtype(col_bias, col_weight)),
+        _empty(fuse_weight.shape, x, fuse_weight.dtype),
+    )
+
+
+def _mix_setup_context(ctx, inputs, output) -> None:
+    x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend = inputs
+    # Only x and the parameters: r and k are recomputed in the backward.
+    ctx.save_for_backward(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    ctx.backend = backend
+
+
+def _mix_backward(ctx, grad: Tensor):
+    x, row_weight, row_bias, col_weight, col_bias, fuse_weight = ctx.saved_tensors
+    grads = torch.ops.smlp.mix_bwd(
+        grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, ctx.backend
+    )
+    wanted = ctx.needs_input_grad
+    return (*(g if wanted[i] else None for i, g in enumerate(grads)), None)
+
+
+_mix_fwd.register_autograd(_mix_backward, setup_context=_mix_setup_context)
+
+
+@register_flop_formula(torch.ops.smlp.mix_fwd)
+def _mix_fwd_flop(x_shape, rw_shape, rb_shape, cw_shape, cb_shape, fw_shape, *args, **kwargs):
+    b, c, h, w = x_shape
+    return flops.smlp_mix_flops(b, c, fw_shape[0], h, w)
+
+
+@register_flop_formula(torch.ops.smlp.mix_bwd)
+def _mix_bwd_flop(g_shape, x_shape, rw_shape, rb_shape, cw_shape, cb_shape, fw_shape, *a, **kw):
+    b, c, h, w = x_shape
+    return flops.smlp_mix_bwd_flops(b, c, fw_shape[0], h, w)
+
+
+class SMLPMixFunction(torch.autograd.Function):
+    """Autograd Function of :func:`smlp_mix`; ``apply(x, row_weight, row_bias, col_weight,
+    col_bias, fuse_weight, backend)`` with a resolved backend name."""
+
+    @staticmethod
+    def forward(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
+        return torch.ops.smlp.mix_fwd(
+            x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
+        )
+
+    setup_context = staticmethod(_mix_setup_context)
+    backward = staticmethod(_mix_backward)
+
+
+# --------------------------------------------------------------------------------------------
+# smlp::row_mix_fwd/bwd and smlp::col_mix_fwd/bwd
+# --------------------------------------------------------------------------------------------
+
+
+def _define_axis_mix(op: str):
+    """Define the forward and backward custom ops of ``op`` ("row_mix" or "col_mix")."""
+
+    @torch.library.custom_op(f"smlp::{op}_fwd", mutates_args=())
+    def fwd(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str) -> Tensor:
+        check_axis_mix_args(op, x, weight, bias)
+        fmt = _memory_format(x)
+        if x.shape[0] == 0:
+            return _empty(x.shape, x, x.dtype, fmt)
+        out = getattr(get_backend(backend), f"{op}_fwd")(x, weight, bias)
+        return _finish(out, x.dtype, fmt)
+
+    @fwd.register_fake
+    def _(x, weight, bias, backend):
+        check_axis_mix_args(op, x, weight, bias)
+        return _empty(x.shape, x, x.dtype, _memory_format(x))
+
+    @torch.library.custom_op(f"smlp::{op}_bwd", mutates_args=())
+    def bwd(
+        grad: Tensor, x: Tensor, weight: Tensor, bias_dtype: torch.dtype, backend: str
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        check_axis_mix_args(op, x, weight, None)
+        fmt = _memory_format(x)
+        if x.shape[0] == 0:
+            g = AxisMixGrads(
+                torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
+            )
+        else:
+            g = getattr(get_backend(backend), f"{op}_bwd")(grad, x, weight)
+        return (
+            _finish(g.x, x.dtype, fmt),
+            _finish(g.weight, weight.dtype),
+            _finish(g.bias, bias_dtype),
+        )
+
+    @bwd.register_fake
+    def _(grad, x, weight, bias_dtype, backend):
+        check_axis_mix_args(op, x, weight, None)
+        return (
+            _empty(x.shape, x, x.dtype, _memory_format(x)),
+            _empty(weight.shape, x, weight.dtype),
+            _empty((weight.shape[0],), x, bias_dtype),
+        )
+
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias, backend = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.bias_dtype = _grad_dtype(bias, weight)
+        ctx.backend = backend
+
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grads = bwd_op(grad, x, weight, ctx.bias_dtype, ctx.backend)
+        wanted = ctx.needs_input_grad
+        return (*(g if wanted[i] else None for i, g in enumerate(grads)), None)
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+
+    # Traced code calls the registered ops (torch.ops.smlp.*), which dynamo understands.
+    fwd_op = getattr(torch.ops.smlp, f"{op}_fwd")
+    bwd_op = getattr(torch.ops.smlp, f"{op}_bwd")
+    mixed_dim = 3 if op == "row_mix" else 2  # the axis the op mixes: W or H
+
+    @register_flop_formula(fwd_op)
+    def _(x_shape, *args, **kwargs):
+        b, c, h, w = x_shape
+        return flops.axis_mix_flops(b, c, h, w, x_shape[mixed_dim])
+
+    @register_flop_formula(bwd_op)
+    def _(g_shape, x_shape, *args, **kwargs):
+        b, c, h, w = x_shape
+        return flops.axis_mix_bwd_flops(b, c, h, w, x_shape[mixed_dim])
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(x, weight, bias, backend):
+            return fwd_op(x, weight, bias, backend)
+
+    Function.setup_context = staticmethod(setup_context)
+    Function.backward = staticmethod(backward)
+    return Function
+
+
+class RowMixFunction(_define_axis_mix("row_mix")):
+    """Autograd Function of :func:`row_mix`; ``apply(x, weight, bias, backend)``."""
+
+
+class ColMixFunction(_define_axis_mix("col_mix")):
+    """Autograd Function of :func:`col_mix`; ``apply(x, weight, bias, backend)``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def smlp_mix(
+    x: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """The fused sMLP token mixing: row mix, column mix, identity and the 1x1 fuse.
+
+    ``y = F_id x + F_row (row_mix(x)) + F_col (col_mix(x))`` with
+    ``fuse_weight = [F_id | F_row | F_col]`` (SPACH's sMLPBlock after its BN and GELU).
+
+    Args:
+        x: (B, C, H, W), float16, bfloat16, float32 or float64; any strides. B may be 0.
+        row_weight: (W, W), mixes the W tokens of each row (SPACH's ``proj_h``).
+        row_bias: (W,) or None.
+        col_weight: (H, H), mixes the H tokens of each column (SPACH's ``proh_w``).
+        col_bias: (H,) or None.
+        fuse_weight: (C_out, 3C), the 1x1 fuse over ``[x, row mix, column mix]``.
+        backend: a name from :func:`smlp_kernels.backends`, or None to choose automatically
+            (the environment variable ``SMLP_BACKEND`` can force one).
+
+    Parameters have x's dtype or float32, on x's device; the op computes in x's dtype.
+
+    Returns:
+        (B, C_out, H, W) in x's dtype; channels_last if x is.
+    """
+    check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
+    return SMLPMixFunction.apply(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
+
+
+def row_mix(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    """Mix along W: ``out[b,c,h,w] = sum_v weight[w,v] x[b,c,h,v] + bias[w]``.
+
+    x: (B, C, H, W); weight: (W, W); bias: (W,) or None. Returns (B, C, H, W) in x's dtype.
+    Dtypes, devices and ``backend`` as in :func:`smlp_mix`.
+    """
+    check_axis_mix_args("row_mix", x, weight, bias)
+    name = resolve_backend(backend, "row_mix", x, x.shape[1])
+    return RowMixFunction.apply(x, weight, bias, name)
+
+
+def col_mix(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
+) -> Tensor:
+    """Mix along H: ``out[b,c,h,w] = sum_u weight[h,u] x[b,c,u,w] + bias[h]``.
+
+    x: (B, C, H, W); weight: (H, H); bias: (H,) or None. Returns (B, C, H, W) in x's dtype.
+    Dtypes, devices and ``backend`` as in :func:`smlp_mix`.
+    """
+    check_axis_mix_args("col_mix", x, weight, bias)
+    name = resolve_backend(backend, "col_mix", x, x.shape[1])
+    return ColMixFunction.apply(x, weight, bias, name)

@@ -1,0 +1,236 @@
+"""Pure-PyTorch reference of the sMLP token mixing: the ground truth for every backend.
+
+Shapes (BRIEF section 1), for ``x`` of shape ``(B, C, H, W)``:
+
+* ``row_weight`` ``(W, W)``, ``row_bias`` ``(W,)``: the row mix, along W (SPACH's ``proj_h``);
+* ``col_weight`` ``(H, H)``, ``col_bias`` ``(H,)``: the column mix, along H (SPACH's ``proh_w``);
+* ``fuse_weight`` ``(C_out, 3 * C)``: the 1x1 fuse over ``[x, row mix, column mix]``,
+  in that order (SPACH's ``fuse``).
+
+::
+
+    r[b,c,h,w] = sum_v row_weight[w,v] * x[b,c,h,v] + row_bias[w]
+    k[b,c,h,w] = sum_u col_weight[h,u] * x[b,c,u,w] + col_bias[h]
+    y[b,o,h,w] = sum_c F_id[o,c] x[b,c,h,w] + F_row[o,c] r[b,c,h,w] + F_col[o,c] k[b,c,h,w]
+
+These functions compute in ``x``'s dtype (parameters are cast to it), accept any layout and
+device, and do no argument checking: the public API in :mod:`smlp_kernels.ops` validates.
+The explicit backward follows BRIEF section 2 and recomputes ``r`` and ``k`` from ``x``.
+
+:func:`smlp_mix_spach_style` and :class:`SpachStyleSMLPBlock` compute the same thing the way
+SPACH's ``sMLPBlock`` does (permute + 1x1 conv + cat + 1x1 conv); they are the independent
+formulation in the tests and the eager baseline in benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "AxisMixGrads",
+    "SMLPMixGrads",
+    "SpachStyleSMLPBlock",
+    "col_mix_bwd_ref",
+    "col_mix_ref",
+    "row_mix_bwd_ref",
+    "row_mix_ref",
+    "smlp_mix_bwd_ref",
+    "smlp_mix_ref",
+    "smlp_mix_spach_style",
+]
+
+
+class SMLPMixGrads(NamedTuple):
+    """Gradients of :func:`smlp_mix_ref` with respect to each of its tensor arguments."""
+
+    x: Tensor  # (B, C, H, W)
+    row_weight: Tensor  # (W, W)
+    row_bias: Tensor  # (W,)
+    col_weight: Tensor  # (H, H)
+    col_bias: Tensor  # (H,)
+    fuse_weight: Tensor  # (C_out, 3C)
+
+
+class AxisMixGrads(NamedTuple):
+    """Gradients of :func:`row_mix_ref` or :func:`col_mix_ref`."""
+
+    x: Tensor  # (B, C, H, W)
+    weight: Tensor  # (W, W) for the row mix, (H, H) for the column mix
+    bias: Tensor  # (W,) or (H,)
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def row_mix_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Mix the W tokens of every row: ``out[b,c,h,w] = sum_v weight[w,v] x[b,c,h,v] + bias[w]``.
+
+    x: (B, C, H, W); weight: (W, W); bias: (W,) or None. Returns (B, C, H, W) in x's dtype.
+    """
+    out = torch.einsum("wv,bchv->bchw", weight.to(x.dtype), x)
+    if bias is not None:
+        out = out + bias.to(x.dtype)
+    return out
+
+
+def col_mix_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Mix the H tokens of every column: ``out[b,c,h,w] = sum_u weight[h,u] x[b,c,u,w] + bias[h]``.
+
+    x: (B, C, H, W); weight: (H, H); bias: (H,) or None. Returns (B, C, H, W) in x's dtype.
+    """
+    out = torch.einsum("hu,bcuw->bchw", weight.to(x.dtype), x)
+    if bias is not None:
+        out = out + bias.to(x.dtype)[:, None]
+    return out
+
+
+def _split_fuse(fuse_weight: Tensor, channels: int, dtype: torch.dtype) -> list[Tensor]:
+    return list(fuse_weight.to(dtype).split(channels, dim=1))
+
+
+def smlp_mix_ref(
+    x: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+) -> Tensor:
+    """The sMLP token mixing (SPACH's sMLPBlock after its BN and GELU), by its definition.
+
+    x: (B, C, H, W); row_weight: (W, W); row_bias: (W,) or None; col_weight: (H, H);
+    col_bias: (H,) or None; fuse_weight: (C_out, 3C). Returns (B, C_out, H, W) in x's dtype.
+    """
+    f_id, f_row, f_col = _split_fuse(fuse_weight, x.shape[1], x.dtype)
+    r = row_mix_ref(x, row_weight, row_bias)
+    k = col_mix_ref(x, col_weight, col_bias)
+    return (
+        torch.einsum("oc,bchw->bohw", f_id, x)
+        + torch.einsum("oc,bchw->bohw", f_row, r)
+        + torch.einsum("oc,bchw->bohw", f_col, k)
+    )
+
+
+def row_mix_bwd_ref(grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads:
+    """Explicit backward of :func:`row_mix_ref`; grad and x: (B, C, H, W), weight: (W, W)."""
+    grad = grad.to(x.dtype)
+    return AxisMixGrads(
+        x=torch.einsum("wv,bchw->bchv", weight.to(x.dtype), grad),
+        weight=torch.einsum("bchw,bchv->wv", grad, x),
+        bias=grad.sum(dim=(0, 1, 2)),
+    )
+
+
+def col_mix_bwd_ref(grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads:
+    """Explicit backward of :func:`col_mix_ref`; grad and x: (B, C, H, W), weight: (H, H)."""
+    grad = grad.to(x.dtype)
+    return AxisMixGrads(
+        x=torch.einsum("hu,bchw->bcuw", weight.to(x.dtype), grad),
+        weight=torch.einsum("bchw,bcuw->hu", grad, x),
+        bias=grad.sum(dim=(0, 1, 3)),
+    )
+
+
+def smlp_mix_bwd_ref(
+    grad: Tensor,
+    x: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+) -> SMLPMixGrads:
+    """Explicit backward of :func:`smlp_mix_ref` (BRIEF section 2), given ``grad = dL/dy``.
+
+    grad: (B, C_out, H, W); the other arguments as in :func:`smlp_mix_ref`. The biases are
+    needed because ``r`` and ``k`` are recomputed for the fuse-weight gradient. Every gradient
+    is in x's dtype, the bias gradients are returned even when a bias is None.
+    """
+    grad = grad.to(x.dtype)
+    f_id, f_row, f_col = _split_fuse(fuse_weight, x.shape[1], x.dtype)
+    # gr and gk are the gradients reaching the outputs of the row and column mixes.
+    gr = torch.einsum("oc,bohw->bchw", f_row, grad)
+    gk = torch.einsum("oc,bohw->bchw", f_col, grad)
+    row = row_mix_bwd_ref(gr, x, row_weight)
+    col = col_mix_bwd_ref(gk, x, col_weight)
+    dx = torch.einsum("oc,bohw->bchw", f_id, grad) + row.x + col.x
+    r = row_mix_ref(x, row_weight, row_bias)
+    k = col_mix_ref(x, col_weight, col_bias)
+    d_fuse = torch.cat(
+        [torch.einsum("bohw,bchw->oc", grad, t) for t in (x, r, k)],
+        dim=1,
+    )
+    return SMLPMixGrads(
+        x=dx,
+        row_weight=row.weight,
+        row_bias=row.bias,
+        col_weight=col.weight,
+        col_bias=col.bias,
+        fuse_weight=d_fuse,
+    )
+
+
+def smlp_mix_spach_style(
+    x: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+) -> Tensor:
+    """The same op computed as SPACH does: permute, 1x1 conv, permute back, cat, 1x1 conv.
+
+    Shapes as in :func:`smlp_mix_ref`. Parameters are cast to x's dtype.
+    """
+    dt = x.dtype
+    width, height = row_weight.shape[0], col_weight.shape[0]
+    # (B, W, C, H): the W axis becomes the conv's channel axis, so the 1x1 conv mixes along W.
+    x_row = F.conv2d(
+        x.permute(0, 3, 1, 2), row_weight.to(dt).reshape(width, width, 1, 1), _cast(row_bias, dt)
+    ).permute(0, 2, 3, 1)
+    # (B, H, C, W): likewise along H.
+    x_col = F.conv2d(
+        x.permute(0, 2, 1, 3), col_weight.to(dt).reshape(height, height, 1, 1), _cast(col_bias, dt)
+    ).permute(0, 2, 1, 3)
+    fw = fuse_weight.to(dt)
+    return F.conv2d(torch.cat([x, x_row, x_col], dim=1), fw.reshape(*fw.shape, 1, 1))
+
+
+class SpachStyleSMLPBlock(nn.Module):
+    """SPACH's ``sMLPBlock`` (BN -> GELU -> permute/conv/cat/conv), generalised to H != W.
+
+    Same submodules, state_dict keys and shapes as SPACH's block and as
+    :class:`smlp_kernels.nn.SparseMLP`: ``BN.*``, ``proj_h`` (mixes along W, weight
+    (W, W, 1, 1)), ``proh_w`` (mixes along H, weight (H, H, 1, 1)), ``fuse`` (C, 3C, 1, 1).
+    Input (B, C, H, W), output (B, C, H, W). This is the eager baseline, not a fast path.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        width = height if width is None else width
+        kw = {"device": device, "dtype": dtype}
+        self.channels = channels
+        self.activation = nn.GELU()
+        self.BN = nn.BatchNorm2d(channels, **kw)
+        self.proj_h = nn.Conv2d(width, width, 1, **kw)
+        self.proh_w = nn.Conv2d(height, height, 1, **kw)
+        self.fuse = nn.Conv2d(3 * channels, channels, 1, bias=False, **kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.activation(self.BN(x))
+        x_row = self.proj_h(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x_col = self.proh_w(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+        return self.fuse(torch.cat([x, x_row, x_col], dim=1))

@@ -1,0 +1,217 @@
+"""The backend registry: which implementations of the ops exist, which can run, and which runs.
+
+A backend implements the six computations behind the public ops (forward and backward of
+``smlp_mix``, ``row_mix`` and ``col_mix``) for tensors the op layer has already validated.
+The op layer (:mod:`smlp_kernels.ops`) owns everything else: argument checks, empty
+batches, output dtype and memory format, autograd. So a new backend plugs in with
+:func:`register_backend` and nothing in the public API changes.
+
+Choosing a backend for a call: an explicit ``backend=`` argument wins, then the environment
+variable ``SMLP_BACKEND``; either one is *forced* and fails loudly if that backend cannot run
+the call. Otherwise the available backend with the highest ``priority`` that supports the
+tensor's device type and shape runs it; ``reference`` supports everything and comes last.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from . import reference
+from .reference import AxisMixGrads, SMLPMixGrads
+
+__all__ = [
+    "Backend",
+    "BackendStatus",
+    "ReferenceBackend",
+    "backends",
+    "get_backend",
+    "register_backend",
+    "resolve_backend",
+]
+
+ENV_VAR = "SMLP_BACKEND"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What :func:`backends` reports for one backend."""
+
+    name: str
+    available: bool
+    reason: str  # why it is unavailable; a short description when it is available
+    device_types: tuple[str, ...]  # tensor device types it runs on, e.g. ("cuda",)
+    priority: int  # higher wins in automatic selection
+
+
+class Backend(ABC):
+    """One implementation of the ops. Subclasses set the class attributes and the methods.
+
+    Every method receives arguments that passed :mod:`smlp_kernels._validation` and a
+    non-empty batch. Outputs may have any strides; the op layer makes their dtype and memory
+    format right. Backward methods return every gradient, the bias ones included.
+    """
+
+    name: str = ""
+    device_types: tuple[str, ...] = ()
+    priority: int = 0
+
+    def availability(self) -> tuple[bool, str]:
+        """(available, reason). Called once per process and cached by the registry."""
+        return True, "available"
+
+    def unsupported_reason(self, op: str, x: Tensor, out_channels: int) -> str | None:
+        """Why this backend cannot run ``op`` ("mix", "row_mix", "col_mix") on x, or None."""
+        return None
+
+    @abstractmethod
+    def mix_fwd(
+        self,
+        x: Tensor,
+        row_weight: Tensor,
+        row_bias: Tensor | None,
+        col_weight: Tensor,
+        col_bias: Tensor | None,
+        fuse_weight: Tensor,
+    ) -> Tensor: ...
+
+    @abstractmethod
+    def mix_bwd(
+        self,
+        grad: Tensor,
+        x: Tensor,
+        row_weight: Tensor,
+        row_bias: Tensor | None,
+        col_weight: Tensor,
+        col_bias: Tensor | None,
+        fuse_weight: Tensor,
+    ) -> SMLPMixGrads: ...
+
+    @abstractmethod
+    def row_mix_fwd(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
+
+    @abstractmethod
+    def row_mix_bwd(self, grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads: ...
+
+    @abstractmethod
+    def col_mix_fwd(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
+
+    @abstractmethod
+    def col_mix_bwd(self, grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads: ...
+
+
+class ReferenceBackend(Backend):
+    """The pure-PyTorch reference (:mod:`smlp_kernels.reference`): any device, any dtype."""
+
+    name = "reference"
+    device_types = ("*",)
+    priority = 0
+
+    def availability(self) -> tuple[bool, str]:
+        return True, "pure PyTorch (einsum), runs on every device"
+
+    def mix_fwd(self, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
+        return reference.smlp_mix_ref(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+
+    def mix_bwd(self, grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
+        return reference.smlp_mix_bwd_ref(
+            grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight
+        )
+
+    def row_mix_fwd(self, x, weight, bias):
+        return reference.row_mix_ref(x, weight, bias)
+
+    def row_mix_bwd(self, grad, x, weight):
+        return reference.row_mix_bwd_ref(grad, x, weight)
+
+    def col_mix_fwd(self, x, weight, bias):
+        return reference.col_mix_ref(x, weight, bias)
+
+    def col_mix_bwd(self, grad, x, weight):
+        return reference.col_mix_bwd_ref(grad, x, weight)
+
+
+_REGISTRY: dict[str, Backend] = {}
+_AVAILABILITY: dict[str, tuple[bool, str]] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend under ``backend.name``."""
+    if not backend.name:
+        raise ValueError("register_backend: the backend needs a non-empty name")
+    _REGISTRY[backend.name] = backend
+    _AVAILABILITY.pop(backend.name, None)
+
+
+def _availability(name: str) -> tuple[bool, str]:
+    if name not in _AVAILABILITY:
+        try:
+            _AVAILABILITY[name] = _REGISTRY[name].availability()
+        except Exception as exc:  # a broken optional dependency must not break the package
+            _AVAILABILITY[name] = (False, f"availability check failed: {exc!r}")
+    return _AVAILABILITY[name]
+
+
+def get_backend(name: str) -> Backend:
+    """The registered backend called ``name``; ValueError listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown backend {name!r}; registered backends: {known}") from None
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Every registered backend's status: whether it can run here and, if not, why."""
+    out = {}
+    for name, b in sorted(_REGISTRY.items(), key=lambda kv: -kv[1].priority):
+        available, reason = _availability(name)
+        out[name] = BackendStatus(name, available, reason, b.device_types, b.priority)
+    return out
+
+
+def _runs_on(backend: Backend, device_type: str) -> bool:
+    return "*" in backend.device_types or device_type in backend.device_types
+
+
+def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int) -> str:
+    """The name of the backend that runs ``op`` on ``x``.
+
+    ``requested`` (or, when it is None, the ``SMLP_BACKEND`` environment variable) forces a
+    backend: ValueError if it is unknown or cannot run this device or shape, RuntimeError if it
+    is unavailable here. With neither, the best available backend that can run the call.
+    """
+    forced = requested if requested is not None else (os.environ.get(ENV_VAR) or None)
+    device_type = x.device.type
+    if forced is not None:
+        source = "backend=" if requested is not None else f"the environment variable {ENV_VAR}="
+        if forced not in _REGISTRY:
+            known = ", ".join(sorted(_REGISTRY))
+            raise ValueError(f"{source}{forced!r}: unknown backend; registered backends: {known}")
+        b = _REGISTRY[forced]
+        available, reason = _availability(forced)
+        if not available:
+            raise RuntimeError(f"{source}{forced!r} is unavailable here: {reason}")
+        if not _runs_on(b, device_type):
+            raise ValueError(
+                f"{source}{forced!r} runs on {', '.join(b.device_types)} tensors, "
+                f"but x is on {x.device}"
+            )
+        why_not = b.unsupported_reason(op, x, out_channels)
+        if why_not is not None:
+            raise ValueError(f"{source}{forced!r} cannot run {op} on this input: {why_not}")
+        return forced
+    for name, b in sorted(_REGISTRY.items(), key=lambda kv: -kv[1].priority):
+        if (
+            _availability(name)[0]
+            and _runs_on(b, device_type)
+            and b.unsupported_reason(op, x, out_channels) is None
+        ):
+            return name
+    raise RuntimeError(f"no registered backend can run {op} on {x.device}")
+
+
+register_backend(ReferenceBackend())

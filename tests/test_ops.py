@@ -1,0 +1,422 @@
+"""The op layer: public API against the reference, autograd, validation, backend choice,
+custom-op registration (opcheck, torch.compile, torch.export) and FLOP counting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import smlp_kernels
+from smlp_kernels import flops
+from smlp_kernels import reference as R
+from smlp_kernels import registry as B
+from smlp_kernels.reference import AxisMixGrads
+
+# (B, C, C_out, H, W)
+SHAPES = [
+    pytest.param(2, 3, 3, 5, 7, id="B2-C3-Co3-H5-W7"),
+    pytest.param(1, 1, 1, 1, 1, id="B1-C1-Co1-H1-W1"),
+    pytest.param(3, 4, 6, 13, 2, id="B3-C4-Co6-H13-W2"),
+    pytest.param(1, 2, 1, 7, 57, id="B1-C2-Co1-H7-W57"),
+]
+
+
+def make_args(b, c, c_out, h, w, dtype=torch.float64, bias=True, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+        return t.to(dtype).requires_grad_(requires_grad)
+
+    return [
+        rand(b, c, h, w),
+        rand(w, w, scale=w**-0.5),
+        rand(w) if bias else None,
+        rand(h, h, scale=h**-0.5),
+        rand(h) if bias else None,
+        rand(c_out, 3 * c, scale=(3 * c) ** -0.5),
+    ]
+
+
+def detached(args):
+    return [None if t is None else t.detach() for t in args]
+
+
+def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The same values as x, laid out as ``kind``."""
+    if kind == "contiguous":
+        return x.contiguous()
+    if kind == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "sliced":  # a strided view into a larger tensor, every second channel and column
+        big = torch.zeros(x.shape[0], 2 * x.shape[1], x.shape[2], 2 * x.shape[3] + 1, dtype=x.dtype)
+        view = big[:, ::2, :, 1::2]
+        view.copy_(x)
+        assert not view.is_contiguous() or x.shape[1] == x.shape[3] == 1
+        return view
+    raise ValueError(kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and gradients
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("b, c, c_out, h, w", SHAPES)
+def test_smlp_mix_matches_reference(b, c, c_out, h, w, kind):
+    args = make_args(b, c, c_out, h, w)
+    x = layout(args[0], kind)
+    y = smlp_kernels.smlp_mix(x, *args[1:])
+    torch.testing.assert_close(y, R.smlp_mix_ref(*args), rtol=1e-12, atol=1e-12)
+    if kind == "channels_last" and c > 1 and h * w > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("b, c, c_out, h, w", SHAPES[:3])
+def test_smlp_mix_gradcheck(b, c, c_out, h, w, bias):
+    args = make_args(b, c, c_out, h, w, bias=bias, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: smlp_kernels.smlp_mix(*a), args)
+
+
+@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_axis_mix_gradcheck(op, bias):
+    fn = getattr(smlp_kernels, op)
+    n = 7 if op == "row_mix" else 5
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(n, n, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(n, dtype=torch.float64, requires_grad=True) if bias else None
+    assert torch.autograd.gradcheck(lambda *a: fn(*a), (x, weight, b))
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "sliced"])
+def test_smlp_mix_gradients_match_explicit_backward(kind):
+    args = make_args(2, 4, 5, 6, 3, requires_grad=True)
+    x = layout(args[0].detach(), kind).requires_grad_()
+    y = smlp_kernels.smlp_mix(x, *args[1:])
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    want = R.smlp_mix_bwd_ref(grad, x.detach(), *detached(args[1:]))
+    got = [x.grad] + [t.grad for t in args[1:]]
+    for name, g in zip(R.SMLPMixGrads._fields, got, strict=True):
+        torch.testing.assert_close(g, getattr(want, name), rtol=1e-12, atol=1e-12)
+    assert x.grad.is_contiguous(
+        memory_format=torch.channels_last if kind == "channels_last" else torch.contiguous_format
+    )
+
+
+@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
+def test_axis_mix_matches_reference(op):
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    n = 7 if op == "row_mix" else 5
+    weight, bias = torch.randn(n, n, dtype=torch.float64), torch.randn(n, dtype=torch.float64)
+    ref = R.row_mix_ref if op == "row_mix" else R.col_mix_ref
+    got = getattr(smlp_kernels, op)(layout(x, "sliced"), weight, bias)
+    torch.testing.assert_close(got, ref(x, weight, bias), rtol=1e-12, atol=1e-12)
+
+
+def test_float32_parameters_with_bfloat16_input():
+    """Mixed precision: fp32 master weights, bf16 activations. Output bf16, gradients fp32."""
+    args = make_args(2, 4, 3, 6, 5, dtype=torch.float32, requires_grad=True)
+    x = args[0].detach().bfloat16().requires_grad_()
+    y = smlp_kernels.smlp_mix(x, *args[1:])
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    assert all(t.grad.dtype == torch.float32 for t in args[1:])
+    want = R.smlp_mix_ref(x.detach().double(), *[t.detach().double() for t in args[1:]])
+    # bf16 rounding of the weights and of r, k: a few bf16 ulps of the output's scale.
+    assert (y.double() - want).abs().max() <= 8 * 2**-8 * want.abs().max()
+
+
+def test_empty_batch():
+    args = make_args(0, 3, 4, 5, 6, requires_grad=True)
+    y = smlp_kernels.smlp_mix(*args)
+    assert y.shape == (0, 4, 5, 6)
+    y.sum().backward()
+    assert args[0].grad.shape == (0, 3, 5, 6)
+    for t in args[1:]:
+        assert t.grad is not None and t.grad.shape == t.shape and not t.grad.any()
+    assert smlp_kernels.row_mix(torch.empty(0, 2, 3, 4), torch.randn(4, 4)).shape == (0, 2, 3, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def _replace(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+BAD = [
+    # (id, index into args, replacement, exception, words the message must contain)
+    ("x-3d", 0, torch.randn(3, 5, 7), ValueError, ["x", "4-D"]),
+    ("x-int", 0, torch.ones(2, 3, 5, 7, dtype=torch.int64), TypeError, ["x", "floating"]),
+    ("x-list", 0, [[1.0]], TypeError, ["x", "Tensor"]),
+    ("row_weight-shape", 1, torch.randn(5, 5), ValueError, ["row_weight", "(W, W)", "(7, 7)"]),
+    ("row_weight-4d", 1, torch.randn(7, 7, 1, 1), ValueError, ["row_weight", "(7, 7)"]),
+    ("row_bias-shape", 2, torch.randn(5), ValueError, ["row_bias", "(W,)", "(7,)"]),
+    ("col_weight-shape", 3, torch.randn(7, 7), ValueError, ["col_weight", "(H, H)", "(5, 5)"]),
+    ("col_bias-shape", 4, torch.randn(7), ValueError, ["col_bias", "(H,)", "(5,)"]),
+    ("fuse-shape", 5, torch.randn(4, 3), ValueError, ["fuse_weight", "(C_out, 3C)", "9"]),
+    ("fuse-cout0", 5, torch.randn(0, 9), ValueError, ["fuse_weight", "(C_out, 3C)"]),
+    ("fuse-none", 5, None, TypeError, ["fuse_weight"]),
+    ("row_weight-int", 1, torch.ones(7, 7, dtype=torch.int32), TypeError, ["row_weight", "dtype"]),
+    ("col_weight-fp16", 3, torch.randn(5, 5).half(), TypeError, ["col_weight", "float32"]),
+    ("row_weight-meta", 1, torch.randn(7, 7, device="meta"), ValueError, ["row_weight", "meta"]),
+]
+
+
+@pytest.mark.parametrize("index, value, exc, words", [pytest.param(*b[1:], id=b[0]) for b in BAD])
+def test_bad_input_raises_clear_error(index, value, exc, words):
+    args = _replace(make_args(2, 3, 4, 5, 7, dtype=torch.float32), index, value)
+    with pytest.raises(exc) as info:
+        smlp_kernels.smlp_mix(*args)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in: {info.value}"
+
+
+def test_bad_sizes():
+    with pytest.raises(ValueError, match="C, H, W >= 1"):
+        smlp_kernels.smlp_mix(
+            torch.randn(1, 0, 2, 2),
+            torch.randn(2, 2),
+            None,
+            torch.randn(2, 2),
+            None,
+            torch.randn(1, 0),
+        )
+    with pytest.raises(ValueError, match=r"weight.*\(W, W\)"):
+        smlp_kernels.row_mix(torch.randn(1, 2, 3, 4), torch.randn(3, 3))
+    with pytest.raises(ValueError, match=r"weight.*\(H, H\)"):
+        smlp_kernels.col_mix(torch.randn(1, 2, 3, 4), torch.randn(4, 4))
+    with pytest.raises(ValueError, match=r"bias.*\(H,\)"):
+        smlp_kernels.col_mix(torch.randn(1, 2, 3, 4), torch.randn(3, 3), torch.randn(4))
+
+
+def test_custom_op_validates_when_called_directly():
+    args = make_args(1, 2, 2, 3, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="row_weight"):
+        torch.ops.smlp.mix_fwd(args[0], torch.randn(3, 3), *args[2:], "reference")
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------------------------
+
+
+class _CountingBackend(B.ReferenceBackend):
+    """The reference under another name, counting calls; optionally unavailable or limited."""
+
+    def __init__(self, name, priority=10, available=True, max_width=None):
+        self.name, self.priority = name, priority
+        self.device_types = ("cpu",)
+        self._available, self._max_width = available, max_width
+        self.calls = 0
+
+    def availability(self):
+        return (True, "test double") if self._available else (False, "missing its compiler")
+
+    def unsupported_reason(self, op, x, out_channels):
+        if self._max_width is not None and x.shape[3] > self._max_width:
+            return f"W = {x.shape[3]} > {self._max_width}"
+        return None
+
+    def mix_fwd(self, *args):
+        self.calls += 1
+        return super().mix_fwd(*args)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """Lets a test register backends; the registry is restored afterwards."""
+    monkeypatch.setattr(B, "_REGISTRY", dict(B._REGISTRY))
+    monkeypatch.setattr(B, "_AVAILABILITY", {})
+    monkeypatch.delenv(B.ENV_VAR, raising=False)
+    return B
+
+
+def test_backends_reports_reference():
+    status = smlp_kernels.backends()["reference"]
+    assert status.available and status.reason
+    assert status.device_types == ("*",)
+
+
+def test_automatic_choice_prefers_priority_then_falls_back(registry):
+    fast = _CountingBackend("fast", priority=10, max_width=6)
+    registry.register_backend(fast)
+    registry.register_backend(_CountingBackend("broken", priority=20, available=False))
+    x = torch.randn(1, 2, 3, 4)
+    assert registry.resolve_backend(None, "mix", x, 2) == "fast"
+    smlp_kernels.smlp_mix(*make_args(1, 2, 2, 3, 4, dtype=torch.float32))
+    assert fast.calls == 1
+    # Too wide for "fast": the reference takes it.
+    assert registry.resolve_backend(None, "mix", torch.randn(1, 2, 3, 9), 2) == "reference"
+    # Only CPU for "fast": a meta tensor goes to the reference.
+    assert registry.resolve_backend(None, "mix", x.to("meta"), 2) == "reference"
+    status = smlp_kernels.backends()
+    assert list(status) == ["broken", "fast", "reference"]
+    assert status["broken"].reason == "missing its compiler" and not status["broken"].available
+
+
+def test_forced_backend_errors(registry):
+    registry.register_backend(_CountingBackend("broken", available=False))
+    registry.register_backend(_CountingBackend("narrow", max_width=2))
+    args = make_args(1, 2, 2, 3, 4, dtype=torch.float32)
+    with pytest.raises(
+        ValueError, match=r"'nope': unknown backend; registered backends: .*reference"
+    ):
+        smlp_kernels.smlp_mix(*args, backend="nope")
+    with pytest.raises(RuntimeError, match="unavailable here: missing its compiler"):
+        smlp_kernels.smlp_mix(*args, backend="broken")
+    with pytest.raises(ValueError, match="cannot run mix on this input: W = 4 > 2"):
+        smlp_kernels.smlp_mix(*args, backend="narrow")
+    with pytest.raises(ValueError, match="runs on cpu tensors, but x is on meta"):
+        smlp_kernels.smlp_mix(*[t.to("meta") for t in args], backend="narrow")
+
+
+def test_environment_variable_forces_backend(registry, monkeypatch):
+    counting = _CountingBackend("counting", priority=-5)  # never chosen automatically
+    registry.register_backend(counting)
+    args = make_args(1, 2, 2, 3, 4, dtype=torch.float32)
+    smlp_kernels.smlp_mix(*args)
+    assert counting.calls == 0
+    monkeypatch.setenv("SMLP_BACKEND", "counting")
+    smlp_kernels.smlp_mix(*args)
+    assert counting.calls == 1
+    smlp_kernels.smlp_mix(*args, backend="reference")  # the argument beats the variable
+    assert counting.calls == 1
+    monkeypatch.setenv("SMLP_BACKEND", "nope")
+    with pytest.raises(ValueError, match="SMLP_BACKEND"):
+        smlp_kernels.smlp_mix(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library: opcheck, compile, export, FLOP counting
+# ---------------------------------------------------------------------------------------------
+
+
+def _opcheck_cases():
+    for kind in ("contiguous", "channels_last", "sliced"):
+        for grad in (False, True):
+            args = make_args(2, 3, 4, 5, 6, dtype=torch.float32, requires_grad=grad)
+            args[0] = layout(args[0].detach(), kind).requires_grad_(grad)
+            yield f"{kind}-{'grad' if grad else 'nograd'}", args
+
+
+@pytest.mark.parametrize(
+    "case_id, args", list(_opcheck_cases()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_opcheck_mix(case_id, args):
+    torch.library.opcheck(torch.ops.smlp.mix_fwd, (*args, "reference"))
+    grad = torch.randn(2, 4, 5, 6)
+    torch.library.opcheck(torch.ops.smlp.mix_bwd, (grad, *detached(args), "reference"))
+
+
+def test_opcheck_mix_without_bias():
+    args = make_args(2, 3, 4, 5, 6, dtype=torch.float32, bias=False, requires_grad=True)
+    torch.library.opcheck(torch.ops.smlp.mix_fwd, (*args, "reference"))
+
+
+@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
+@pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
+def test_opcheck_axis_mix(op, grad):
+    n = 6 if op == "row_mix" else 5
+    x = torch.randn(2, 3, 5, 6, requires_grad=grad)
+    weight = torch.randn(n, n, requires_grad=grad)
+    bias = torch.randn(n, requires_grad=grad)
+    torch.library.opcheck(getattr(torch.ops.smlp, f"{op}_fwd"), (x, weight, bias, "reference"))
+    torch.library.opcheck(
+        getattr(torch.ops.smlp, f"{op}_bwd"),
+        (torch.randn(2, 3, 5, 6), x.detach(), weight.detach(), torch.float32, "reference"),
+    )
+
+
+class _TwoOps(torch.nn.Module):
+    """smlp_mix then row_mix and col_mix, all differentiable, for compile and export."""
+
+    def __init__(self, c=3, h=5, w=6):
+        super().__init__()
+        args = make_args(1, c, c, h, w, dtype=torch.float32)
+        self.params = torch.nn.ParameterList([torch.nn.Parameter(t) for t in args[1:]])
+
+    def forward(self, x):
+        y = smlp_kernels.smlp_mix(x, *self.params)
+        y = smlp_kernels.row_mix(y, self.params[0], self.params[1])
+        return smlp_kernels.col_mix(y, self.params[2])
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compile_fullgraph_forward_backward(compiler):
+    torch._dynamo.reset()
+    model = _TwoOps()
+    x = torch.randn(2, 3, 5, 6, requires_grad=True)
+    y_eager = model(x)
+    y_eager.square().sum().backward()
+    want = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
+    x.grad = None
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
+    y = compiled(x)
+    y.square().sum().backward()
+    torch.testing.assert_close(y, y_eager)
+    for g, w in zip([x.grad] + [p.grad for p in model.parameters()], want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+def test_export_dynamic_batch_save_and_load(tmp_path):
+    model = _TwoOps().eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(model, (torch.randn(2, 3, 5, 6),), dynamic_shapes={"x": {0: batch}})
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"smlp.mix_fwd.default", "smlp.row_mix_fwd.default"} <= targets
+    path = tmp_path / "two_ops.pt2"
+    torch.export.save(ep, path)
+    loaded = torch.export.load(path).module()
+    for b in (1, 7):
+        x = torch.randn(b, 3, 5, 6)
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_flop_counter_forward_and_backward():
+    b, c, c_out, h, w = 2, 3, 4, 5, 6
+    args = make_args(b, c, c_out, h, w, dtype=torch.float32, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        y = smlp_kernels.smlp_mix(*args)
+    assert counter.get_total_flops() == 2 * b * c * h * w * (w + h) + 2 * b * h * w * 3 * c * c_out
+    with FlopCounterMode(display=False) as counter:
+        y.sum().backward()
+    assert counter.get_total_flops() == flops.smlp_mix_bwd_flops(b, c, c_out, h, w)
+    assert flops.smlp_mix_bwd_flops(b, c, c_out, h, w) == (
+        2 * flops.smlp_mix_flops(b, c, c_out, h, w) + 2 * b * c * h * w * (h + w)
+    )
+    x = args[0].detach().requires_grad_()
+    with FlopCounterMode(display=False) as counter:
+        smlp_kernels.row_mix(x, args[1]).sum().backward()
+        smlp_kernels.col_mix(x, args[3]).sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * b * c * h * w * (w + h)
+
+
+def test_autograd_saves_only_inputs():
+    """r and k are recomputed, never saved: the graph holds x and the parameters only."""
+    args = make_args(2, 3, 4, 5, 6, dtype=torch.float32, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        smlp_kernels.smlp_mix(*args)
+    assert len(saved) == 6
+    assert all(any(s is a or s.data_ptr() == a.data_ptr() for a in args) for s in saved)
+
+
+def test_axis_mix_grads_named_fields():
+    g = smlp_kernels.reference.row_mix_bwd_ref(
+        torch.randn(1, 1, 2, 3), torch.randn(1, 1, 2, 3), torch.randn(3, 3)
+    )
+    assert isinstance(g, AxisMixGrads) and g.bias.shape == (3,)
