@@ -48,7 +48,7 @@ def _load() -> tuple[ModuleType | None, str]:
             f"{EXTENSION_NAME} is stale: built from smlp_kernels {built_from}, "
             f"the package is {__version__}; rebuild it"
         )
-    return module, ""
+    return module, f"loaded from {module.__file__}"
 
 
 def load_extension() -> ModuleType | None:
@@ -61,7 +61,8 @@ def load_extension() -> ModuleType | None:
 
 
 def extension_status() -> tuple[bool, str]:
-    """Return ``(available, reason)``; ``reason`` is "" when the extension loaded."""
+    """Return ``(available, reason)``: why the extension is unavailable, or where it was
+    loaded from when it is available."""
     module, reason = _load()
     return module is not None, reason
 

@@ -60,9 +60,10 @@ def test_status_agrees_with_loaders() -> None:
     available, reason = _extension.extension_status()
     module = _extension.load_extension()
     assert available == (module is not None)
-    assert (reason == "") == available
+    assert reason
     if available:
         assert _extension.require_extension() is module
+        assert reason == f"loaded from {module.__file__}"
     else:
         with pytest.raises(RuntimeError, match=re.escape(reason)):
             _extension.require_extension()
