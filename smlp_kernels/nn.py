@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .ops import smlp_mix
+from .registry import get_backend
 
 __all__ = ["SparseMLP", "convert_spach"]
 
@@ -48,6 +49,8 @@ class SparseMLP(nn.Module):
         for name, value in (("channels", channels), ("height", height), ("width", width)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SparseMLP: {name} must be a positive int, got {value!r}")
+        if backend is not None:
+            get_backend(backend)  # an unknown name fails here, not at the first forward
         kw = {"device": device, "dtype": dtype}
         self.channels = channels
         self.height = height

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The project's two entry points, from a fresh clone on any machine:
+#
+#   bash scripts/run.sh demo   # the main job: run the op and the drop-in module, report
+#   bash scripts/run.sh test   # the test suite (extra arguments go to pytest)
+#
+# Each one installs what it needs first:
+#   1. outside a virtual environment, creates and activates .venv (with the system's
+#      site-packages visible, so a machine's own torch is reused);
+#   2. installs torch==2.13.0 only if no torch can be imported;
+#   3. installs this package in editable mode (building smlp_kernels._C with CMake, with
+#      its CUDA part when nvcc is found), with the "test" extra for the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+job=${1:-}
+case "$job" in
+  demo) extras="" ;;
+  test) extras="[test]" ;;
+  *) echo "usage: bash scripts/run.sh demo|test [pytest args...]" >&2; exit 2 ;;
+esac
+shift
+
+if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+  if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv --system-site-packages .venv
+  fi
+  # shellcheck disable=SC1091
+  source .venv/bin/activate
+fi
+
+if ! python -c "import torch" 2>/dev/null; then
+  # The CPU wheel here; with no torch at all, a bare "torch" requirement would pull
+  # several GB of CUDA wheels.
+  python -m pip install torch==2.13.0
+fi
+python -m pip install -e ".${extras}"
+
+if [[ "$job" == demo ]]; then
+  exec python -m smlp_kernels.demo "$@"
+else
+  exec python -m pytest "$@"
+fi

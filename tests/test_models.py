@@ -1,0 +1,365 @@
+"""Tests of smlp_kernels.models: sMLPNet-T/S/B against the paper's and SPACH's numbers.
+
+Parameter counts and multiply-adds are those of the paper's table (BRIEF section 3); the
+state_dict layout is SPACH's ``sMLPNet``, generated here from its naming rules; the zoo model
+(SparseMLP blocks) and the SPACH-style eager model exchange checkpoints and agree in float64.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from smlp_kernels import SparseMLP, convert_spach
+from smlp_kernels.models import DropPath, SMLPNet, smlpnet_base, smlpnet_small, smlpnet_tiny
+from smlp_kernels.reference import SpachStyleSMLPBlock
+
+# (factory, dim, depths) of each model in the zoo.
+ZOO = {
+    "tiny": (smlpnet_tiny, 80, (2, 8, 14, 2)),
+    "small": (smlpnet_small, 96, (2, 10, 24, 2)),
+    "base": (smlpnet_base, 112, (2, 10, 24, 2)),
+}
+
+# SPACH's block is found by class name; this one computes like SPACH's and allows H != W.
+SpachNamedBlock = type("sMLPBlock", (SpachStyleSMLPBlock,), {})
+
+# A whole network in float64: a handful of ulps per op, accumulated over ~20 layers.
+RTOL = 1e-11
+
+
+def assert_close(
+    actual: Tensor, expected: Tensor, what: str = "", scale: float | None = None
+) -> None:
+    """Relative to each element, with an absolute floor relative to ``scale`` (by default the
+    largest magnitude of ``expected``) for near-zero elements left by cancellation."""
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == expected.dtype, what
+    if scale is None:
+        scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(
+        actual, expected, rtol=RTOL, atol=RTOL * scale, msg=lambda m: f"{what}: {m}"
+    )
+
+
+def build_on_meta(name: str) -> SMLPNet:
+    """The full-size model without allocating or initialising its weights."""
+    with torch.device("meta"):
+        return ZOO[name][0]()
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter counts and FLOPs
+# --------------------------------------------------------------------------------------------
+
+PARAMS = {"tiny": 24_123_584, "small": 48_558_136, "base": 65_880_408}
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_parameter_count(name: str) -> None:
+    model = build_on_meta(name)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+
+
+@functools.cache
+def measured_flops(name: str) -> dict[str, int]:
+    """FlopCounterMode's counts per op for one 224x224 image, eval mode, no_grad, on CPU."""
+    torch.manual_seed(0)
+    model = ZOO[name][0]().eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model(x)
+    assert out.shape == (1, 1000)
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    counts["total"] = counter.get_total_flops()
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("name", "giga_macs"),
+    [
+        pytest.param("tiny", 4.99, id="tiny"),
+        pytest.param("small", 10.31, id="small", marks=pytest.mark.slow),
+        pytest.param("base", 13.99, id="base", marks=pytest.mark.slow),
+    ],
+)
+def test_multiply_adds_at_224(name: str, giga_macs: float) -> None:
+    assert round(measured_flops(name)["total"] / 2 / 1e9, 2) == giga_macs
+
+
+def hand_flops(
+    dim: int,
+    depths: tuple[int, ...],
+    image_size: int = 224,
+    patch_size: int = 4,
+    in_chans: int = 3,
+    alpha: int = 3,
+    num_classes: int = 1000,
+    batch: int = 1,
+) -> dict[str, int]:
+    """FLOPs (a multiply-add = 2) of sMLPNet from its architecture, per kind of op.
+
+    Normalisations, activations, residual adds and the global average pool are not counted
+    (FlopCounterMode does not count them either).
+    """
+    conv = mix = linear = 0
+    channels = dim
+    for i, depth in enumerate(depths):
+        channels = dim * 2**i
+        side = image_size // patch_size // 2**i
+        pixels = batch * side * side
+        if i == 0:  # patch embedding: Conv2d(in_chans, dim, patch_size, stride=patch_size)
+            conv += 2 * pixels * channels * in_chans * patch_size * patch_size
+        else:  # downsampling: Conv2d(C / 2, C, 2, stride=2)
+            conv += 2 * pixels * channels * (channels // 2) * 2 * 2
+        for _ in range(depth):
+            conv += 2 * pixels * channels * 3 * 3  # depthwise 3x3 conv (one input channel each)
+            # the sMLP op: row and column mixes, then the (C x 3C) fuse
+            mix += 2 * pixels * channels * (side + side) + 2 * pixels * 3 * channels * channels
+            linear += 2 * (2 * pixels * channels * alpha * channels)  # C -> 3C -> C
+    linear += 2 * batch * channels * num_classes  # the head
+    return {"aten.convolution": conv, "smlp.mix_fwd": mix, "aten.addmm": linear}
+
+
+def test_tiny_flops_match_hand_count() -> None:
+    _, dim, depths = ZOO["tiny"]
+    expected = hand_flops(dim, depths)
+    measured = measured_flops("tiny")
+    assert {k: v for k, v in measured.items() if k != "total"} == expected
+    assert measured["total"] == sum(expected.values())
+
+
+def test_hand_count_matches_the_brief_per_stage() -> None:
+    """The sMLP op's share at stage 1 of sMLPNet-T, from BRIEF section 1's formula."""
+    stage1 = hand_flops(80, (1, 0, 0, 0), num_classes=0)["smlp.mix_fwd"]
+    b, c, h, w = 1, 80, 56, 56
+    assert stage1 == 2 * b * c * h * w * (w + h) + 2 * b * h * w * 3 * c * c
+
+
+# --------------------------------------------------------------------------------------------
+# SPACH's state_dict layout
+# --------------------------------------------------------------------------------------------
+
+
+def spach_state_dict_shapes(
+    dim: int,
+    depths: tuple[int, ...],
+    image_size: int = 224,
+    patch_size: int = 4,
+    in_chans: int = 3,
+    alpha: int = 3,
+    num_classes: int = 1000,
+) -> dict[str, tuple[int, ...]]:
+    """key -> shape of SPACH's ``sMLPNet`` state_dict, in SPACH's registration order."""
+
+    def bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
+        return {
+            f"{prefix}.weight": (c,),
+            f"{prefix}.bias": (c,),
+            f"{prefix}.running_mean": (c,),
+            f"{prefix}.running_var": (c,),
+            f"{prefix}.num_batches_tracked": (),
+        }
+
+    embed, token, channel = {}, {}, {}
+    num_patch = image_size // patch_size
+    j = 0
+    for i, depth in enumerate(depths):
+        c = dim * 2**i
+        side = num_patch // 2**i
+        if i == 0:
+            embed[f"to_patch_embedding.{i}.0.weight"] = (c, in_chans, patch_size, patch_size)
+        else:
+            embed[f"to_patch_embedding.{i}.0.weight"] = (c, c // 2, 2, 2)
+        for _ in range(depth):
+            t = f"token_mix.{j}"
+            token |= bn(f"{t}.0.conv_merge.BN", c)
+            token[f"{t}.0.conv_merge.Conv.weight"] = (c, 1, 3, 3)
+            token |= bn(f"{t}.1.BN", c)
+            token[f"{t}.1.proj_h.weight"] = (side, side, 1, 1)
+            token[f"{t}.1.proj_h.bias"] = (side,)
+            token[f"{t}.1.proh_w.weight"] = (side, side, 1, 1)
+            token[f"{t}.1.proh_w.bias"] = (side,)
+            token[f"{t}.1.fuse.weight"] = (c, 3 * c, 1, 1)
+            m = f"channel_mix.{j}"
+            channel[f"{m}.1.weight"] = (c,)
+            channel[f"{m}.1.bias"] = (c,)
+            channel[f"{m}.2.net.0.weight"] = (alpha * c, c)
+            channel[f"{m}.2.net.0.bias"] = (alpha * c,)
+            channel[f"{m}.2.net.3.weight"] = (c, alpha * c)
+            channel[f"{m}.2.net.3.bias"] = (c,)
+            j += 1
+    last = dim * 2 ** (len(depths) - 1)
+    head = bn("batch_norm", last)
+    head["mlp_head.0.weight"] = (num_classes, last)
+    head["mlp_head.0.bias"] = (num_classes,)
+    return embed | token | channel | head
+
+
+def _is_buffer(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_state_dict_matches_spach_layout(name: str) -> None:
+    _, dim, depths = ZOO[name]
+    expected = spach_state_dict_shapes(dim, depths)
+    got = {k: tuple(v.shape) for k, v in build_on_meta(name).state_dict().items()}
+    assert set(got) == set(expected)
+    assert list(got) == list(expected)  # SPACH's order too
+    assert got == expected
+    # The layout alone accounts for the published parameter count.
+    assert (
+        sum(torch.Size(s).numel() for k, s in expected.items() if not _is_buffer(k))
+        == (PARAMS[name])
+    )
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_blocks_and_widths(name: str) -> None:
+    _, dim, depths = ZOO[name]
+    model = build_on_meta(name)
+    assert len(model.token_mix) == len(model.channel_mix) == sum(depths)
+    j = 0
+    for i, depth in enumerate(depths):
+        for _ in range(depth):
+            block = model.token_mix[j][1]
+            assert isinstance(block, SparseMLP)
+            assert (block.channels, block.height, block.width) == (dim * 2**i,) + (56 // 2**i,) * 2
+            j += 1
+    assert model.mlp_head[0].in_features == 8 * dim
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo model and the SPACH-style model agree
+# --------------------------------------------------------------------------------------------
+
+
+def small_net(**kwargs) -> SMLPNet:
+    return SMLPNet(dim=8, depths=(1, 1, 1, 1), image_size=64, num_classes=10, **kwargs).double()
+
+
+def with_bn_statistics(model: SMLPNet, seed: int) -> SMLPNet:
+    """Random non-default BN affine parameters and running statistics."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=gen))
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, 3, 64, 64, generator=gen, dtype=torch.float64) * 2 + 0.5)
+    return model
+
+
+def forward_backward(model: nn.Module, x: Tensor, grad: Tensor):
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = model(x)
+    y.backward(grad)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    return y.detach(), x.grad, grads
+
+
+def assert_same_results(got, want) -> None:
+    assert_close(got[0], want[0], "output")
+    assert_close(got[1], want[1], "input gradient")
+    assert got[2].keys() == want[2].keys()
+    # Some gradients are zero up to rounding (a bias followed by a train-mode BN), so their
+    # absolute floor comes from the largest gradient of the whole model.
+    scale = max(g.abs().max().item() for g in want[2].values())
+    for name in want[2]:
+        assert_close(got[2][name], want[2][name], f"gradient of {name}", scale=scale)
+
+
+@pytest.mark.parametrize("direction", ["spach-to-zoo", "zoo-to-spach"])
+def test_checkpoints_round_trip(direction: str) -> None:
+    torch.manual_seed(1)
+    zoo, spach = small_net(), small_net(smlp_block=SpachStyleSMLPBlock)
+    assert isinstance(zoo.token_mix[0][1], SparseMLP)
+    assert type(spach.token_mix[0][1]) is SpachStyleSMLPBlock
+    source, target = (spach, zoo) if direction == "spach-to-zoo" else (zoo, spach)
+    with_bn_statistics(source, seed=2)
+    target.load_state_dict(source.state_dict(), strict=True)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 64, 64, generator=gen, dtype=torch.float64)
+    grad = torch.randn(2, 10, generator=gen, dtype=torch.float64)
+    zoo.eval()
+    spach.eval()
+    with torch.no_grad():
+        y = zoo(x)
+        assert y.shape == (2, 10)
+        assert_close(y, spach(x), "eval output")
+    zoo.train()
+    spach.train()
+    assert_same_results(forward_backward(zoo, x, grad), forward_backward(spach, x, grad))
+
+
+def test_convert_spach_on_spach_style_model() -> None:
+    torch.manual_seed(4)
+    model = with_bn_statistics(small_net(smlp_block=SpachNamedBlock), seed=5).eval()
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)
+    assert convert_spach(model, backend="reference") is model
+    for block in model.token_mix:
+        assert isinstance(block[1], SparseMLP)
+        assert block[1].backend == "reference"
+        assert not block[1].training
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        assert_close(model(x), want, "output after conversion")
+
+
+# --------------------------------------------------------------------------------------------
+# Stochastic depth and argument checks
+# --------------------------------------------------------------------------------------------
+
+
+def test_drop_path_is_identity_in_eval() -> None:
+    x = torch.randn(64, 3, 4, 4)
+    dp = DropPath(0.5).eval()
+    assert torch.equal(dp(x), x)
+
+
+def test_drop_path_drops_whole_samples_in_training() -> None:
+    torch.manual_seed(6)
+    x = torch.rand(4000, 3, 2, 2) + 0.5  # no zeros, so a dropped sample is recognisable
+    out = DropPath(0.5).train()(x)
+    dropped = (out == 0).flatten(1).all(dim=1)
+    kept = (out == 2 * x).flatten(1).all(dim=1)
+    assert torch.all(dropped ^ kept), "each sample is either all zero or exactly doubled"
+    assert 0.45 < kept.float().mean().item() < 0.55
+
+
+def test_smlpnet_small_drop_path_rates_grow_linearly() -> None:
+    model = build_on_meta("small")
+    rates = [m.p if isinstance(m, DropPath) else 0.0 for m in model.drop_path]
+    assert len(rates) == 2 + 10 + 24 + 2
+    assert isinstance(model.drop_path[0], nn.Identity)
+    assert isinstance(model.drop_path[-1], DropPath)
+    assert rates[-1] == pytest.approx(0.2)
+    assert rates == pytest.approx([0.2 * j / 37 for j in range(38)])
+
+
+def test_smlpnet_tiny_has_no_drop_path() -> None:
+    assert all(isinstance(m, nn.Identity) for m in build_on_meta("tiny").drop_path)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "patch_size"),
+    [pytest.param(30, 4, id="S30-P4"), pytest.param(224, 3, id="S224-P3")],
+)
+def test_image_size_not_divisible_by_patch_size_raises(image_size: int, patch_size: int):
+    with pytest.raises(ValueError, match="divisible"):
+        SMLPNet(image_size=image_size, patch_size=patch_size, dim=8, depths=(1, 1, 1, 1))
