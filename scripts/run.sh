@@ -9,7 +9,9 @@
 #      site-packages visible, so a machine's own torch is reused);
 #   2. installs torch==2.13.0 only if no torch can be imported;
 #   3. installs this package in editable mode (building smlp_kernels._C with CMake, with
-#      its CUDA part when nvcc is found), with the "test" extra for the tests.
+#      its CUDA part when nvcc is found), with the "test" extra for the tests. Where the
+#      build tools (setuptools, pybind11, cmake, ninja) are already installed, as on our
+#      offline GPU machines, it builds with them and fetches nothing it already has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +36,15 @@ if ! python -c "import torch" 2>/dev/null; then
   # several GB of CUDA wheels.
   python -m pip install torch==2.13.0
 fi
-python -m pip install -e ".${extras}"
+if python -c "import setuptools, pybind11" 2>/dev/null && command -v cmake >/dev/null \
+    && command -v ninja >/dev/null; then
+  python -m pip install --no-build-isolation --no-deps -e .
+  if [[ "$job" == test ]] && ! python -c "import pytest, pytest_benchmark" 2>/dev/null; then
+    python -m pip install "pytest>=7" "pytest-benchmark>=4"
+  fi
+else
+  python -m pip install -e ".${extras}"
+fi
 
 if [[ "$job" == demo ]]; then
   exec python -m smlp_kernels.demo "$@"

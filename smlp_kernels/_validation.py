@@ -4,9 +4,10 @@ Rules (documented in the README):
 
 * ``x`` is a 4-D floating tensor (float16, bfloat16, float32 or float64) of shape
   (B, C, H, W) with B >= 0 and C, H, W >= 1; any strides.
+* Every tensor is a dense (strided) tensor: sparse and nested tensors are rejected.
 * Every parameter is on x's device, and its dtype is x's dtype or float32 (float32 master
-  weights with a low-precision x, as under mixed precision). The op computes in x's dtype,
-  accumulates in float32 or wider, and returns x's dtype.
+  weights with a low-precision x, as under mixed precision). The op computes in x's dtype
+  and returns x's dtype.
 * Shapes: row_weight (W, W), row_bias (W,) or None, col_weight (H, H), col_bias (H,) or None,
   fuse_weight (C_out, 3C) with C_out >= 1.
 
@@ -26,9 +27,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _check_dense(t: Tensor, name: str, op: str) -> None:
+    # Backends read raw memory through strides: sparse and nested tensors have none.
+    if t.is_nested or t.layout != torch.strided:
+        kind = "a nested tensor" if t.is_nested else f"layout {t.layout}"
+        raise TypeError(f"{op}: {name} must be a dense (strided) tensor; got {kind}")
+
+
 def _check_x(x: object, op: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    _check_dense(x, "x", op)
     if x.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(_dtype_name(d) for d in SUPPORTED_DTYPES)
         raise TypeError(f"{op}: x must have a floating dtype ({names}); got {_dtype_name(x.dtype)}")
@@ -63,11 +72,14 @@ def _check_param(
         raise TypeError(f"{op}: {name} must be a torch.Tensor of shape {expected_text}, got None")
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    _check_dense(t, name, op)
     if t.dtype not in (x.dtype, torch.float32):
-        raise TypeError(
-            f"{op}: {name} must have x's dtype ({_dtype_name(x.dtype)}) or float32; "
-            f"got {_dtype_name(t.dtype)}"
+        allowed = (
+            "float32, like x"
+            if x.dtype == torch.float32
+            else f"x's dtype ({_dtype_name(x.dtype)}) or float32"
         )
+        raise TypeError(f"{op}: {name} must have dtype {allowed}; got {_dtype_name(t.dtype)}")
     if t.device != x.device:
         raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}; move both to one")
     shape = tuple(t.shape)

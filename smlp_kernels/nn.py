@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -126,7 +128,7 @@ def _is_pointwise_conv(m: object, bias: bool) -> bool:
 
 def _looks_like_spach_block(m: nn.Module) -> bool:
     return (
-        isinstance(getattr(m, "BN", None), nn.BatchNorm2d)
+        isinstance(getattr(m, "BN", None), (nn.BatchNorm2d, nn.SyncBatchNorm))
         and _is_pointwise_conv(getattr(m, "proj_h", None), bias=True)
         and _is_pointwise_conv(getattr(m, "proh_w", None), bias=True)
         and _is_pointwise_conv(getattr(m, "fuse", None), bias=False)
@@ -144,12 +146,20 @@ def convert_spach(model: nn.Module, *, backend: str | None = None) -> nn.Module:
     """
     if type(model).__name__ == "sMLPBlock" and _looks_like_spach_block(model):
         return SparseMLP.from_spach(model, backend=backend)
-    targets = [
-        (parent, child_name, child)
-        for parent in model.modules()
-        for child_name, child in parent.named_children()
-        if type(child).__name__ == "sMLPBlock" and _looks_like_spach_block(child)
-    ]
+    targets = []
+    for parent_name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            if type(child).__name__ != "sMLPBlock":
+                continue
+            if _looks_like_spach_block(child):
+                targets.append((parent, child_name, child))
+            else:
+                where = f"{parent_name}.{child_name}" if parent_name else child_name
+                warnings.warn(
+                    f"convert_spach: left {where} alone: it is called sMLPBlock but lacks "
+                    "SPACH's BN (BatchNorm2d) and 1x1 Conv2d proj_h, proh_w, fuse",
+                    stacklevel=2,
+                )
     for parent, child_name, child in targets:
         setattr(parent, child_name, SparseMLP.from_spach(child, backend=backend))
     return model

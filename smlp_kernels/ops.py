@@ -17,7 +17,9 @@ contiguous), contiguous otherwise; parameter gradients are contiguous, in each p
 dtype.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: torch.library.custom_op infers each op's
+# schema from the annotation objects, and torch before 2.5 rejects annotations as strings.
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -66,9 +68,9 @@ def _finish(t: Tensor, dtype: torch.dtype, fmt=torch.contiguous_format) -> Tenso
 def _mix_fwd(
     x: Tensor,
     row_weight: Tensor,
-    row_bias: Tensor | None,
+    row_bias: Optional[Tensor],  # noqa: UP045 (see the import)
     col_weight: Tensor,
-    col_bias: Tensor | None,
+    col_bias: Optional[Tensor],  # noqa: UP045
     fuse_weight: Tensor,
     backend: str,
 ) -> Tensor:
@@ -93,9 +95,9 @@ def _mix_bwd(
     grad: Tensor,
     x: Tensor,
     row_weight: Tensor,
-    row_bias: Tensor | None,
+    row_bias: Optional[Tensor],  # noqa: UP045
     col_weight: Tensor,
-    col_bias: Tensor | None,
+    col_bias: Optional[Tensor],  # noqa: UP045
     fuse_weight: Tensor,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -198,7 +200,7 @@ def _define_axis_mix(op: str):
     """Define the forward and backward custom ops of ``op`` ("row_mix" or "col_mix")."""
 
     @torch.library.custom_op(f"smlp::{op}_fwd", mutates_args=())
-    def fwd(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str) -> Tensor:
+    def fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:  # noqa: UP045
         check_axis_mix_args(op, x, weight, bias)
         fmt = _memory_format(x)
         if x.shape[0] == 0:
@@ -212,9 +214,8 @@ def _define_axis_mix(op: str):
         return _empty(x.shape, x, x.dtype, _memory_format(x))
 
     @torch.library.custom_op(f"smlp::{op}_bwd", mutates_args=())
-    def bwd(
-        grad: Tensor, x: Tensor, weight: Tensor, bias_dtype: torch.dtype, backend: str
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def bwd(grad: Tensor, x: Tensor, weight: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+        # The bias gradient comes back in the weight's dtype; autograd casts it to the bias'.
         check_axis_mix_args(op, x, weight, None)
         fmt = _memory_format(x)
         if x.shape[0] == 0:
@@ -226,16 +227,16 @@ def _define_axis_mix(op: str):
         return (
             _finish(g.x, x.dtype, fmt),
             _finish(g.weight, weight.dtype),
-            _finish(g.bias, bias_dtype),
+            _finish(g.bias, weight.dtype),
         )
 
     @bwd.register_fake
-    def _(grad, x, weight, bias_dtype, backend):
+    def _(grad, x, weight, backend):
         check_axis_mix_args(op, x, weight, None)
         return (
             _empty(x.shape, x, x.dtype, _memory_format(x)),
             _empty(weight.shape, x, weight.dtype),
-            _empty((weight.shape[0],), x, bias_dtype),
+            _empty((weight.shape[0],), x, weight.dtype),
         )
 
     def setup_context(ctx, inputs, output) -> None:
@@ -246,9 +247,14 @@ def _define_axis_mix(op: str):
 
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        grads = bwd_op(grad, x, weight, ctx.bias_dtype, ctx.backend)
+        dx, dweight, dbias = bwd_op(grad, x, weight, ctx.backend)
         wanted = ctx.needs_input_grad
-        return (*(g if wanted[i] else None for i, g in enumerate(grads)), None)
+        return (
+            dx if wanted[0] else None,
+            dweight if wanted[1] else None,
+            dbias.to(ctx.bias_dtype) if wanted[2] else None,
+            None,
+        )
 
     fwd.register_autograd(backward, setup_context=setup_context)
 

@@ -51,8 +51,11 @@ class Backend(ABC):
     """One implementation of the ops. Subclasses set the class attributes and the methods.
 
     Every method receives arguments that passed :mod:`smlp_kernels._validation` and a
-    non-empty batch. Outputs may have any strides; the op layer makes their dtype and memory
-    format right. Backward methods return every gradient, the bias ones included.
+    non-empty batch: dense tensors with **any strides, zero strides included** (an expanded
+    x, or the upstream gradient of ``y.sum()``); a backend that needs dense memory makes its
+    own contiguous copy. Parameters may be float32 while x is float16 or bfloat16. Outputs
+    may have any strides and a wider dtype; the op layer makes their dtype and memory format
+    right. Backward methods return every gradient, the bias ones included.
     """
 
     name: str = ""

@@ -342,6 +342,11 @@ def test_drop_path_drops_whole_samples_in_training() -> None:
     assert 0.45 < kept.float().mean().item() < 0.55
 
 
+def test_drop_path_of_one_drops_everything_without_nan() -> None:
+    out = DropPath(1.0).train()(torch.randn(8, 3, 2, 2))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
 def test_smlpnet_small_drop_path_rates_grow_linearly() -> None:
     model = build_on_meta("small")
     rates = [m.p if isinstance(m, DropPath) else 0.0 for m in model.drop_path]

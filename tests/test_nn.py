@@ -513,3 +513,31 @@ def test_convert_spach_backend_propagates() -> None:
     converted = [m for m in model.modules() if isinstance(m, SparseMLP)]
     assert len(converted) == len(BLOCK_PATHS)
     assert all(m.backend == "reference" for m in converted)
+
+
+def test_convert_spach_accepts_sync_batchnorm() -> None:
+    """After nn.SyncBatchNorm.convert_sync_batchnorm (DDP training), blocks still convert."""
+    model = nn.Sequential(randomize_(sMLPBlock(5, 5, 4).double(), seed=13)).eval()
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(model[0].BN, nn.SyncBatchNorm)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        want = model(x)  # SyncBatchNorm in eval mode runs without a process group
+    convert_spach(model)
+    assert isinstance(model[0], SparseMLP) and isinstance(model[0].BN, nn.SyncBatchNorm)
+    with torch.no_grad():
+        assert_close(model(x), want, "output")
+
+
+def test_convert_spach_warns_about_a_misshapen_block() -> None:
+    """A module called sMLPBlock that is not SPACH's block is left alone, loudly."""
+
+    class sMLPBlock(nn.Module):  # same name, no proj_h/proh_w/fuse
+        def __init__(self) -> None:
+            super().__init__()
+            self.BN = nn.BatchNorm2d(2)
+
+    model = nn.Sequential(nn.Identity(), sMLPBlock())
+    with pytest.warns(UserWarning, match=r"left 1 alone: it is called sMLPBlock"):
+        convert_spach(model)
+    assert type(model[1]).__name__ == "sMLPBlock"
