@@ -40,6 +40,8 @@ def collect() -> dict:
             "available": ext_ok,
             "reason": ext_reason,
             "build": ext.build_info() if ext is not None else None,
+            # What the extension's own CUDA runtime sees (cudart is linked into it).
+            "cuda_runtime": ext.cuda_runtime_info() if ext is not None else None,
         },
         "backends": {
             name: {"available": s.available, "reason": s.reason, "devices": s.device_types}
@@ -60,6 +62,10 @@ def main() -> None:
     if ext["build"] is not None:
         for key, value in ext["build"].items():
             print(f"  {key:<12} {value}")
+    if ext["cuda_runtime"] is not None and ext["build"]["with_cuda"]:
+        rt = ext["cuda_runtime"]
+        seen = f"{rt['device_count']} device(s)" + (f" ({rt['error']})" if rt["error"] else "")
+        print(f"  {'cuda runtime':<12} {seen}")
     print("backends (automatic choice: the first available one that runs the device):")
     for name, status in info["backends"].items():
         state = "available  " if status["available"] else "unavailable"
