@@ -214,9 +214,14 @@ def _define_axis_mix(op: str):
         return _empty(x.shape, x, x.dtype, _memory_format(x))
 
     @torch.library.custom_op(f"smlp::{op}_bwd", mutates_args=())
-    def bwd(grad: Tensor, x: Tensor, weight: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-        # The bias gradient comes back in the weight's dtype; autograd casts it to the bias'.
-        check_axis_mix_args(op, x, weight, None)
+    def bwd(
+        grad: Tensor,
+        x: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],  # noqa: UP045 (only its dtype is used: the bias gradient's)
+        backend: str,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        check_axis_mix_args(op, x, weight, bias)
         fmt = _memory_format(x)
         if x.shape[0] == 0:
             g = AxisMixGrads(
@@ -227,34 +232,27 @@ def _define_axis_mix(op: str):
         return (
             _finish(g.x, x.dtype, fmt),
             _finish(g.weight, weight.dtype),
-            _finish(g.bias, weight.dtype),
+            _finish(g.bias, _grad_dtype(bias, weight)),
         )
 
     @bwd.register_fake
-    def _(grad, x, weight, backend):
-        check_axis_mix_args(op, x, weight, None)
+    def _(grad, x, weight, bias, backend):
+        check_axis_mix_args(op, x, weight, bias)
         return (
             _empty(x.shape, x, x.dtype, _memory_format(x)),
             _empty(weight.shape, x, weight.dtype),
-            _empty((weight.shape[0],), x, weight.dtype),
+            _empty((weight.shape[0],), x, _grad_dtype(bias, weight)),
         )
 
     def setup_context(ctx, inputs, output) -> None:
         x, weight, bias, backend = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.bias_dtype = _grad_dtype(bias, weight)
+        ctx.save_for_backward(x, weight, bias)
         ctx.backend = backend
 
     def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        dx, dweight, dbias = bwd_op(grad, x, weight, ctx.backend)
+        grads = bwd_op(grad, *ctx.saved_tensors, ctx.backend)
         wanted = ctx.needs_input_grad
-        return (
-            dx if wanted[0] else None,
-            dweight if wanted[1] else None,
-            dbias.to(ctx.bias_dtype) if wanted[2] else None,
-            None,
-        )
+        return (*(g if wanted[i] else None for i, g in enumerate(grads)), None)
 
     fwd.register_autograd(backward, setup_context=setup_context)
 

@@ -158,13 +158,18 @@ def _availability(name: str) -> tuple[bool, str]:
     return _AVAILABILITY[name]
 
 
-def get_backend(name: str) -> Backend:
-    """The registered backend called ``name``; ValueError listing the known names otherwise."""
+def get_backend(name: str, *, source: str = "backend=") -> Backend:
+    """The registered backend called ``name``; ValueError listing the known names otherwise.
+
+    ``source`` says in the message where the name came from.
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown backend {name!r}; registered backends: {known}") from None
+        raise ValueError(
+            f"{source}{name!r}: unknown backend; registered backends: {known}"
+        ) from None
 
 
 def backends() -> dict[str, BackendStatus]:
@@ -191,10 +196,7 @@ def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int
     device_type = x.device.type
     if forced is not None:
         source = "backend=" if requested is not None else f"the environment variable {ENV_VAR}="
-        if forced not in _REGISTRY:
-            known = ", ".join(sorted(_REGISTRY))
-            raise ValueError(f"{source}{forced!r}: unknown backend; registered backends: {known}")
-        b = _REGISTRY[forced]
+        b = get_backend(forced, source=source)
         available, reason = _availability(forced)
         if not available:
             raise RuntimeError(f"{source}{forced!r} is unavailable here: {reason}")

@@ -172,6 +172,24 @@ def test_low_precision_error_within_twice_pytorch(dtype):
         assert ours_err <= 2 * base + 1e-3 * true.abs().max(), (name, ours_err, base)
 
 
+@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
+def test_axis_mix_gradients_come_back_in_each_parameter_dtype(op):
+    n = 6 if op == "row_mix" else 5
+    x = torch.randn(2, 3, 5, 6).bfloat16().requires_grad_()
+    weight = torch.randn(n, n, dtype=torch.bfloat16, requires_grad=True)
+    bias = torch.randn(n, requires_grad=True)  # float32 bias, bfloat16 weight
+    y = getattr(smlp_kernels, op)(x, weight, bias)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert (x.grad.dtype, weight.grad.dtype, bias.grad.dtype) == (
+        torch.bfloat16,
+        torch.bfloat16,
+        torch.float32,
+    )
+    summed = (0, 1, 2) if op == "row_mix" else (0, 1, 3)
+    torch.testing.assert_close(bias.grad, torch.ones_like(y, dtype=torch.float32).sum(summed))
+
+
 def test_empty_batch():
     args = make_args(0, 3, 4, 5, 6, requires_grad=True)
     y = smlp_kernels.smlp_mix(*args)
@@ -390,7 +408,7 @@ def test_opcheck_axis_mix(op, grad):
     torch.library.opcheck(getattr(torch.ops.smlp, f"{op}_fwd"), (x, weight, bias, "reference"))
     torch.library.opcheck(
         getattr(torch.ops.smlp, f"{op}_bwd"),
-        (torch.randn(2, 3, 5, 6), x.detach(), weight.detach(), "reference"),
+        (torch.randn(2, 3, 5, 6), x.detach(), weight.detach(), bias.detach(), "reference"),
     )
 
 
