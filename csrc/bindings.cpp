@@ -82,6 +82,12 @@ int cuda_probe(int value, std::uintptr_t stream) {
 #endif
 }
 
+// ---- BEGIN CPU launcher helpers (csrc/cpu) ----
+// ---- END CPU launcher helpers ----
+
+// ---- BEGIN CUDA launcher helpers (csrc/cuda) ----
+// ---- END CUDA launcher helpers ----
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -106,4 +112,10 @@ PYBIND11_MODULE(_C, m) {
         "Run a one-thread kernel on `stream` (a cudaStream_t as an int, e.g. "
         "torch.cuda.current_stream().cuda_stream) that returns value + 1. Raises "
         "RuntimeError with the CUDA error string when there is no usable device.");
+
+  // ---- BEGIN CPU launcher defs ----
+  // ---- END CPU launcher defs ----
+
+  // ---- BEGIN CUDA launcher defs ----
+  // ---- END CUDA launcher defs ----
 }

@@ -10,6 +10,7 @@ Public API:
 * :mod:`smlp_kernels.reference`: the pure-PyTorch reference every backend is tested against.
 """
 
+from ._config import deterministic, is_deterministic, set_deterministic
 from ._version import __version__
 from .nn import SparseMLP, convert_spach
 from .ops import ColMixFunction, RowMixFunction, SMLPMixFunction, col_mix, row_mix, smlp_mix
@@ -25,7 +26,10 @@ __all__ = [
     "backends",
     "col_mix",
     "convert_spach",
+    "deterministic",
+    "is_deterministic",
     "register_backend",
     "row_mix",
+    "set_deterministic",
     "smlp_mix",
 ]
