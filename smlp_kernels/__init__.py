@@ -15,6 +15,9 @@ from ._version import __version__
 from .nn import SparseMLP, convert_spach
 from .ops import ColMixFunction, RowMixFunction, SMLPMixFunction, col_mix, row_mix, smlp_mix
 from .registry import BackendStatus, backends, register_backend
+from .triton import TritonBackend as _TritonBackend
+
+register_backend(_TritonBackend())
 
 __all__ = [
     "BackendStatus",

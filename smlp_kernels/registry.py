@@ -10,6 +10,8 @@ Choosing a backend for a call: an explicit ``backend=`` argument wins, then the 
 variable ``SMLP_BACKEND``; either one is *forced* and fails loudly if that backend cannot run
 the call. Otherwise the available backend with the highest ``priority`` that supports the
 tensor's device type and shape runs it; ``reference`` supports everything and comes last.
+A backend with ``auto_select = False`` (the Triton interpreter, a testing aid) runs only when
+forced.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Backend(ABC):
     name: str = ""
     device_types: tuple[str, ...] = ()
     priority: int = 0
+    auto_select: bool = True  # False: runs only when asked for by name (backend= or env)
 
     def availability(self) -> tuple[bool, str]:
         """(available, reason). Called once per process and cached by the registry."""
@@ -211,7 +214,8 @@ def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int
         return forced
     for name, b in sorted(_REGISTRY.items(), key=lambda kv: -kv[1].priority):
         if (
-            _availability(name)[0]
+            b.auto_select
+            and _availability(name)[0]
             and _runs_on(b, device_type)
             and b.unsupported_reason(op, x, out_channels) is None
         ):

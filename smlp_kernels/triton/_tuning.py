@@ -1,0 +1,199 @@
+"""Launch configurations of the Triton kernels and a small autotuner over them.
+
+Each kernel has a short, shape-dependent list of configurations (tile sizes, warps,
+stages); the first entry is the heuristic default. The tuner times every entry once per
+key (kernel, C_in, C_out, H, W, dtype, flags, device) with ``triton.testing.do_bench`` and
+caches the winner for the life of the process.
+
+It never benchmarks when that would be wrong or pointless, and uses the default instead
+(without caching it, so a later ordinary call can still tune):
+
+* while the current CUDA stream is capturing a CUDA graph (benchmarking would launch
+  kernels and synchronise inside the capture);
+* under the Triton interpreter (timings mean nothing there);
+* when the environment variable ``SMLP_TRITON_AUTOTUNE=0`` is set.
+
+:func:`all_configs` lists every configuration of every kernel for a shape; the
+ahead-of-time compile test compiles all of them.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import triton
+
+__all__ = [
+    "Config",
+    "all_configs",
+    "axis_mix_configs",
+    "axis_wgrad_configs",
+    "clear_cache",
+    "mix_fwd_configs",
+    "mix_wgrad_fuse_configs",
+    "pick",
+]
+
+AUTOTUNE_ENV = "SMLP_TRITON_AUTOTUNE"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Constexpr tile sizes plus launch options of one kernel launch."""
+
+    kwargs: tuple[tuple[str, int], ...]
+    num_warps: int = 4
+    num_stages: int = 2
+    label: str = field(default="", compare=False)
+
+    def constexprs(self) -> dict[str, int]:
+        return dict(self.kwargs)
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.kwargs]
+        return " ".join([*parts, f"warps={self.num_warps}", f"stages={self.num_stages}"])
+
+
+def _cfg(num_warps: int = 4, num_stages: int = 2, **kw: int) -> Config:
+    return Config(tuple(kw.items()), num_warps, num_stages)
+
+
+def _np2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+def _dedup(configs: list[Config]) -> list[Config]:
+    seen, out = set(), []
+    for c in configs:
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+def _box(h: int, w: int, block_m: int, max_w: int) -> tuple[int, int]:
+    """(BLOCK_H, BLOCK_W) of a pixel box of about block_m pixels, at least 16 of them.
+
+    At least 16 so that the weight-gradient kernel's reduction over pixels is a legal
+    tl.dot (its K dimension must be >= 16 on NVIDIA GPUs).
+    """
+    bw = min(_np2(w), max_w)
+    bh = max(1, min(block_m // bw, _np2(h)))
+    if bh * bw < 16:
+        bh = 16 // bw
+    return bh, bw
+
+
+def mix_fwd_configs(c_in: int, c_out: int, h: int, w: int) -> list[Config]:
+    """Tiles of mix_fwd_kernel for x with c_in channels and c_out output channels."""
+    bc = 32 if c_in >= 32 else 16
+    bu = 32 if h > 16 else 16
+    bv = 32 if w > 16 else 16
+    bo_small = min(64, max(16, _np2(c_out)))
+    out = []
+    for block_m, max_w, bo, warps in (
+        (64, 64, bo_small, 4),
+        (128, 64, bo_small, 4),
+        (64, 16, bo_small, 4),
+        (64, 64, min(128, max(16, _np2(c_out))), 8),
+    ):
+        bh, bw = _box(h, w, block_m, max_w)
+        out.append(
+            _cfg(warps, 2, BLOCK_O=bo, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=bu, BLOCK_V=bv)
+        )
+    return _dedup(out)
+
+
+def mix_wgrad_fuse_configs(c_in: int, c_out: int, h: int, w: int) -> list[Config]:
+    """Tiles of mix_wgrad_fuse_kernel (x has c_in channels, g has c_out)."""
+    bc = 32 if c_in >= 32 else 16
+    bu = 32 if h > 16 else 16
+    bv = 32 if w > 16 else 16
+    out = []
+    for block_m, bo, warps in ((64, min(64, max(16, _np2(c_out))), 4), (128, 32, 4)):
+        bh, bw = _box(h, w, block_m, 64)
+        out.append(
+            _cfg(warps, 2, BLOCK_O=bo, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=bu, BLOCK_V=bv)
+        )
+    return _dedup(out)
+
+
+def axis_wgrad_configs(s: int, length: int, has_f: bool) -> list[Config]:
+    """Tiles of axis_wgrad_kernel for a mix along an axis of `length` (other axis `s`)."""
+    bl = max(16, _np2(length))
+    warps = 8 if bl >= 128 else 4
+    out = []
+    for budget in (1024, 4096):
+        bs = max(1, min(_np2(s), budget // (16 * bl)))
+        out.append(_cfg(warps, 2, BLOCK_C=16, BLOCK_S=bs, BLOCK_L=bl, BLOCK_O=32 if has_f else 16))
+    return _dedup(out)
+
+
+def axis_mix_configs(length: int) -> list[Config]:
+    """Tiles of axis_mix_kernel for a mix along an axis of `length`."""
+    bl = max(16, _np2(length))
+    bk = 32 if length > 16 else 16
+    return _dedup([_cfg(4, 2, BLOCK_Q=bq, BLOCK_L=bl, BLOCK_K=bk) for bq in (64, 128)])
+
+
+def all_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list[Config]]:
+    """Every (kernel, config) the backend may launch for this shape, forward and backward.
+
+    The input gradient runs mix_fwd_kernel with the channel counts swapped; the row and
+    column weight gradients run axis_wgrad_kernel along W and along H.
+    """
+    return {
+        "mix_fwd_kernel": _dedup(mix_fwd_configs(c, c_out, h, w) + mix_fwd_configs(c_out, c, h, w)),
+        "mix_wgrad_fuse_kernel": mix_wgrad_fuse_configs(c, c_out, h, w),
+        "axis_wgrad_kernel": _dedup(
+            axis_wgrad_configs(h, w, True)
+            + axis_wgrad_configs(w, h, True)
+            + axis_wgrad_configs(h, w, False)
+            + axis_wgrad_configs(w, h, False)
+        ),
+        "axis_mix_kernel": _dedup(axis_mix_configs(w) + axis_mix_configs(h)),
+    }
+
+
+_CACHE: dict[tuple, Config] = {}
+
+
+def clear_cache() -> None:
+    """Forget every tuned configuration (the next call of each shape tunes again)."""
+    _CACHE.clear()
+
+
+def _may_benchmark(device: torch.device) -> bool:
+    if os.environ.get(AUTOTUNE_ENV, "1") == "0" or device.type != "cuda":
+        return False
+    return not torch.cuda.is_current_stream_capturing()
+
+
+def pick(key: tuple, configs: list[Config], device: torch.device, run) -> Config:
+    """The configuration to launch for `key`; `run(config)` launches the kernel once.
+
+    `run` must be safe to call repeatedly (kernels that accumulate with atomics zero
+    their output inside `run`).
+    """
+    if len(configs) == 1:
+        return configs[0]
+    full_key = (*key, str(device))
+    hit = _CACHE.get(full_key)
+    if hit is not None:
+        return hit
+    if not _may_benchmark(device):
+        return configs[0]
+    from triton.testing import do_bench
+
+    best, best_ms = configs[0], float("inf")
+    for cfg in configs:
+        try:
+            ms = do_bench(lambda cfg=cfg: run(cfg), warmup=5, rep=20)
+        except Exception as exc:  # e.g. out of shared memory: not a candidate on this device
+            if "OutOfResources" not in type(exc).__name__:
+                raise
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    _CACHE[full_key] = best
+    return best
