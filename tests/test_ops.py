@@ -335,7 +335,12 @@ def test_automatic_choice_prefers_priority_then_falls_back(registry):
     # Only CPU for "fast": a meta tensor goes to the reference.
     assert registry.resolve_backend(None, "mix", x.to("meta"), 2) == "reference"
     status = smlp_kernels.backends()
-    assert list(status) == ["broken", "fast", "reference"]
+    # Highest priority first (the real backends registered by the package may sit between).
+    assert [n for n in status if n in ("broken", "fast", "reference")] == [
+        "broken",
+        "fast",
+        "reference",
+    ]
     assert status["broken"].reason == "missing its compiler" and not status["broken"].available
 
 

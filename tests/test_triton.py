@@ -1,0 +1,382 @@
+"""The triton backend against the reference: forward, all six gradients, the standalone
+row and column mixes, layouts, awkward sizes, determinism, 64-bit offsets and bad input.
+
+Runs on the GPU when there is one, and otherwise on the Triton interpreter (CPU tensors;
+tests/conftest.py sets TRITON_INTERPRET=1). On the interpreter bfloat16 takes the
+float32-upcast path (the interpreter gets bfloat16 products wrong, BRIEF section 5), so
+bfloat16 proper is tested only on a GPU.
+
+Tolerances (STYLE.md): float32 against the float64 reference with a tight relative bound;
+float16 and bfloat16 at most 2x PyTorch's own error in the same dtype (the reference
+computed in that dtype, against float64) plus a small atol scaled to the output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import smlp_kernels
+from smlp_kernels import reference as R
+from smlp_kernels.reference import SMLPMixGrads
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed"
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = DEVICE == "cuda"
+FP32_RTOL = 2e-5  # relative to the largest reference value: fp32 accumulation over <= 3C terms
+
+
+def _launch():
+    from smlp_kernels.triton import _launch
+
+    return _launch
+
+
+def make_args(b, c, c_out, h, w, *, bias=True, seed=0):
+    """float64 x and parameters on DEVICE, scaled so outputs are O(1)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(DEVICE)
+
+    return [
+        rand(b, c, h, w),
+        rand(w, w, scale=w**-0.5),
+        rand(w) if bias else None,
+        rand(h, h, scale=h**-0.5),
+        rand(h) if bias else None,
+        rand(c_out, 3 * c, scale=(3 * c) ** -0.5),
+    ]
+
+
+def cast(args, dtype, params_fp32=False):
+    out = []
+    for i, t in enumerate(args):
+        if t is None:
+            out.append(None)
+        else:
+            out.append(t.to(torch.float32 if (params_fp32 and i > 0) else dtype))
+    return out
+
+
+def relayout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The same values as x in another memory layout."""
+    if kind == "contiguous":
+        return x.contiguous()
+    if kind == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "sliced":  # every second channel and column of a larger tensor
+        b, c, h, w = x.shape
+        big = torch.zeros(b, 2 * c, h, 2 * w + 1, dtype=x.dtype, device=x.device)
+        view = big[:, ::2, :, 1::2]
+        view.copy_(x)
+        return view
+    if kind == "transposed":  # an (B, C, W, H) tensor viewed as (B, C, H, W)
+        return x.transpose(2, 3).contiguous().transpose(2, 3)
+    raise ValueError(kind)
+
+
+def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    assert not torch.isnan(got).any(), "NaN in the output"
+    scale = want.abs().max().clamp_min(1e-30)
+    return ((got.double() - want.double()).abs().max() / scale).item()
+
+
+# (B, C, C_out, H, W): scaled-down sMLPNet stages, H != W, sizes 1, 7, 13, 57, B = 1.
+CASES = [
+    pytest.param(1, 8, 8, 56, 56, id="stage1-B1-C8-H56-W56"),
+    pytest.param(2, 16, 16, 28, 28, id="stage2-B2-C16-H28-W28"),
+    pytest.param(2, 32, 32, 14, 14, id="stage3-B2-C32-H14-W14"),
+    pytest.param(2, 64, 64, 7, 7, id="stage4-B2-C64-H7-W7"),
+    pytest.param(2, 12, 20, 13, 7, id="B2-C12-Co20-H13-W7"),
+    pytest.param(1, 5, 3, 7, 13, id="B1-C5-Co3-H7-W13"),
+    pytest.param(3, 1, 1, 1, 1, id="B3-C1-Co1-H1-W1"),
+    pytest.param(2, 4, 6, 1, 13, id="B2-C4-Co6-H1-W13"),
+    pytest.param(2, 4, 2, 13, 1, id="B2-C4-Co2-H13-W1"),
+    pytest.param(1, 3, 4, 57, 7, id="B1-C3-Co4-H57-W7"),
+    pytest.param(1, 3, 4, 7, 57, id="B1-C3-Co4-H7-W57"),
+]
+
+
+def run_fwd_bwd(args, backend, grad):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in args]
+    y = smlp_kernels.smlp_mix(*leaves, backend=backend)
+    y.backward(grad.to(y.dtype))
+    return y.detach(), [None if t is None else t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("b,c,c_out,h,w", CASES)
+def test_forward_and_all_gradients_fp32(b, c, c_out, h, w):
+    args = make_args(b, c, c_out, h, w)
+    truth = R.smlp_mix_ref(*args)
+    grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
+    want = R.smlp_mix_bwd_ref(grad, *args)
+    y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
+    assert y.dtype == torch.float32 and y.shape == truth.shape
+    assert max_rel_err(y, truth) < FP32_RTOL
+    for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
+        assert got is not None, name
+        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+
+
+LOW_CASES = [
+    pytest.param(2, 16, 16, 28, 28, id="B2-C16-H28-W28"),
+    pytest.param(2, 64, 48, 7, 7, id="B2-C64-Co48-H7-W7"),
+    pytest.param(2, 12, 20, 13, 7, id="B2-C12-Co20-H13-W7"),
+]
+
+LOW_DTYPES = [
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(
+        torch.bfloat16,
+        id="bf16-upcast" if not ON_GPU else "bf16",
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", LOW_DTYPES)
+@pytest.mark.parametrize("params_fp32", [False, True], ids=["params-same", "params-fp32"])
+@pytest.mark.parametrize("b,c,c_out,h,w", LOW_CASES)
+def test_low_precision_within_twice_pytorch(b, c, c_out, h, w, dtype, params_fp32):
+    args = make_args(b, c, c_out, h, w)
+    truth = R.smlp_mix_ref(*args)
+    grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
+    want = R.smlp_mix_bwd_ref(grad, *args)
+    low = cast(args, dtype, params_fp32)
+    y, grads = run_fwd_bwd(low, "triton", grad)
+    assert y.dtype == dtype
+    # PyTorch's own error in this dtype: the reference run with dtype tensors.
+    y_pt, grads_pt = run_fwd_bwd(low, "reference", grad)
+    atol = 1e-3
+    assert max_rel_err(y, truth) <= 2 * max_rel_err(y_pt, truth) + atol
+    for name, got, base in zip(SMLPMixGrads._fields, grads, grads_pt, strict=True):
+        true = getattr(want, name)
+        assert got.dtype == base.dtype, name
+        assert max_rel_err(got, true) <= 2 * max_rel_err(base, true) + atol, name
+
+
+@pytest.mark.parametrize("kind", ["channels_last", "sliced", "transposed"])
+@pytest.mark.parametrize(
+    "b,c,c_out,h,w",
+    [
+        pytest.param(2, 16, 16, 14, 14, id="B2-C16-H14-W14"),
+        pytest.param(2, 5, 7, 13, 7, id="B2-C5-Co7-H13-W7"),
+    ],
+)
+def test_layouts(b, c, c_out, h, w, kind):
+    args = make_args(b, c, c_out, h, w)
+    truth = R.smlp_mix_ref(*args)
+    grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
+    want = R.smlp_mix_bwd_ref(grad, *args)
+    low = cast(args, torch.float32)
+    low[0] = relayout(low[0], kind)
+    # Non-contiguous parameters too: transposed views of transposed copies.
+    low[1] = low[1].t().contiguous().t()
+    low[5] = low[5].t().contiguous().t()
+    y, grads = run_fwd_bwd(low, "triton", relayout(grad.float(), kind))
+    if kind == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    assert max_rel_err(y, truth) < FP32_RTOL
+    for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
+        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+
+
+def test_zero_stride_x_and_upstream_gradient():
+    """An expanded x (batch stride 0) and the gradient of y.sum() (all strides 0)."""
+    args = make_args(1, 6, 5, 9, 11)
+    x = args[0].float().expand(3, -1, -1, -1).requires_grad_()
+    params = [None if t is None else t.float().requires_grad_() for t in args[1:]]
+    smlp_kernels.smlp_mix(x, *params, backend="triton").sum().backward()
+    xr = args[0].expand(3, -1, -1, -1)
+    truth = R.smlp_mix_ref(xr, *args[1:])
+    want = R.smlp_mix_bwd_ref(torch.ones_like(truth), xr, *args[1:])
+    assert max_rel_err(x.grad, want.x) < FP32_RTOL
+    for name, p in zip(SMLPMixGrads._fields[1:], params, strict=True):
+        assert max_rel_err(p.grad, getattr(want, name)) < FP32_RTOL, name
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
+@pytest.mark.parametrize(
+    "b,c,h,w",
+    [
+        pytest.param(2, 3, 13, 7, id="B2-C3-H13-W7"),
+        pytest.param(1, 2, 57, 1, id="B1-C2-H57-W1"),
+        pytest.param(2, 4, 28, 28, id="B2-C4-H28-W28"),
+    ],
+)
+def test_axis_mix_forward_and_gradients(b, c, h, w, op, bias):
+    gen = torch.Generator().manual_seed(1)
+    n = w if op == "row_mix" else h
+    x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64).to(DEVICE)
+    wt = (torch.randn(n, n, generator=gen, dtype=torch.float64) / n**0.5).to(DEVICE)
+    bs = torch.randn(n, generator=gen, dtype=torch.float64).to(DEVICE) if bias else None
+    ref_fn = R.row_mix_ref if op == "row_mix" else R.col_mix_ref
+    bwd_fn = R.row_mix_bwd_ref if op == "row_mix" else R.col_mix_bwd_ref
+    truth = ref_fn(x, wt, bs)
+    grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
+    want = bwd_fn(grad, x, wt)
+    leaves = [t.float().requires_grad_() for t in (x, wt)]
+    bl = bs.float().requires_grad_() if bias else None
+    x_in = relayout(leaves[0], "channels_last")
+    y = getattr(smlp_kernels, op)(x_in, leaves[1], bl, backend="triton")
+    y.backward(grad.float())
+    assert max_rel_err(y, truth) < FP32_RTOL
+    assert max_rel_err(leaves[0].grad, want.x) < FP32_RTOL
+    assert max_rel_err(leaves[1].grad, want.weight) < FP32_RTOL
+    if bias:
+        assert max_rel_err(bl.grad, want.bias) < FP32_RTOL
+
+
+def test_deterministic_mode_is_bitwise_reproducible():
+    args = cast(make_args(2, 16, 24, 13, 7), torch.float32)
+    grad = torch.randn(2, 24, 13, 7, device=DEVICE)
+    launch = _launch()
+    with smlp_kernels.deterministic():
+        assert smlp_kernels.is_deterministic()
+        first = launch.mix_bwd(grad, *args)
+        second = launch.mix_bwd(grad, *args)
+        axis_first = launch.axis_mix_bwd(grad[:, :16], args[0], args[1], 3)
+        axis_second = launch.axis_mix_bwd(grad[:, :16], args[0], args[1], 3)
+    assert not smlp_kernels.is_deterministic()
+    for a, b in zip([*first, *axis_first], [*second, *axis_second], strict=True):
+        assert torch.equal(a, b)
+    # The default (atomics) mode computes the same values.
+    default = launch.mix_bwd(grad, *args)
+    for name, a, b in zip(SMLPMixGrads._fields, first, default, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_pytorch_deterministic_flag_turns_deterministic_mode_on():
+    old = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert smlp_kernels.is_deterministic()
+    finally:
+        torch.use_deterministic_algorithms(old)
+
+
+def test_outputs_are_fully_written_nan_poison():
+    """Launch into NaN-filled outputs: any element a kernel forgets stays NaN."""
+    launch = _launch()
+    args = cast(make_args(2, 5, 7, 13, 7), torch.float32)
+    x, rw, rb, cw, cb, fw = args
+    y = torch.full((2, 7, 13, 7), float("nan"), device=DEVICE)
+    launch._launch_mix(x, rw, rb, cw, cb, fw, y, transposed=False)
+    assert not torch.isnan(y).any()
+    assert max_rel_err(y, R.smlp_mix_ref(*make_args(2, 5, 7, 13, 7))) < FP32_RTOL
+    dx = torch.full_like(x, float("nan"))
+    launch._launch_mix(y, rw, None, cw, None, fw, dx, transposed=True)
+    assert not torch.isnan(dx).any()
+    z = torch.full_like(x, float("nan"))
+    launch._launch_axis_mix(x, cw, cb, 2, z, transposed=False)
+    assert not torch.isnan(z).any()
+
+
+def test_nan_input_propagates():
+    args = cast(make_args(1, 4, 4, 7, 7), torch.float32)
+    args[0][0, 1, 2, 3] = float("nan")
+    y = smlp_kernels.smlp_mix(*args, backend="triton")
+    # Row 2 and column 3 of every output channel see the NaN (through R, K and F_id).
+    assert torch.isnan(y[0, :, 2, :]).all() and torch.isnan(y[0, :, :, 3]).all()
+
+
+def test_offsets_beyond_2_31_elements():
+    """x lies in a float16 buffer of 2^31 + n elements: batch 1 starts at element 2^31 and
+    channel c at c * 2^30, so 32-bit offsets would wrap. Only the touched pages are real."""
+    c, h, w = 3, 5, 7
+    if ON_GPU and torch.cuda.get_device_properties(0).total_memory < 8 * 2**30:
+        pytest.skip("needs 4.3 GB of device memory")
+    store = torch.empty(2**31 + 2 * 2**30 + h * w, dtype=torch.float16, device=DEVICE)
+    x = store.as_strided((2, c, h, w), (2**31, 2**30, w, 1))
+    gen = torch.Generator().manual_seed(3)
+    x.copy_(torch.randn(2, c, h, w, generator=gen).half())
+    rw = torch.randn(w, w, generator=gen).to(DEVICE) / w**0.5
+    cw = torch.randn(h, h, generator=gen).to(DEVICE) / h**0.5
+    fw = torch.randn(4, 3 * c, generator=gen).to(DEVICE) / (3 * c) ** 0.5
+    y = smlp_kernels.smlp_mix(x, rw, None, cw, None, fw, backend="triton")
+    want = R.smlp_mix_ref(x.double(), rw.double(), None, cw.double(), None, fw.double())
+    assert max_rel_err(y, want) < 5e-3
+    z = smlp_kernels.row_mix(x, rw, None, backend="triton")
+    assert max_rel_err(z, R.row_mix_ref(x.double(), rw.double(), None)) < 5e-3
+    del store, x
+
+
+def test_unsupported_sizes_and_dtypes_raise_clear_errors():
+    args = cast(make_args(1, 2, 2, 129, 3), torch.float32)
+    with pytest.raises(ValueError, match=r"'triton' cannot run mix on this input: H=129"):
+        smlp_kernels.smlp_mix(*args, backend="triton")
+    with pytest.raises(ValueError, match="float64"):
+        smlp_kernels.smlp_mix(*make_args(1, 2, 2, 3, 3), backend="triton")
+    x = torch.randn(1, 2, 3, 130, device=DEVICE)
+    with pytest.raises(ValueError, match="W=130"):
+        smlp_kernels.row_mix(x, torch.randn(130, 130, device=DEVICE), backend="triton")
+
+
+@pytest.mark.parametrize("h,w", [(128, 3), (3, 128)], ids=["H128-W3", "H3-W128"])
+def test_largest_size_128(h, w):
+    args = make_args(1, 2, 3, h, w)
+    truth = R.smlp_mix_ref(*args)
+    grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
+    want = R.smlp_mix_bwd_ref(grad, *args)
+    y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
+    assert max_rel_err(y, truth) < FP32_RTOL
+    for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
+        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+
+
+def test_automatic_choice():
+    """backend=None picks triton for CUDA tensors; under the interpreter it only runs when
+    named, so CPU tensors never reach it automatically."""
+    from smlp_kernels.registry import resolve_backend
+
+    x = torch.randn(1, 2, 3, 3, device=DEVICE)
+    chosen = resolve_backend(None, "mix", x, 2)
+    if ON_GPU:
+        assert chosen == "triton"
+    else:
+        assert chosen != "triton"
+        assert smlp_kernels.backends()["triton"].available
+
+
+def test_tuner_never_benchmarks_under_graph_capture(monkeypatch):
+    from smlp_kernels.triton import _tuning
+
+    calls = []
+    configs = _tuning.mix_fwd_configs(16, 16, 28, 28)
+    assert len(configs) > 1
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    cfg = _tuning.pick(("test-key",), configs, torch.device("cuda", 0), calls.append)
+    assert cfg == configs[0] and calls == []
+    assert ("test-key", "cuda:0") not in _tuning._CACHE
+    monkeypatch.setenv(_tuning.AUTOTUNE_ENV, "0")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert _tuning.pick(("test-key",), configs, torch.device("cuda", 0), calls.append) == configs[0]
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(80, 80, 56, 56), (160, 160, 28, 28), (320, 320, 14, 14), (640, 640, 7, 7), (3, 5, 1, 57)],
+    ids=lambda s: "C{}-Co{}-H{}-W{}".format(*s),
+)
+def test_configs_are_legal_tiles(shape):
+    """Every config: powers of two, pixel boxes of >= 16 (a tl.dot K dimension >= 16)."""
+    from smlp_kernels.triton import _tuning
+
+    for name, configs in _tuning.all_configs(*shape).items():
+        assert configs, name
+        for cfg in configs:
+            k = cfg.constexprs()
+            for key, value in k.items():
+                assert value >= 1 and value & (value - 1) == 0, (name, key, value)
+            if "BLOCK_H" in k:
+                assert k["BLOCK_H"] * k["BLOCK_W"] >= 16, (name, cfg)
+                assert k["BLOCK_C"] >= 16 and k["BLOCK_U"] >= 16 and k["BLOCK_V"] >= 16
+            if name == "axis_wgrad_kernel":
+                assert k["BLOCK_C"] * k["BLOCK_S"] >= 16 and k["BLOCK_L"] >= 16
