@@ -380,3 +380,23 @@ def test_configs_are_legal_tiles(shape):
                 assert k["BLOCK_C"] >= 16 and k["BLOCK_U"] >= 16 and k["BLOCK_V"] >= 16
             if name == "axis_wgrad_kernel":
                 assert k["BLOCK_C"] * k["BLOCK_S"] >= 16 and k["BLOCK_L"] >= 16
+
+
+def test_opcheck_and_compile_fullgraph():
+    """The custom ops with backend="triton": registration checks, and a fullgraph compile
+    that calls the kernels through the op (the pattern that works under torch.compile)."""
+    args = cast(make_args(2, 4, 6, 7, 9), torch.float32)
+    torch.library.opcheck(torch.ops.smlp.mix_fwd.default, (*args, "triton"))
+    grad = torch.randn(2, 6, 7, 9, device=DEVICE)
+    torch.library.opcheck(torch.ops.smlp.mix_bwd.default, (grad, *args, "triton"))
+
+    def f(*a):
+        return smlp_kernels.smlp_mix(*a, backend="triton").square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    leaves = [t.clone().requires_grad_() for t in args]
+    compiled(*leaves).backward()
+    leaves_ref = [t.clone().requires_grad_() for t in args]
+    f(*leaves_ref).backward()
+    for a, b in zip(leaves, leaves_ref, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
