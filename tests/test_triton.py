@@ -400,3 +400,15 @@ def test_opcheck_and_compile_fullgraph():
     f(*leaves_ref).backward()
     for a, b in zip(leaves, leaves_ref, strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_batch():
+    args = cast(make_args(1, 3, 4, 5, 6), torch.float32)
+    x = args[0][:0].requires_grad_()
+    params = [None if t is None else t.requires_grad_() for t in args[1:]]
+    y = smlp_kernels.smlp_mix(x, *params, backend="triton")
+    assert y.shape == (0, 4, 5, 6)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for p in params:
+        assert torch.count_nonzero(p.grad) == 0
