@@ -110,18 +110,93 @@ def run_fwd_bwd(args, backend, grad):
     return y.detach(), [None if t is None else t.grad for t in leaves]
 
 
+def check_low_precision(got, got_pt, truth, atol=1e-3):
+    """STYLE.md's rule: at most 2x PyTorch's own error in the same dtype, plus atol."""
+    assert max_rel_err(got, truth) <= 2 * max_rel_err(got_pt, truth) + atol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("b,c,c_out,h,w", CASES)
-def test_forward_and_all_gradients_fp32(b, c, c_out, h, w):
+def test_forward_and_all_gradients(b, c, c_out, h, w, dtype):
     args = make_args(b, c, c_out, h, w)
     truth = R.smlp_mix_ref(*args)
     grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
     want = R.smlp_mix_bwd_ref(grad, *args)
+    y, grads = run_fwd_bwd(cast(args, dtype), "triton", grad)
+    assert y.dtype == dtype and y.shape == truth.shape
+    if dtype == torch.float32:
+        assert max_rel_err(y, truth) < FP32_RTOL
+        for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
+            assert got is not None, name
+            assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+    else:
+        y_pt, grads_pt = run_fwd_bwd(cast(args, dtype), "reference", grad)
+        check_low_precision(y, y_pt, truth)
+        for name, got, base in zip(SMLPMixGrads._fields, grads, grads_pt, strict=True):
+            check_low_precision(got, base, getattr(want, name))
+
+
+BIASES = {"no-bias": (False, False), "row-bias-only": (True, False), "col-bias-only": (False, True)}
+
+
+@pytest.mark.parametrize("biases", list(BIASES))
+def test_bias_variants_and_several_channel_tiles(biases):
+    """C_out = 70 and C = 80: more than one output-channel tile forward and backward."""
+    has_rb, has_cb = BIASES[biases]
+    args = make_args(1, 80, 70, 13, 19)
+    if not has_rb:
+        args[2] = None
+    if not has_cb:
+        args[4] = None
+    truth = R.smlp_mix_ref(*args)
+    grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
+    want = R.smlp_mix_bwd_ref(grad, *args)
     y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
-    assert y.dtype == torch.float32 and y.shape == truth.shape
+    assert max_rel_err(y, truth) < FP32_RTOL
+    for name, arg, got in zip(SMLPMixGrads._fields, args, grads, strict=True):
+        if arg is None:  # an absent bias has no gradient
+            assert got is None, name
+            continue
+        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 3], ids=lambda i: f"config{i}")
+def test_every_tuning_config_is_correct(index, monkeypatch):
+    """Force config `index` (modulo each list's length) of every kernel; the tuner would
+    otherwise only ever run the default here and the fastest one on a GPU."""
+    from smlp_kernels.triton import _tuning
+
+    used = []
+
+    def forced(key, configs, device, run, tune=True):
+        cfg = configs[index % len(configs)]
+        used.append((key[0], cfg))
+        return cfg
+
+    monkeypatch.setattr(_tuning, "pick", forced)
+    args = make_args(2, 20, 70, 13, 19)
+    truth = R.smlp_mix_ref(*args)
+    grad = torch.randn(truth.shape, dtype=torch.float64, device=DEVICE)
+    want = R.smlp_mix_bwd_ref(grad, *args)
+    y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
     assert max_rel_err(y, truth) < FP32_RTOL
     for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
-        assert got is not None, name
         assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+    x = cast(args, torch.float32)[0].requires_grad_()
+    wt = cast(args, torch.float32)[3].requires_grad_()
+    z = smlp_kernels.col_mix(x, wt, None, backend="triton")
+    z.backward(grad[:, :20].float())
+    assert max_rel_err(z, R.col_mix_ref(args[0], args[3], None)) < FP32_RTOL
+    want_axis = R.col_mix_bwd_ref(grad[:, :20], args[0], args[3])
+    assert max_rel_err(x.grad, want_axis.x) < FP32_RTOL
+    assert max_rel_err(wt.grad, want_axis.weight) < FP32_RTOL
+    kernels = {name for name, _ in used}
+    assert kernels == {
+        "mix_fwd_kernel",
+        "mix_wgrad_fuse_kernel",
+        "axis_wgrad_kernel",
+        "axis_mix_kernel",
+    }
 
 
 LOW_CASES = [
@@ -287,11 +362,12 @@ def test_nan_input_propagates():
 
 
 def test_offsets_beyond_2_31_elements():
-    """x lies in a float16 buffer of 2^31 + n elements: batch 1 starts at element 2^31 and
-    channel c at c * 2^30, so 32-bit offsets would wrap. Only the touched pages are real."""
+    """x lies in a float16 buffer of 2^32 + 35 elements (8 GiB, mostly never touched, so
+    on the CPU only the touched pages are real): batch 1 starts at element 2^31 and channel c
+    at c * 2^30, so 32-bit offsets would wrap."""
     c, h, w = 3, 5, 7
-    if ON_GPU and torch.cuda.get_device_properties(0).total_memory < 8 * 2**30:
-        pytest.skip("needs 4.3 GB of device memory")
+    if ON_GPU and torch.cuda.get_device_properties(0).total_memory < 12 * 2**30:
+        pytest.skip("needs 8 GiB of free device memory")
     store = torch.empty(2**31 + 2 * 2**30 + h * w, dtype=torch.float16, device=DEVICE)
     x = store.as_strided((2, c, h, w), (2**31, 2**30, w, 1))
     gen = torch.Generator().manual_seed(3)

@@ -81,21 +81,35 @@ class TritonBackend(Backend):
             return f"H={h}, W={w}: the triton backend takes 1 <= H, W <= {MAX_SIZE}"
         return None
 
+    # Every launch runs with x's GPU as the current device (Triton launches there).
     def mix_fwd(self, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-        return _ops().mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+        ops = _ops()
+        with ops.on_device(x):
+            return ops.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
 
     def mix_bwd(self, grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-        grad = grad.to(x.dtype)
-        return _ops().mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+        ops = _ops()
+        with ops.on_device(x):
+            return ops.mix_bwd(
+                grad.to(x.dtype), x, row_weight, row_bias, col_weight, col_bias, fuse_weight
+            )
 
     def row_mix_fwd(self, x, weight, bias):
-        return _ops().axis_mix_fwd(x, weight, bias, 3)
+        ops = _ops()
+        with ops.on_device(x):
+            return ops.axis_mix_fwd(x, weight, bias, 3)
 
     def row_mix_bwd(self, grad, x, weight):
-        return _ops().axis_mix_bwd(grad.to(x.dtype), x, weight, 3)
+        ops = _ops()
+        with ops.on_device(x):
+            return ops.axis_mix_bwd(grad.to(x.dtype), x, weight, 3)
 
     def col_mix_fwd(self, x, weight, bias):
-        return _ops().axis_mix_fwd(x, weight, bias, 2)
+        ops = _ops()
+        with ops.on_device(x):
+            return ops.axis_mix_fwd(x, weight, bias, 2)
 
     def col_mix_bwd(self, grad, x, weight):
-        return _ops().axis_mix_bwd(grad.to(x.dtype), x, weight, 2)
+        ops = _ops()
+        with ops.on_device(x):
+            return ops.axis_mix_bwd(grad.to(x.dtype), x, weight, 2)

@@ -5,7 +5,7 @@ it. Inputs have passed the op layer's validation; any strides are fine (the kern
 every stride), so nothing here copies x or g.
 """
 
-import os
+import contextlib
 
 import torch
 import triton
@@ -16,8 +16,6 @@ from .. import _config
 from ..reference import AxisMixGrads, SMLPMixGrads
 from . import _tuning
 from .kernels import axis_mix_kernel, axis_wgrad_kernel, mix_fwd_kernel, mix_wgrad_fuse_kernel
-
-MAX_SIZE = 128  # largest H or W the kernels take (one axis must fit one tile)
 
 INTERPRETED = type(mix_fwd_kernel).__name__ == "InterpretedFunction"
 
@@ -33,8 +31,38 @@ def _compute_dtype(dtype: torch.dtype):
 
 
 def _precision() -> str:
-    """tl.dot input precision for float32 operands: IEEE unless PyTorch allows TF32."""
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    """tl.dot input precision for float32 operands: IEEE unless PyTorch allows TF32.
+
+    Reads PyTorch's newer per-backend setting (``torch.backends.cuda.matmul.fp32_precision``,
+    torch >= 2.9) first: once it has been set, the legacy getter raises.
+    """
+    matmul = getattr(torch.backends.cuda, "matmul", None)
+    for setting in (
+        getattr(matmul, "fp32_precision", None),
+        getattr(torch.backends, "fp32_precision", None),
+    ):
+        if setting == "tf32":
+            return "tf32"
+        if setting == "ieee":
+            return "ieee"
+    try:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    except RuntimeError:
+        return "ieee"
+
+
+def _out_format(x: Tensor) -> torch.memory_format:
+    """channels_last when x is (the op layer's output layout), so no copy follows."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def on_device(x: Tensor):
+    """Launch on x's GPU: Triton launches on the current device and its current stream."""
+    if x.device.type == "cuda":
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def _num_sms(device: torch.device) -> int:
@@ -120,7 +148,7 @@ def _launch_mix(
         )  # fmt: skip
 
     configs = _tuning.mix_fwd_configs(c_in, c_out, h, w)
-    key = ("mix_fwd_kernel", c_in, c_out, h, w, x.dtype, rb is not None, cb is not None)
+    key = ("mix_fwd_kernel", c_in, c_out, h, w, x.dtype, prec, rb is not None, cb is not None)
     run(_tuning.pick(key, configs, x.device, run))
     return out
 
@@ -128,7 +156,8 @@ def _launch_mix(
 def mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight) -> Tensor:
     _check_device(x)
     b, _, h, w = x.shape
-    y = torch.empty((b, fuse_weight.shape[0], h, w), dtype=x.dtype, device=x.device)
+    y = torch.empty((b, fuse_weight.shape[0], h, w), dtype=x.dtype, device=x.device,
+                    memory_format=_out_format(x))  # fmt: skip
     return _launch_mix(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, y,
                        transposed=False)  # fmt: skip
 
@@ -163,7 +192,7 @@ def _axis_wgrad(
     compute = _compute_dtype(x.dtype)
     prec = _precision()
     configs = _tuning.axis_wgrad_configs(s_len, length, has_f)
-    key = ("axis_wgrad_kernel", c, c_g, h, w, x.dtype, axis, has_f, deterministic)
+    key = ("axis_wgrad_kernel", c, c_g, h, w, x.dtype, prec, axis, has_f, deterministic)
     bufs: dict[_tuning.Config, tuple[Tensor, Tensor, int]] = {}
 
     def buffers(cfg: _tuning.Config) -> tuple[Tensor, Tensor, int]:
@@ -193,7 +222,9 @@ def _axis_wgrad(
             **k,
         )  # fmt: skip
 
-    cfg = _tuning.pick(key, configs, x.device, run)
+    # Deterministic mode: the config fixes the summation order, so it must not depend on
+    # timings; the default one is used.
+    cfg = _tuning.pick(key, configs, x.device, run, tune=not deterministic)
     run(cfg)
     dw, db, _ = buffers(cfg)
     return _finish_sum(dw, deterministic), _finish_sum(db, deterministic)
@@ -204,7 +235,7 @@ def mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight) ->
     deterministic = _config.is_deterministic()
     b, c, h, w = x.shape
     c_out = fuse_weight.shape[0]
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
     _launch_mix(grad, row_weight, None, col_weight, None, fuse_weight, dx, transposed=True)
 
     # d fuse_weight: fused reduction over pixels, r and k recomputed with their biases.
@@ -213,7 +244,7 @@ def mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight) ->
     compute = _compute_dtype(x.dtype)
     prec = _precision()
     configs = _tuning.mix_wgrad_fuse_configs(c, c_out, h, w)
-    key = ("mix_wgrad_fuse_kernel", c, c_out, h, w, x.dtype, row_bias is not None,
+    key = ("mix_wgrad_fuse_kernel", c, c_out, h, w, x.dtype, prec, row_bias is not None,
            col_bias is not None, deterministic)  # fmt: skip
     bufs: dict[_tuning.Config, tuple[Tensor, int, tuple[int, int, int]]] = {}
 
@@ -245,7 +276,7 @@ def mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight) ->
             **k,
         )  # fmt: skip
 
-    cfg = _tuning.pick(key, configs, x.device, run)
+    cfg = _tuning.pick(key, configs, x.device, run, tune=not deterministic)
     run(cfg)
     d_fuse = _finish_sum(buffers(cfg)[0], deterministic)
 
@@ -285,25 +316,20 @@ def _launch_axis_mix(x: Tensor, weight: Tensor, bias: Tensor | None, axis: int,
         )  # fmt: skip
 
     configs = _tuning.axis_mix_configs(length)
-    key = ("axis_mix_kernel", c, c, h, w, x.dtype, axis, bias is not None)
+    key = ("axis_mix_kernel", c, c, h, w, x.dtype, prec, axis, bias is not None)
     run(_tuning.pick(key, configs, x.device, run))
     return out
 
 
 def axis_mix_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, axis: int) -> Tensor:
     _check_device(x)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
     return _launch_axis_mix(x, weight, bias, axis, y, transposed=False)
 
 
 def axis_mix_bwd(grad: Tensor, x: Tensor, weight: Tensor, axis: int) -> AxisMixGrads:
     _check_device(x)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
     _launch_axis_mix(grad, weight, None, axis, dx, transposed=True)
     dw, db = _axis_wgrad(grad, x, axis, None, deterministic=_config.is_deterministic())
     return AxisMixGrads(dx, dw, db)
-
-
-def interpreted() -> bool:
-    """True when the kernels run on the Triton interpreter (TRITON_INTERPRET=1 at import)."""
-    return INTERPRETED or os.environ.get("TRITON_INTERPRET") == "1"

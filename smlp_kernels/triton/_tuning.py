@@ -11,7 +11,9 @@ It never benchmarks when that would be wrong or pointless, and uses the default 
 * while the current CUDA stream is capturing a CUDA graph (benchmarking would launch
   kernels and synchronise inside the capture);
 * under the Triton interpreter (timings mean nothing there);
-* when the environment variable ``SMLP_TRITON_AUTOTUNE=0`` is set.
+* when the environment variable ``SMLP_TRITON_AUTOTUNE=0`` is set;
+* for the weight-gradient reductions in deterministic mode, whose summation order depends
+  on the configuration (timing-based choice would make the bits vary between processes).
 
 :func:`all_configs` lists every configuration of every kernel for a shape; the
 ahead-of-time compile test compiles all of them.
@@ -169,13 +171,14 @@ def _may_benchmark(device: torch.device) -> bool:
     return not torch.cuda.is_current_stream_capturing()
 
 
-def pick(key: tuple, configs: list[Config], device: torch.device, run) -> Config:
+def pick(key: tuple, configs: list[Config], device: torch.device, run, tune: bool = True) -> Config:
     """The configuration to launch for `key`; `run(config)` launches the kernel once.
 
     `run` must be safe to call repeatedly (kernels that accumulate with atomics zero
-    their output inside `run`).
+    their output inside `run`). ``tune=False`` returns the default without timing anything
+    (deterministic reductions: their summation order depends on the config).
     """
-    if len(configs) == 1:
+    if len(configs) == 1 or not tune:
         return configs[0]
     full_key = (*key, str(device))
     hit = _CACHE.get(full_key)
@@ -195,5 +198,7 @@ def pick(key: tuple, configs: list[Config], device: torch.device, run) -> Config
             continue
         if ms < best_ms:
             best, best_ms = cfg, ms
+    if best_ms == float("inf"):
+        raise RuntimeError(f"smlp_kernels triton: no launch configuration fits {key} on {device}")
     _CACHE[full_key] = best
     return best
