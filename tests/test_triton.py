@@ -424,7 +424,7 @@ def test_tuner_never_benchmarks_under_graph_capture(monkeypatch):
     from smlp_kernels.triton import _tuning
 
     calls = []
-    configs = _tuning.mix_fwd_configs(16, 16, 28, 28)
+    configs = _tuning.mix_fwd_configs(80, 80, 56, 56)
     assert len(configs) > 1
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     cfg = _tuning.pick(("test-key",), configs, torch.device("cuda", 0), calls.append)

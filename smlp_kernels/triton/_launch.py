@@ -214,7 +214,7 @@ def _axis_wgrad(
             db.zero_()
         n_s = triton.cdiv(s_len, k["BLOCK_S"])
         n_c = triton.cdiv(c, k["BLOCK_C"])
-        axis_wgrad_kernel[(splits,)](
+        axis_wgrad_kernel[(splits, triton.cdiv(length, k["BLOCK_LA"]))](
             g, *sg, x, *sx, f_t, sfo, sfc, dw, db,
             b, c, c_g, s_len, length, n_s, n_c, splits,
             HAS_F=has_f, DETERMINISTIC=deterministic, COMPUTE=compute, PREC=prec,

@@ -87,55 +87,62 @@ def _box(h: int, w: int, block_m: int, max_w: int) -> tuple[int, int]:
 
 
 def mix_fwd_configs(c_in: int, c_out: int, h: int, w: int) -> list[Config]:
-    """Tiles of mix_fwd_kernel for x with c_in channels and c_out output channels."""
-    bc = 32 if c_in >= 32 else 16
-    bu = 32 if h > 16 else 16
-    bv = 32 if w > 16 else 16
-    bo_small = min(64, max(16, _np2(c_out)))
-    out = []
-    for block_m, max_w, bo, warps in (
-        (64, 64, bo_small, 4),
-        (128, 64, bo_small, 4),
-        (64, 16, bo_small, 4),
-        (64, 64, min(128, max(16, _np2(c_out))), 8),
-    ):
-        bh, bw = _box(h, w, block_m, max_w)
-        out.append(
-            _cfg(warps, 2, BLOCK_O=bo, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=bu, BLOCK_V=bv)
-        )
-    return _dedup(out)
+    """Tiles of mix_fwd_kernel for x with c_in channels and c_out output channels.
+
+    Pixel boxes are about square (8 x 8) so that both spatial products stay small: R(x) is
+    (BLOCK_C*BLOCK_H, BLOCK_W) and K(x) is (BLOCK_H, BLOCK_C*BLOCK_W). Wider boxes (a whole
+    64-pixel row) made K(x)'s operand 32 x 2048 and spilled; 16 x 8 boxes and 8-warp
+    variants still spilled in float32 on sm_80 (tests/test_triton_aot.py), so the set is
+    two output-channel tile sizes on one box.
+    """
+    bh, bw = _box(h, w, 64, 8)
+    bo = min(64, max(16, _np2(c_out)))
+    return _dedup(
+        [
+            _cfg(4, 2, BLOCK_O=o, BLOCK_C=16, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=16, BLOCK_V=16)
+            for o in (bo, min(bo, 32))
+        ]
+    )
 
 
 def mix_wgrad_fuse_configs(c_in: int, c_out: int, h: int, w: int) -> list[Config]:
-    """Tiles of mix_wgrad_fuse_kernel (x has c_in channels, g has c_out)."""
-    bc = 32 if c_in >= 32 else 16
-    bu = 32 if h > 16 else 16
-    bv = 32 if w > 16 else 16
-    out = []
-    for block_m, bo, warps in ((64, min(64, max(16, _np2(c_out))), 4), (128, 32, 4)):
-        bh, bw = _box(h, w, block_m, 64)
-        out.append(
-            _cfg(warps, 2, BLOCK_O=bo, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=bu, BLOCK_V=bv)
-        )
-    return _dedup(out)
+    """Tiles of mix_wgrad_fuse_kernel (x has c_in channels, g has c_out).
+
+    Three (BLOCK_O, BLOCK_C) float32 accumulators live through the loop; BLOCK_O = 64
+    spilled on sm_80, so output-channel tiles are 32 or 16.
+    """
+    bh, bw = _box(h, w, 64, 8)
+    bo = min(32, max(16, _np2(c_out)))
+    return _dedup(
+        [
+            _cfg(4, 2, BLOCK_O=o, BLOCK_C=16, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=16, BLOCK_V=16)
+            for o in (bo, 16)
+        ]
+    )
 
 
 def axis_wgrad_configs(s: int, length: int, has_f: bool) -> list[Config]:
-    """Tiles of axis_wgrad_kernel for a mix along an axis of `length` (other axis `s`)."""
+    """Tiles of axis_wgrad_kernel for a mix along an axis of `length` (other axis `s`).
+
+    Each program owns BLOCK_LA rows of the (L, L) gradient, so its accumulator stays at
+    most 32 x 128.
+    """
     bl = max(16, _np2(length))
-    warps = 8 if bl >= 128 else 4
+    bla = min(bl, 32)
     out = []
-    for budget in (1024, 4096):
-        bs = max(1, min(_np2(s), budget // (16 * bl)))
-        out.append(_cfg(warps, 2, BLOCK_C=16, BLOCK_S=bs, BLOCK_L=bl, BLOCK_O=32 if has_f else 16))
+    for rows in (16, 32):
+        bs = max(1, min(_np2(s), rows // 16))
+        bo = 32 if has_f else 16
+        out.append(_cfg(4, 2, BLOCK_C=16, BLOCK_S=bs, BLOCK_L=bl, BLOCK_LA=bla, BLOCK_O=bo))
     return _dedup(out)
 
 
 def axis_mix_configs(length: int) -> list[Config]:
     """Tiles of axis_mix_kernel for a mix along an axis of `length`."""
     bl = max(16, _np2(length))
-    bk = 32 if length > 16 else 16
-    return _dedup([_cfg(4, 2, BLOCK_Q=bq, BLOCK_L=bl, BLOCK_K=bk) for bq in (64, 128)])
+    bk = 16
+    rows = (16, 32) if bl >= 64 else (32, 64)  # (64, 32)-row tiles spilled in float32
+    return _dedup([_cfg(4, 2, BLOCK_Q=bq, BLOCK_L=bl, BLOCK_K=bk) for bq in rows])
 
 
 def all_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list[Config]]:

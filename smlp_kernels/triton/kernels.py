@@ -389,6 +389,7 @@ def axis_wgrad_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    BLOCK_LA: tl.constexpr,
     BLOCK_O: tl.constexpr,
     COMPUTE: tl.constexpr,
     PREC: tl.constexpr,
@@ -398,16 +399,20 @@ def axis_wgrad_kernel(
     dw[l, l'] = sum_{b, c, s} z[b, c, s, l] x[b, c, s, l'],  db[l] = sum_{b, c, s} z[b, c, s, l]
     with z = F_blk^T g (HAS_F: the row or column block of the fused op, g has C_G channels)
     or z = g (the standalone row_mix / col_mix). The row mix passes (S, L) = (H, W), the
-    column mix passes (S, L) = (W, H) with the strides swapped. Grid (SPLITS,): split s
-    reduces items s, s + SPLITS, ... of the (b, s tile, c tile) list.
+    column mix passes (S, L) = (W, H) with the strides swapped. Grid (SPLITS, row tiles):
+    split s reduces items s, s + SPLITS, ... of the (b, s tile, c tile) list into rows
+    l in [BLOCK_LA * tile, BLOCK_LA * (tile + 1)) of dw and db.
     """
     BLOCK_Q: tl.constexpr = BLOCK_C * BLOCK_S
     split = tl.program_id(0)
+    la0 = tl.program_id(1) * BLOCK_LA
     offs_q = tl.arange(0, BLOCK_Q)
     offs_l = tl.arange(0, BLOCK_L)
     l_ok = offs_l < L
-    acc = tl.zeros((BLOCK_L, BLOCK_L), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    offs_la = la0 + tl.arange(0, BLOCK_LA)
+    la_ok = offs_la < L
+    acc = tl.zeros((BLOCK_LA, BLOCK_L), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_LA,), dtype=tl.float32)
     n_items = B * n_s * n_c
     for item in range(split, n_items, SPLITS):
         tc = item % n_c
@@ -420,14 +425,14 @@ def axis_wgrad_kernel(
         q_ok = (qc < C) & (qs < S)
         g_b = g_ptr + b.to(tl.int64) * sgb
         if HAS_F:
-            offs_p = tl.arange(0, BLOCK_S * BLOCK_L)
-            ps = s0 + offs_p // BLOCK_L
-            pl = offs_p % BLOCK_L
+            offs_p = tl.arange(0, BLOCK_S * BLOCK_LA)
+            ps = s0 + offs_p // BLOCK_LA
+            pl = la0 + offs_p % BLOCK_LA
             p_ok = (ps < S) & (pl < L)
             p_off = ps.to(tl.int64) * sgs + pl.to(tl.int64) * sgl
             offs_c = c0 + tl.arange(0, BLOCK_C)
             c_ok = offs_c < C
-            z = tl.zeros((BLOCK_C, BLOCK_S * BLOCK_L), dtype=tl.float32)
+            z = tl.zeros((BLOCK_C, BLOCK_S * BLOCK_LA), dtype=tl.float32)
             for o0 in range(0, C_G, BLOCK_O):
                 offs_o = o0 + tl.arange(0, BLOCK_O)
                 o_ok = offs_o < C_G
@@ -442,13 +447,13 @@ def axis_wgrad_kernel(
                     other=0.0,
                 ).to(COMPUTE)
                 z = _mm(ft, gt, z, COMPUTE, PREC)
-            z = tl.reshape(z, (BLOCK_Q, BLOCK_L))
+            z = tl.reshape(z, (BLOCK_Q, BLOCK_LA))
         else:
             z = tl.load(
                 g_b
                 + (qc.to(tl.int64) * sgc + qs.to(tl.int64) * sgs)[:, None]
-                + offs_l.to(tl.int64)[None, :] * sgl,
-                mask=q_ok[:, None] & l_ok[None, :],
+                + offs_la.to(tl.int64)[None, :] * sgl,
+                mask=q_ok[:, None] & la_ok[None, :],
                 other=0.0,
             ).to(tl.float32)
         xt = tl.load(
@@ -462,14 +467,14 @@ def axis_wgrad_kernel(
         acc = _mm(tl.trans(z.to(COMPUTE)), xt, acc, COMPUTE, PREC)
         acc_b += tl.sum(z, axis=0)
 
-    w_off = offs_l.to(tl.int64)[:, None] * L + offs_l.to(tl.int64)[None, :]
-    w_mask = l_ok[:, None] & l_ok[None, :]
+    w_off = offs_la.to(tl.int64)[:, None] * L + offs_l.to(tl.int64)[None, :]
+    w_mask = la_ok[:, None] & l_ok[None, :]
     if DETERMINISTIC:
         tl.store(dw_ptr + split.to(tl.int64) * L * L + w_off, acc, mask=w_mask)
-        tl.store(db_ptr + split.to(tl.int64) * L + offs_l, acc_b, mask=l_ok)
+        tl.store(db_ptr + split.to(tl.int64) * L + offs_la, acc_b, mask=la_ok)
     else:
         tl.atomic_add(dw_ptr + w_off, acc, mask=w_mask)
-        tl.atomic_add(db_ptr + offs_l, acc_b, mask=l_ok)
+        tl.atomic_add(db_ptr + offs_la, acc_b, mask=la_ok)
 
 
 @triton.jit
