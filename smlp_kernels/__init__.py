@@ -10,6 +10,7 @@ Public API:
 * :mod:`smlp_kernels.reference`: the pure-PyTorch reference every backend is tested against.
 """
 
+from . import cpp_backends  # noqa: F401 (importing it registers the "cpu" and "cuda" backends)
 from ._config import deterministic, is_deterministic, set_deterministic
 from ._version import __version__
 from .nn import SparseMLP, convert_spach

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/launchers.h"  // the kernel launchers: the binding includes this header only
+
 namespace smlp::cuda {
 
 struct RuntimeInfo {

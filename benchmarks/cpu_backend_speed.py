@@ -1,0 +1,131 @@
+"""Forward speed of the fused C++ CPU backend against the SPACH-style PyTorch computation.
+
+    python benchmarks/cpu_backend_speed.py [--batch 8] [--reps 31] [--threads N]
+
+Shapes: the four sMLPNet-T stages, (C, H=W) = (80, 56), (160, 28), (320, 14), (640, 7),
+C_out = C, with biases, float32, no grad. Both providers run in this one process on the
+same tensors, interleaved call by call (SPACH-style, then cpu, then the next repetition),
+so load from other processes on the machine hits both alike; the table reports medians.
+
+    spach-style  smlp_kernels.reference.smlp_mix_spach_style (permute + conv + cat + conv)
+    cpu          smlp_kernels.smlp_mix(..., backend="cpu") (the public op, its overhead
+                 included)
+
+Columns: median milliseconds, their ratio (spach / cpu), the cpu backend's GFLOP/s
+(smlp_kernels.flops counts, a multiply-add = 2 FLOPs) and that as a percentage of
+--peak-gflops (default 350: what the 2 cores of the development machine reach in an fp32
+matmul). The geometric mean of the ratios closes the table; the goal is >= 2 and no ratio
+below 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import smlp_kernels
+from smlp_kernels import flops
+from smlp_kernels.reference import smlp_mix_spach_style
+
+STAGES = [(80, 56), (160, 28), (320, 14), (640, 7)]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _make_inputs(batch: int, channels: int, side: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(channels)
+    return [
+        torch.randn(batch, channels, side, side, generator=g),
+        torch.randn(side, side, generator=g) * side**-0.5,
+        torch.randn(side, generator=g),
+        torch.randn(side, side, generator=g) * side**-0.5,
+        torch.randn(side, generator=g),
+        torch.randn(channels, 3 * channels, generator=g) * (3 * channels) ** -0.5,
+    ]
+
+
+def _time_interleaved(fns: dict, reps: int, warmup: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=31, help="timed calls per provider")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--peak-gflops", type=float, default=350.0)
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    status = smlp_kernels.backends()["cpu"]
+    if not status.available:
+        raise SystemExit(f"the cpu backend is unavailable: {status.reason}")
+
+    print(f"cpu backend forward vs SPACH-style eager, fp32, batch {args.batch}")
+    print(
+        f"{_cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"smlp_kernels {smlp_kernels.__version__}, load average at start "
+        f"{os.getloadavg()[0]:.2f}"
+    )
+    print(f"median of {args.reps} interleaved calls each, after {args.warmup} warm-up calls")
+    header = (
+        f"{'stage shape':<24}{'spach-style ms':>15}{'cpu ms':>10}{'ratio':>8}"
+        f"{'cpu GFLOP/s':>13}{'% of ' + format(args.peak_gflops, 'g'):>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    ratios = []
+    with torch.no_grad():
+        for channels, side in STAGES:
+            inputs = _make_inputs(args.batch, channels, side)
+            fns = {
+                "spach": functools.partial(smlp_mix_spach_style, *inputs),
+                "cpu": functools.partial(smlp_kernels.smlp_mix, *inputs, backend="cpu"),
+            }
+            torch.testing.assert_close(fns["cpu"](), fns["spach"](), rtol=1e-4, atol=1e-4)
+            times = _time_interleaved(fns, args.reps, args.warmup)
+            spach_ms = statistics.median(times["spach"]) * 1e3
+            cpu_ms = statistics.median(times["cpu"]) * 1e3
+            work = flops.smlp_mix_flops(args.batch, channels, channels, side, side)
+            gflops = work / cpu_ms / 1e6
+            ratio = spach_ms / cpu_ms
+            ratios.append(ratio)
+            shape = f"C{channels} H{side} W{side}"
+            print(
+                f"{shape:<24}{spach_ms:>15.3f}{cpu_ms:>10.3f}{ratio:>8.2f}"
+                f"{gflops:>13.1f}{100 * gflops / args.peak_gflops:>9.1f}%"
+            )
+    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    print("-" * len(header))
+    print(f"geometric mean ratio {geomean:.2f}, lowest {min(ratios):.2f}")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

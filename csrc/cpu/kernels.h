@@ -1,0 +1,661 @@
+// Building blocks of the CPU launchers (mix.cpp, axis_mix.cpp): threads, scratch memory,
+// the register-tiled multiply-add kernels and the packing routines.
+//
+// Every hot loop is one register tile, `fma_tile`: MR x NV accumulator vectors, a rank-1
+// update per k (NV vector loads of B, MR broadcasts of A). Three kernels are built from it:
+//
+//   gemm        C (MR x NR tiles) = A (packed MR-row panels) x B, cache-blocked over k. The
+//               channel mixing (the fuse GEMM of the forward, F^T g and g x^T of the backward).
+//   spatial     one image's row mix (x W^T along W) and column mix (W x along H), plus the
+//               identity term and the biases, written to a strided output.
+//   outer       D += sum_k a_k b_k^T over many rows: the row/column weight gradients.
+//
+// Buffers the kernels read with full vectors carry at least one vector of slack after their
+// last element (the lanes past a row's end are computed and dropped, never stored).
+
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "cpu/simd.h"
+#include "cpu/smlp_cpu.h"
+
+namespace smlp::cpu {
+
+// ---------------------------------------------------------------------------------------
+// Threads and sizes
+// ---------------------------------------------------------------------------------------
+
+inline int max_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// A row length of at least n elements, a multiple of q, and not a multiple of 4 KiB in
+// bytes: rows exactly 4 KiB apart map to the same L1 sets and evict each other.
+template <typename T>
+int64_t leading_dim(int64_t n, int64_t q) {
+  int64_t ld = round_up(n, q);
+  if ((ld * static_cast<int64_t>(sizeof(T))) % 4096 == 0) ld += q;
+  return ld;
+}
+
+// Work items 0 .. items-1 split into one contiguous range per thread; a thread takes its own
+// range in order (neighbouring items share packed operands), then helps with the others'
+// ranges, so a thread slowed down by another process does not hold up the whole launch.
+// Which thread runs an item never changes its result.
+class ItemQueues {
+ public:
+  explicit ItemQueues(int max_threads)
+      : next_(new std::atomic<int64_t>[max_threads]), end_(max_threads) {}
+
+  // By one thread, before any take(), with the team size of the parallel region.
+  void reset(int64_t items, int threads) {
+    threads_ = threads;
+    for (int t = 0; t < threads; ++t) {
+      next_[t].store(items * t / threads, std::memory_order_relaxed);
+      end_[t] = items * (t + 1) / threads;
+    }
+  }
+
+  // The next item for thread tid, or -1 when every item is taken.
+  int64_t take(int tid) {
+    for (int v = 0; v < threads_; ++v) {
+      const int q = (tid + v) % threads_;
+      if (next_[q].load(std::memory_order_relaxed) >= end_[q]) continue;
+      const int64_t item = next_[q].fetch_add(1, std::memory_order_relaxed);
+      if (item < end_[q]) return item;
+    }
+    return -1;
+  }
+
+ private:
+  std::unique_ptr<std::atomic<int64_t>[]> next_;
+  std::vector<int64_t> end_;
+  int threads_ = 1;
+};
+
+// ---------------------------------------------------------------------------------------
+// Scratch memory
+// ---------------------------------------------------------------------------------------
+
+// Offsets of the buffers one launcher needs, each 64-byte aligned, so that they come from a
+// single allocation: the calling thread keeps it (grow-only) between calls, which saves the
+// page faults of fresh memory on every call. Allocated before any parallel region, so an
+// allocation failure is a C++ exception, never a crash inside OpenMP.
+class ScratchLayout {
+ public:
+  template <typename T>
+  size_t add(int64_t count) {
+    const size_t offset = bytes_;
+    bytes_ += static_cast<size_t>(round_up(count * static_cast<int64_t>(sizeof(T)), 64));
+    return offset;
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  size_t bytes_ = 0;
+};
+
+class Arena {
+ public:
+  ~Arena() { std::free(data_); }
+  char* reserve(size_t bytes) {
+    if (bytes > capacity_) {
+      std::free(data_);
+      data_ = nullptr;
+      capacity_ = 0;
+      const size_t rounded = (bytes + 4095) / 4096 * 4096;
+      data_ = static_cast<char*>(std::aligned_alloc(4096, rounded));
+      if (data_ == nullptr) throw std::bad_alloc();
+      capacity_ = rounded;
+    }
+    return data_;
+  }
+
+ private:
+  char* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+inline char* thread_arena(size_t bytes) {
+  thread_local Arena arena;
+  return arena.reserve(bytes);
+}
+
+template <typename T>
+T* at(char* base, size_t offset) {
+  return reinterpret_cast<T*>(base + offset);
+}
+
+// ---------------------------------------------------------------------------------------
+// The register tile
+// ---------------------------------------------------------------------------------------
+
+// acc[i][j] += sum_k A(i, k) * B(k, j*L .. j*L+L-1) for k < K, with
+//   B(k, .)  = b + k*ldb                       (NV vectors per k)
+//   A(i, k)  = a[i*a_stride + k]   if kRowsA   (A given by rows, e.g. an image's rows)
+//            = a[k*a_stride + i]   otherwise   (A given by columns: packed panels)
+template <typename T, int MR, int NV, bool kRowsA>
+inline void fma_tile(typename Simd<T>::V (&acc)[MR][NV], int64_t K, const T* a,
+                     int64_t a_stride, const T* b, int64_t ldb) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int L = S::kLanes;
+  for (int64_t k = 0; k < K; ++k) {
+    V bv[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) bv[j] = S::load(b + j * L);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const V av = S::set1(kRowsA ? a[i * a_stride + k] : a[i]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+    }
+    b += ldb;
+    if constexpr (!kRowsA) a += a_stride;
+  }
+}
+
+template <typename T, int MR, int NV>
+inline void zero_tile(typename Simd<T>::V (&acc)[MR][NV]) {
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[i][j] = Simd<T>::zero();
+  }
+}
+
+// Tiles of at most kMaxTileVecs vectors across; rows per tile so that the accumulators fit
+// the register file (at most 12: more rows add loads, not reuse).
+inline constexpr int kMaxTileVecs = 8;
+
+constexpr int max_tile_rows(int nv) {
+  const int rows = kAccRegs / nv;
+  return rows < 1 ? 1 : (rows > 12 ? 12 : rows);
+}
+
+// Calls Kernel<T, mr, nv>::run(args...) for run-time mr and nv (1 <= nv <= kMaxTileVecs,
+// 1 <= mr <= max_tile_rows(nv)).
+template <template <typename, int, int> class Kernel, typename T, int NV, int MR,
+          typename... Args>
+inline void dispatch_rows(int mr, const Args&... args) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) {
+      Kernel<T, MR, NV>::run(args...);
+      return;
+    }
+    dispatch_rows<Kernel, T, NV, MR - 1>(mr, args...);
+  }
+}
+
+template <template <typename, int, int> class Kernel, typename T, int NV = kMaxTileVecs,
+          typename... Args>
+inline void dispatch_tile(int nv, int mr, const Args&... args) {
+  if constexpr (NV >= 1) {
+    if (nv == NV) {
+      dispatch_rows<Kernel, T, NV, max_tile_rows(NV)>(mr, args...);
+      return;
+    }
+    dispatch_tile<Kernel, T, NV - 1>(nv, mr, args...);
+  }
+}
+
+// Splits n rows into the fewest tiles of at most max_rows, of near-equal sizes, and calls
+// fn(first_row, rows) for each.
+template <typename Fn>
+inline void for_each_row_tile(int64_t n, int max_rows, Fn&& fn) {
+  const int64_t tiles = ceil_div(n, max_rows);
+  const int64_t base = n / tiles, extra = n % tiles;
+  int64_t first = 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t rows = base + (t < extra ? 1 : 0);
+    fn(first, static_cast<int>(rows));
+    first += rows;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// GEMM: C = A x B (or C += A x B)
+// ---------------------------------------------------------------------------------------
+
+template <typename T>
+struct GemmShape {
+  // MR x NV accumulators fill the register budget; per k, NV loads of B and MR broadcasts
+  // of A feed MR*NV FMAs (8 x 3 measured a few percent faster than 12 x 2 or 6 x 4).
+  static constexpr int MR = kAccRegs >= 24 ? 8 : 4;  // rows of A per register tile
+  static constexpr int NV = 3;                       // vectors of B per register tile
+  static constexpr int NR = NV * Simd<T>::kLanes;     // columns per register tile
+  static constexpr int KB = Simd<T>::kLanes;          // k per block of a packed A panel
+  static constexpr int KC = 256;  // k per pass: a KC x NR slice of B stays in L1
+
+  // Elements of one packed A panel (MR rows, K rounded up to whole blocks).
+  static int64_t panel_size(int64_t K) { return round_up(K, KB) * MR; }
+};
+
+// A packed A panel holds MR rows in blocks of KB k-values, each block row-major:
+// A(i, k) at panel[(k / KB)*MR*KB + i*KB + k % KB]. A row-major A packs with plain vector
+// copies, and the kernel's MR broadcasts per k use constant offsets from one pointer.
+// NV = GemmShape::NV is the main tile; narrower NV serve a last, narrower column tile.
+template <typename T, int NV>
+inline void gemm_tile(int64_t K, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
+                      bool accumulate) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using Sh = GemmShape<T>;
+  constexpr int L = S::kLanes, MR = Sh::MR, KB = Sh::KB;
+  V acc[MR][NV];
+  zero_tile<T, MR, NV>(acc);
+  for (int64_t k0 = 0; k0 < K; k0 += KB) {
+    const int kn = static_cast<int>(std::min<int64_t>(KB, K - k0));
+    for (int kk = 0; kk < kn; ++kk) {
+      V bv[NV];
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) bv[j] = S::load(b + j * L);
+#pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) {
+        const V av = S::set1(a[i * KB + kk]);
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+      }
+      b += ldb;
+    }
+    a += MR * KB;
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) {
+      T* cp = c + i * ldc + j * L;
+      S::store(cp, accumulate ? S::load(cp) + acc[i][j] : acc[i][j]);
+    }
+  }
+}
+
+// C[m][n] (+)= sum_k A[m][k] B[k][n] for m < m_tiles*MR, n < n_cols (a multiple of the
+// vector width; B and C have room for whole NR-column tiles).
+//   A: packed panels (pack_a_row), tile t at ap + t*panel_size(K).
+//   B: element (k, n) at b + (n / NR)*b_tile_stride + k*ldb + n % NR; a row-major B has
+//      b_tile_stride = NR, a B packed in NR-column tiles has b_tile_stride = K*NR, ldb = NR.
+//   C: row-major, ldc.
+// Loop order: a KC x NR slice of B is loaded into L1 once and used by every row tile; k is
+// split into near-equal passes of at most KC.
+template <typename T>
+void gemm(int64_t m_tiles, int64_t n_cols, int64_t K, const T* ap, const T* b,
+          int64_t b_tile_stride, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  using Sh = GemmShape<T>;
+  constexpr int L = Simd<T>::kLanes;
+  const int64_t panel = Sh::panel_size(K);
+  const int64_t passes = ceil_div(K, Sh::KC);
+  const int64_t kc_max = round_up(ceil_div(K, passes), Sh::KB);
+  for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+    const int64_t kc = std::min<int64_t>(kc_max, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t n0 = 0; n0 < n_cols; n0 += Sh::NR) {
+      const T* bt = b + (n0 / Sh::NR) * b_tile_stride + k0 * ldb;
+      const int64_t nv = std::min<int64_t>(Sh::NV, ceil_div(n_cols - n0, L));
+      for (int64_t t = 0; t < m_tiles; ++t) {
+        const T* at = ap + t * panel + k0 * Sh::MR;
+        T* ct = c + t * Sh::MR * ldc + n0;
+        if (nv == Sh::NV) {
+          gemm_tile<T, Sh::NV>(kc, at, bt, ldb, ct, ldc, acc);
+        } else if (nv == 2) {
+          gemm_tile<T, 2>(kc, at, bt, ldb, ct, ldc, acc);
+        } else {
+          gemm_tile<T, 1>(kc, at, bt, ldb, ct, ldc, acc);
+        }
+      }
+    }
+  }
+}
+
+// Packs row r of A into panels (see gemm_tile): A(r, k) = data[k*k_stride] for k < K, or
+// zeros for data == nullptr (padding rows).
+template <typename T>
+void pack_a_row(T* ap, int64_t K, int64_t r, const T* data, int64_t k_stride) {
+  using Sh = GemmShape<T>;
+  constexpr int MR = Sh::MR, KB = Sh::KB;
+  T* row = ap + (r / MR) * Sh::panel_size(K) + (r % MR) * KB;
+  for (int64_t k0 = 0; k0 < K; k0 += KB) {
+    T* d = row + (k0 / KB) * MR * KB;
+    const int64_t kn = std::min<int64_t>(KB, K - k0);
+    if (data == nullptr) {
+      for (int64_t kk = 0; kk < kn; ++kk) d[kk] = T(0);
+    } else if (k_stride == 1 && kn == KB) {
+      Simd<T>::store(d, Simd<T>::load(data + k0));
+    } else {
+      for (int64_t kk = 0; kk < kn; ++kk) d[kk] = data[(k0 + kk) * k_stride];
+    }
+  }
+}
+
+// Packs rows r0 .. r0+nr-1 of A with A(r0 + r, k) = base[r*rs + k*ks]. When consecutive
+// rows are closer in memory than consecutive k (a transposed view), k is the outer loop so
+// that the reads run along memory.
+template <typename T>
+void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const T* base, int64_t rs,
+                  int64_t ks) {
+  using Sh = GemmShape<T>;
+  constexpr int MR = Sh::MR, KB = Sh::KB;
+  if (ks == 1 || ks <= rs) {
+    for (int64_t r = 0; r < nr; ++r) pack_a_row(ap, K, r0 + r, base + r * rs, ks);
+    return;
+  }
+  const int64_t panel = Sh::panel_size(K);
+  for (int64_t k = 0; k < K; ++k) {
+    T* dk = ap + (k / KB) * MR * KB + k % KB;
+    const T* src = base + k * ks;
+    for (int64_t r = r0; r < r0 + nr; ++r) dk[(r / MR) * panel + (r % MR) * KB] = src[(r - r0) * rs];
+  }
+}
+
+// sum_k A(r, k) of row r of packed panels: one vector per k block, lanes added at the end.
+template <typename T>
+T panel_row_sum(const T* ap, int64_t K, int64_t r) {
+  using S = Simd<T>;
+  using Sh = GemmShape<T>;
+  const T* row = ap + (r / Sh::MR) * Sh::panel_size(K) + (r % Sh::MR) * Sh::KB;
+  const int64_t full = K / Sh::KB;
+  typename S::V acc = S::zero();
+  for (int64_t kb = 0; kb < full; ++kb) acc += S::load(row + kb * Sh::MR * Sh::KB);
+  T sum = S::hsum(acc);
+  for (int64_t k = full * Sh::KB; k < K; ++k) sum += row[full * Sh::MR * Sh::KB + k % Sh::KB];
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------
+// Spatial mixing of one image
+// ---------------------------------------------------------------------------------------
+
+// The packed row and column weights, shared by all images of a launch.
+template <typename T>
+struct SpatialPlan {
+  int64_t H = 0, W = 0;
+  const T* wrT = nullptr;  // [v][w] = row_weight[w][v], ldw columns, zero for w >= W
+  int64_t ldw = 0;         // round_up(W, lanes)
+  const T* wcT = nullptr;  // [u][h] = col_weight[h][u], H columns
+  const T* rb = nullptr;   // row bias [w], zero-padded to ldw; nullptr: none
+  const T* cb = nullptr;   // column bias [h]; nullptr: none
+};
+
+// The operands of `count` images (channels), each image H x W row-major (row stride W),
+// channel c's at t_* + c*t_stride; any of t_id, t_row, t_col may be nullptr:
+//   out_c[h][w] = t_id[h][w] + row_scale[c]*rb[w] + col_scale[c]*cb[h]
+//               + sum_v t_row[h][v] row_weight[w][v] + sum_u col_weight[h][u] t_col[u][w]
+// (a null scale array means 1). t_id and t_col are read with full vectors: a vector of
+// slack after the last image.
+template <typename T>
+struct SpatialImage {
+  const T* t_id = nullptr;
+  const T* t_row = nullptr;
+  const T* t_col = nullptr;
+  int64_t t_stride = 0;
+  const T* row_scale = nullptr;
+  const T* col_scale = nullptr;
+  T* out = nullptr;
+  int64_t out_stride = 0;      // between channels
+  int64_t os_h = 0, os_w = 0;  // within an image
+  int64_t count = 1;
+};
+
+template <typename T, int MH, int NV>
+struct SpatialKernel {
+  // Rows h0 .. h0+MH-1, columns w0 .. w0+NV*L-1 (clipped to W when stored), every channel.
+  static void run(const SpatialPlan<T>& s, const SpatialImage<T>& im, const int64_t& h0,
+                  const int64_t& w0) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::kLanes;
+    const int64_t H = s.H, W = s.W;
+    for (int64_t c = 0; c < im.count; ++c) {
+      const int64_t off = c * im.t_stride;
+      V acc[MH][NV];
+      zero_tile<T, MH, NV>(acc);
+      T* out = im.out + c * im.out_stride;
+      if (im.t_id != nullptr) {
+#pragma GCC unroll 12
+        for (int i = 0; i < MH; ++i) {
+#pragma GCC unroll 8
+          for (int j = 0; j < NV; ++j) {
+            acc[i][j] += S::load(im.t_id + off + (h0 + i) * W + w0 + j * L);
+          }
+        }
+      }
+      if (s.rb != nullptr) {
+        const T scale = im.row_scale != nullptr ? im.row_scale[c] : T(1);
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) {
+          const V bias = S::set1(scale) * S::load(s.rb + w0 + j * L);
+#pragma GCC unroll 12
+          for (int i = 0; i < MH; ++i) acc[i][j] += bias;
+        }
+      }
+      if (s.cb != nullptr) {
+        const T scale = im.col_scale != nullptr ? im.col_scale[c] : T(1);
+#pragma GCC unroll 12
+        for (int i = 0; i < MH; ++i) {
+          const V bias = S::set1(scale * s.cb[h0 + i]);
+#pragma GCC unroll 8
+          for (int j = 0; j < NV; ++j) acc[i][j] += bias;
+        }
+      }
+      if (im.t_row != nullptr) {
+        fma_tile<T, MH, NV, true>(acc, W, im.t_row + off + h0 * W, W, s.wrT + w0, s.ldw);
+      }
+      if (im.t_col != nullptr) {
+        fma_tile<T, MH, NV, false>(acc, H, s.wcT + h0, H, im.t_col + off + w0, W);
+      }
+#pragma GCC unroll 12
+      for (int i = 0; i < MH; ++i) {
+        T* row = out + (h0 + i) * im.os_h;
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) {
+          const int64_t w = w0 + j * L;
+          const int n = static_cast<int>(std::min<int64_t>(L, W - w));
+          if (n <= 0) break;
+          if (im.os_w == 1) {
+            if (n == L) {
+              S::store(row + w, acc[i][j]);
+            } else {
+              S::store_n(row + w, acc[i][j], n);
+            }
+          } else {
+            S::store_strided(row + w * im.os_w, im.os_w, acc[i][j], n);
+          }
+        }
+      }
+    }
+  }
+};
+
+template <typename T>
+void spatial_image(const SpatialPlan<T>& s, const SpatialImage<T>& im) {
+  constexpr int L = Simd<T>::kLanes;
+  const int64_t vecs = ceil_div(s.W, L);
+  for (int64_t v0 = 0; v0 < vecs; v0 += kMaxTileVecs) {
+    const int nv = static_cast<int>(std::min<int64_t>(kMaxTileVecs, vecs - v0));
+    const int64_t w0 = v0 * L;
+    for_each_row_tile(s.H, max_tile_rows(nv), [&](int64_t h0, int rows) {
+      dispatch_tile<SpatialKernel, T>(nv, rows, s, im, h0, w0);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Outer-product accumulation: D[i][j] += sum over rows k of a_k[i] * b_k[j]
+// ---------------------------------------------------------------------------------------
+
+// Rows come in nseg segments of K rows: row k of segment s is a + s*seg_a + k*lda and
+// b + s*seg_b + k*ldb. D is rows x cols, ld ldd >= round_up(cols, lanes); b rows are read
+// with full vectors (slack after the last one).
+template <typename T>
+struct OuterArgs {
+  T* d = nullptr;
+  int64_t ldd = 0, rows = 0, cols = 0;
+  const T* a = nullptr;
+  int64_t lda = 0;
+  const T* b = nullptr;
+  int64_t ldb = 0;
+  int64_t K = 0, nseg = 1, seg_a = 0, seg_b = 0;
+};
+
+template <typename T, int MI, int NV>
+struct OuterKernel {
+  static void run(const OuterArgs<T>& o, const int64_t& i0, const int64_t& j0) {
+    using S = Simd<T>;
+    constexpr int L = S::kLanes;
+    typename S::V acc[MI][NV];
+    zero_tile<T, MI, NV>(acc);
+    for (int64_t s = 0; s < o.nseg; ++s) {
+      fma_tile<T, MI, NV, false>(acc, o.K, o.a + s * o.seg_a + i0, o.lda, o.b + s * o.seg_b + j0,
+                                 o.ldb);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < MI; ++i) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        T* dp = o.d + (i0 + i) * o.ldd + j0 + j * L;
+        S::store(dp, S::load(dp) + acc[i][j]);
+      }
+    }
+  }
+};
+
+// D += sum_k a_k b_k^T; and, if a_sum is given, a_sum[i] += sum_k a_k[i]. The row sums
+// (bias gradients: long sums of one sign-mixed term per row) are kept in double.
+template <typename T>
+void outer_accumulate(const OuterArgs<T>& o, double* a_sum) {
+  constexpr int L = Simd<T>::kLanes;
+  const int64_t vecs = ceil_div(o.cols, L);
+  for (int64_t v0 = 0; v0 < vecs; v0 += kMaxTileVecs) {
+    const int nv = static_cast<int>(std::min<int64_t>(kMaxTileVecs, vecs - v0));
+    const int64_t j0 = v0 * L;
+    for_each_row_tile(o.rows, max_tile_rows(nv), [&](int64_t i0, int rows) {
+      dispatch_tile<OuterKernel, T>(nv, rows, o, i0, j0);
+    });
+  }
+  if (a_sum != nullptr) {
+    for (int64_t s = 0; s < o.nseg; ++s) {
+      for (int64_t k = 0; k < o.K; ++k) {
+        const T* ak = o.a + s * o.seg_a + k * o.lda;
+        for (int64_t i = 0; i < o.rows; ++i) a_sum[i] += static_cast<double>(ak[i]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Packing
+// ---------------------------------------------------------------------------------------
+
+// dst[h*W + w] = image (h, w) of a strided image.
+template <typename T>
+void pack_image(const T* src, int64_t sh, int64_t sw, int64_t H, int64_t W, T* dst) {
+  if (sw == 1 && sh == W) {
+    std::memcpy(dst, src, sizeof(T) * H * W);
+  } else if (sw == 1) {
+    for (int64_t h = 0; h < H; ++h) std::memcpy(dst + h * W, src + h * sh, sizeof(T) * W);
+  } else {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t w = 0; w < W; ++w) dst[h * W + w] = src[h * sh + w * sw];
+    }
+  }
+}
+
+// dst[w*H + h] = image (h, w): the transposed image, in 16 x 16 blocks so that the
+// strided writes of a block stay in L1.
+template <typename T>
+void pack_image_transposed(const T* src, int64_t sh, int64_t sw, int64_t H, int64_t W, T* dst) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t h0 = 0; h0 < H; h0 += kBlock) {
+    for (int64_t w0 = 0; w0 < W; w0 += kBlock) {
+      const int64_t h1 = std::min(H, h0 + kBlock), w1 = std::min(W, w0 + kBlock);
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t w = w0; w < w1; ++w) dst[w * H + h] = src[h * sh + w * sw];
+      }
+    }
+  }
+}
+
+// The spatial weights of a launch, packed into storage. A part whose weight is absent
+// (data == nullptr) is left out.
+template <typename T>
+SpatialPlan<T> pack_spatial(const View<const T, 2>& row_weight, const View<const T, 1>& row_bias,
+                            const View<const T, 2>& col_weight, const View<const T, 1>& col_bias,
+                            int64_t H, int64_t W, std::vector<T>& storage) {
+  constexpr int L = Simd<T>::kLanes;
+  SpatialPlan<T> s;
+  s.H = H;
+  s.W = W;
+  s.ldw = round_up(W, L);
+  const bool row = row_weight.data != nullptr, col = col_weight.data != nullptr;
+  const int64_t n_wr = row ? W * s.ldw + s.ldw : 0;
+  const int64_t n_wc = col ? H * H + H : 0;
+  storage.assign(static_cast<size_t>(n_wr + n_wc + 2 * L), T(0));
+  T* p = storage.data();
+  if (row) {
+    T* wrT = p;
+    for (int64_t v = 0; v < W; ++v) {
+      for (int64_t w = 0; w < W; ++w) {
+        wrT[v * s.ldw + w] = row_weight.data[w * row_weight.stride[0] + v * row_weight.stride[1]];
+      }
+    }
+    s.wrT = wrT;
+    if (row_bias.data != nullptr) {
+      T* rb = p + W * s.ldw;
+      for (int64_t w = 0; w < W; ++w) rb[w] = row_bias.data[w * row_bias.stride[0]];
+      s.rb = rb;
+    }
+  }
+  if (col) {
+    T* wcT = p + n_wr;
+    for (int64_t u = 0; u < H; ++u) {
+      for (int64_t h = 0; h < H; ++h) {
+        wcT[u * H + h] = col_weight.data[h * col_weight.stride[0] + u * col_weight.stride[1]];
+      }
+    }
+    s.wcT = wcT;
+    if (col_bias.data != nullptr) {
+      T* cb = wcT + H * H;
+      for (int64_t h = 0; h < H; ++h) cb[h] = col_bias.data[h * col_bias.stride[0]];
+      s.cb = cb;
+    }
+  }
+  return s;
+}
+
+}  // namespace smlp::cpu

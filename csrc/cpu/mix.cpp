@@ -1,0 +1,470 @@
+// The fused sMLP token mixing on the CPU: forward (also the input gradient) and the weight
+// gradients.
+//
+// Forward, by the identity of BRIEF section 2 (channel and spatial mixing commute):
+//
+//   y[o] = T_id[o] + R(T_row[o]) + K(T_col[o]) + s_row[o] rb + s_col[o] cb,
+//   [T_id; T_row; T_col] = [F_id; F_row; F_col] x        (one GEMM, 3 C_out x C by C x pixels)
+//
+// Work item = (a group of whole images, a block of `ob` output channels). Whole images,
+// because the column mix needs every row of an image; groups of several small images (7x7,
+// 14x14), so that the GEMM sees a few hundred pixels. Per item:
+//   1. the group's x, packed once per group into NR-pixel tiles (the GEMM's B operand);
+//   2. T = the 3*ob rows of [F_id; F_row; F_col] x the group, into a scratch of at most
+//      ~192 KiB (L2): never the whole 3 C_out concatenation;
+//   3. per image and channel, one register-tiled pass computes the identity term, the row
+//      mix, the column mix and the biases from T and stores y.
+// Threads take contiguous ranges of items (group-major), so each packs x for few groups,
+// then help with the others' ranges.
+//
+// Weight gradients: per image group, g is packed twice (row-major for F^T g, and as
+// transposed panels for g z^T); then channel blocks (fixed size, any thread) recompute
+// r and k from x, accumulate their columns of d_fuse with a GEMM and their partial sums of
+// the row/column weight gradients. Partials are added in block order at the end, so the
+// result does not depend on the number of threads.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu/kernels.h"
+
+namespace smlp::cpu {
+namespace {
+
+// Pixels a work item aims for: enough NR-wide tiles for the GEMM, small enough that the
+// group's packed x stays in L2 for the channel widths of sMLPNet's late stages.
+constexpr int64_t kTargetPixels = 384;
+// Bytes of the per-thread T scratch (3*ob rows of the group's pixels).
+constexpr int64_t kTBytes = 192 * 1024;
+// Pixels per block of the transposing copies.
+constexpr int64_t kBlock = 16;
+
+// Copies images b0 .. b0+n_img-1 of x (all C channels) into NR-pixel tiles:
+// pixel n = i*P + h*W + w of channel c at dst[(n / NR)*C*NR + c*NR + n % NR]; pixels from
+// n_img*P up to n_cols are zero.
+template <typename T>
+void pack_pixel_tiles(const View<const T, 4>& x, int64_t b0, int64_t n_img, int64_t n_cols,
+                      T* dst) {
+  using S = Simd<T>;
+  constexpr int64_t NR = GemmShape<T>::NR, L = S::kLanes;
+  const int64_t C = x.size[1], H = x.size[2], W = x.size[3], P = H * W;
+  const int64_t s0 = x.stride[0], s1 = x.stride[1], s2 = x.stride[2], s3 = x.stride[3];
+  const int64_t tile = C * NR;
+  // len contiguous source elements to pixels n .. n+len-1 of the channel at dc.
+  auto copy_run = [&](T* dc, const T* src, int64_t n, int64_t len) {
+    while (len > 0) {
+      T* d = dc + (n / NR) * tile + n % NR;
+      if (n % NR == 0 && len >= NR) {
+        for (int64_t j = 0; j < NR; j += L) S::store(d + j, S::load(src + j));
+        src += NR;
+        n += NR;
+        len -= NR;
+      } else {
+        const int64_t run = std::min(len, NR - n % NR);
+        for (int64_t k = 0; k < run; ++k) d[k] = src[k];
+        src += run;
+        n += run;
+        len -= run;
+      }
+    }
+  };
+  if (s1 < s3 && s1 < s2) {
+    // Channels vary fastest in memory (channels_last): read each pixel's channels in order.
+    for (int64_t i = 0; i < n_img; ++i) {
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t n = i * P + h * W + w;
+          const T* src = x.data + (b0 + i) * s0 + h * s2 + w * s3;
+          T* d = dst + (n / NR) * tile + n % NR;
+          for (int64_t c = 0; c < C; ++c) d[c * NR] = src[c * s1];
+        }
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      T* dc = dst + c * NR;
+      for (int64_t i = 0; i < n_img; ++i) {
+        const T* src = x.data + (b0 + i) * s0 + c * s1;
+        if (s3 == 1 && s2 == W) {
+          copy_run(dc, src, i * P, P);
+        } else if (s3 == 1) {
+          for (int64_t h = 0; h < H; ++h) copy_run(dc, src + h * s2, i * P + h * W, W);
+        } else {
+          for (int64_t h = 0; h < H; ++h) {
+            for (int64_t w = 0; w < W; ++w) {
+              const int64_t n = i * P + h * W + w;
+              dc[(n / NR) * tile + n % NR] = src[h * s2 + w * s3];
+            }
+          }
+        }
+      }
+    }
+  }
+  for (int64_t n = n_img * P; n < n_cols; ++n) {
+    T* d = dst + (n / NR) * tile + n % NR;
+    for (int64_t c = 0; c < C; ++c) d[c * NR] = T(0);
+  }
+}
+
+// Copies images b0 .. b0+n_img-1 of channels c0 .. c0+nc-1 of t into rows: channel c at
+// dst + (c - c0)*ld, pixel n = i*P + h*W + w; pixels n_img*P .. ld-1 are zero.
+template <typename T>
+void pack_rows(const View<const T, 4>& t, int64_t b0, int64_t n_img, int64_t c0, int64_t nc,
+               T* dst, int64_t ld) {
+  const int64_t H = t.size[2], W = t.size[3], P = H * W;
+  for (int64_t c = 0; c < nc; ++c) {
+    T* d = dst + c * ld;
+    for (int64_t i = 0; i < n_img; ++i) {
+      pack_image(t.data + (b0 + i) * t.stride[0] + (c0 + c) * t.stride[1], t.stride[2],
+                 t.stride[3], H, W, d + i * P);
+    }
+    std::fill(d + n_img * P, d + ld, T(0));
+  }
+}
+
+template <typename T>
+void write_matrix(const View<T, 2>& out, const double* src, int64_t ld) {
+  for (int64_t i = 0; i < out.size[0]; ++i) {
+    for (int64_t j = 0; j < out.size[1]; ++j) {
+      out.data[i * out.stride[0] + j * out.stride[1]] = static_cast<T>(src[i * ld + j]);
+    }
+  }
+}
+
+template <typename T>
+void write_vector(const View<T, 1>& out, const double* src) {
+  for (int64_t i = 0; i < out.size[0]; ++i) {
+    out.data[i * out.stride[0]] = static_cast<T>(src[i]);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+
+template <typename T>
+void mix_fwd(const MixFwdParams<T>& p) {
+  using Sh = GemmShape<T>;
+  constexpr int64_t L = Simd<T>::kLanes, MR = Sh::MR, NR = Sh::NR;
+  const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
+  const int64_t Co = p.f_id.size[0], P = H * W;
+
+  std::vector<T> spatial_storage;
+  const SpatialPlan<T> sp =
+      pack_spatial(p.row_weight, p.row_bias, p.col_weight, p.col_bias, H, W, spatial_storage);
+  const bool biased = sp.rb != nullptr || sp.cb != nullptr;
+
+  const int64_t group = std::clamp<int64_t>(ceil_div(kTargetPixels, P), 1, B);
+  const int64_t n_groups = ceil_div(B, group);
+  const int64_t n_cols_max = round_up(group * P, NR);
+  const int64_t ldt = leading_dim<T>(group * P + L, NR);
+  // Output channels per item: 3*ob rows of T in kTBytes, ob a multiple of MR (so that the
+  // 3*ob rows fill whole row tiles).
+  int64_t ob = kTBytes / (3 * ldt * static_cast<int64_t>(sizeof(T))) / MR * MR;
+  ob = std::clamp<int64_t>(ob, MR, 32);
+  ob = std::min(ob, round_up(Co, MR));
+  const int64_t n_blocks = ceil_div(Co, ob), rows = 3 * ob, m_tiles = rows / MR;
+
+  const int n_threads = max_threads();
+  ScratchLayout layout;
+  const int64_t block_size = m_tiles * Sh::panel_size(C);  // packed rows of one block
+  const size_t o_ap = layout.add<T>(n_threads * block_size);
+  const size_t o_xp = layout.add<T>(n_threads * C * n_cols_max);
+  const size_t o_t = layout.add<T>(n_threads * rows * ldt);
+  const size_t o_sums = layout.add<T>(n_threads * 2 * ob);
+  char* base = thread_arena(layout.bytes());
+  const View<const T, 2>* parts[3] = {&p.f_id, &p.f_row, &p.f_col};
+  ItemQueues queues(n_threads);
+
+#pragma omp parallel num_threads(n_threads)
+  {
+    const int tid = thread_id();
+    // The block's rows are packed by the thread that uses them, just before, so they are
+    // in its L2 when the GEMM reads them (a packed copy of all of F would go through L3).
+    T* ap = at<T>(base, o_ap) + tid * block_size;
+    T* xp = at<T>(base, o_xp) + tid * C * n_cols_max;
+    T* tb = at<T>(base, o_t) + tid * rows * ldt;
+    T* s_row = at<T>(base, o_sums) + tid * 2 * ob;  // sum_c F_row[o, c] of the block
+    T* s_col = s_row + ob;
+    // Columns past the GEMM's are read (and dropped) by the spatial pass: keep them finite.
+    std::fill(tb, tb + rows * ldt, T(0));
+#pragma omp single
+    queues.reset(n_groups * n_blocks, team_size());
+    // (implicit barrier)
+    int64_t packed_grp = -1, packed_blk = -1;
+    for (int64_t item; (item = queues.take(tid)) >= 0;) {
+      const int64_t grp = item / n_blocks, blk = item % n_blocks;
+      const int64_t b0 = grp * group, n_img = std::min(group, B - b0);
+      const int64_t n_cols = round_up(n_img * P, L);
+      const int64_t o0 = blk * ob, n_out = std::min(ob, Co - o0);
+      if (grp != packed_grp) {
+        pack_pixel_tiles(p.x, b0, n_img, n_cols, xp);
+        packed_grp = grp;
+      }
+      if (blk != packed_blk) {
+        // Row part*ob + oi of the block: F_id, F_row or F_col (part 0, 1, 2) of output
+        // channel o0 + oi; rows past C_out are zero.
+        for (int64_t part = 0; part < 3; ++part) {
+          const View<const T, 2>& f = *parts[part];
+          pack_a_block(ap, C, part * ob, n_out, f.data + o0 * f.stride[0], f.stride[0],
+                       f.stride[1]);
+          for (int64_t oi = n_out; oi < ob; ++oi) {
+            pack_a_row(ap, C, part * ob + oi, static_cast<const T*>(nullptr), 0);
+          }
+        }
+        if (biased) {  // the bias terms' scales (the spatial pass reads them only then)
+          for (int64_t oi = 0; oi < n_out; ++oi) {
+            s_row[oi] = panel_row_sum(ap, C, ob + oi);
+            s_col[oi] = panel_row_sum(ap, C, 2 * ob + oi);
+          }
+        }
+        packed_blk = blk;
+      }
+      gemm(m_tiles, n_cols, C, ap, xp, C * NR, NR, tb, ldt, false);
+      for (int64_t i = 0; i < n_img; ++i) {
+        SpatialImage<T> im;
+        im.t_id = tb + i * P;
+        im.t_row = tb + ob * ldt + i * P;
+        im.t_col = tb + 2 * ob * ldt + i * P;
+        im.t_stride = ldt;
+        im.row_scale = s_row;
+        im.col_scale = s_col;
+        im.out = p.y.data + (b0 + i) * p.y.stride[0] + o0 * p.y.stride[1];
+        im.out_stride = p.y.stride[1];
+        im.os_h = p.y.stride[2];
+        im.os_w = p.y.stride[3];
+        im.count = n_out;
+        spatial_image(sp, im);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight gradients
+// ---------------------------------------------------------------------------------------
+
+template <typename T>
+void mix_wgrad(const MixWgradParams<T>& p) {
+  using Sh = GemmShape<T>;
+  constexpr int64_t L = Simd<T>::kLanes, MR = Sh::MR, NR = Sh::NR;
+  const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
+  const int64_t Co = p.f_id.size[0], P = H * W;
+
+  // r and k with their biases (d_fuse needs them), from the same spatial kernel.
+  std::vector<T> spatial_storage;
+  const SpatialPlan<T> sp =
+      pack_spatial(p.row_weight, p.row_bias, p.col_weight, p.col_bias, H, W, spatial_storage);
+  SpatialPlan<T> sp_row = sp, sp_col = sp;
+  sp_row.cb = nullptr;
+  sp_col.rb = nullptr;
+
+  const int64_t group = std::clamp<int64_t>(ceil_div(kTargetPixels, P), 1, B);
+  const int64_t n_groups = ceil_div(B, group);
+  const int64_t np_max = group * P;
+  const int64_t ld = leading_dim<T>(np_max + L, NR);  // rows of g, x, r, k, gr, gk
+  // Channel blocks: a fixed size (from C only), so the partial sums and the order they are
+  // added in do not depend on the thread count.
+  const int64_t cb_size = C >= 256 ? 32 : 16;
+  const int64_t n_cblk = ceil_div(C, cb_size);
+  const int64_t z_cols = round_up(3 * cb_size, NR);  // [x | r | k] columns of one block
+  const int64_t z_tiles = z_cols / NR;
+  const int64_t grk_tiles = ceil_div(2 * cb_size, MR);
+  const int64_t co_tiles = ceil_div(Co, MR);
+  const int64_t ldwp = round_up(W, L), ldhp = round_up(H, L);
+  const int64_t part_size = W * ldwp + H * ldhp;  // d_row_weight, d_col_weight partials
+
+  const int n_threads = max_threads();
+  ScratchLayout layout;
+  const size_t o_gp = layout.add<T>(Co * ld);                           // g, row-major
+  const int64_t af_size = grk_tiles * Sh::panel_size(Co);
+  const size_t o_gt = layout.add<T>(co_tiles * Sh::panel_size(np_max));  // g, A panels
+  const size_t o_af = layout.add<T>(n_cblk * af_size);                   // [F_row^T; F_col^T]
+  const size_t o_d = layout.add<T>(n_cblk * co_tiles * MR * z_cols);    // d_fuse blocks
+  const size_t o_part = layout.add<T>(n_cblk * part_size);              // weight partials
+  const size_t o_bias = layout.add<double>(n_cblk * (W + H));          // bias partials
+  const int64_t per_thread = 3 * cb_size * ld + z_tiles * np_max * NR + grk_tiles * MR * ld +
+                             2 * (cb_size * np_max + L);
+  const size_t o_thread = layout.add<T>(n_threads * per_thread);
+  char* base = thread_arena(layout.bytes());
+  T* gp = at<T>(base, o_gp);
+  T* gt = at<T>(base, o_gt);
+  T* af = at<T>(base, o_af);
+  T* dblk = at<T>(base, o_d);
+  T* parts = at<T>(base, o_part);
+  std::fill(parts, parts + n_cblk * part_size, T(0));
+  double* bias_parts = at<double>(base, o_bias);
+  std::fill(bias_parts, bias_parts + n_cblk * (W + H), 0.0);
+
+#pragma omp parallel num_threads(n_threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < n_cblk; ++blk) {
+      // Rows 0 .. cb_size-1: F_row^T of channels c0 .., then F_col^T; the rest zero.
+      T* panels = af + blk * af_size;
+      const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
+      for (int64_t part = 0; part < 2; ++part) {
+        const View<const T, 2>& f = part == 0 ? p.f_row : p.f_col;
+        pack_a_block(panels, Co, part * cb_size, nc, f.data + c0 * f.stride[1], f.stride[1],
+                     f.stride[0]);
+        for (int64_t r = nc; r < cb_size; ++r) {
+          pack_a_row(panels, Co, part * cb_size + r, static_cast<const T*>(nullptr), 0);
+        }
+      }
+      for (int64_t r = 2 * cb_size; r < grk_tiles * MR; ++r) {
+        pack_a_row(panels, Co, r, static_cast<const T*>(nullptr), 0);
+      }
+    }
+
+    const int tid = thread_id();
+    T* zr = at<T>(base, o_thread) + tid * per_thread;  // x, r, k rows of the block
+    T* zt = zr + 3 * cb_size * ld;                      // [x | r | k] in NR-column tiles
+    T* grk = zt + z_tiles * np_max * NR;                // gr, gk rows
+    T* gk_t = grk + grk_tiles * MR * ld;                // gk transposed per image
+    T* x_t = gk_t + cb_size * np_max + L;               // x transposed per image
+
+    for (int64_t grp = 0; grp < n_groups; ++grp) {
+      const int64_t b0 = grp * group, n_img = std::min(group, B - b0), np = n_img * P;
+      const int64_t n_cols = round_up(np, NR);
+      // g of the group: rows for F^T g, transposed MR-row panels for g z^T.
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < co_tiles; ++t) {
+        const int64_t nrow = std::min<int64_t>(MR, Co - t * MR);
+        pack_rows(p.g, b0, n_img, t * MR, nrow, gp + t * MR * ld, ld);
+        for (int64_t i = 0; i < MR; ++i) {
+          pack_a_row(gt + t * Sh::panel_size(np), np, i,
+                     i < nrow ? gp + (t * MR + i) * ld : nullptr, int64_t{1});
+        }
+      }
+      // (implicit barrier)
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t blk = 0; blk < n_cblk; ++blk) {
+        const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
+        T* xr = zr;
+        T* rr = zr + cb_size * ld;
+        T* kr = zr + 2 * cb_size * ld;
+        pack_rows(p.x, b0, n_img, c0, nc, xr, ld);
+        for (int64_t c = 0; c < nc; ++c) {
+          SpatialImage<T> im;  // the group's images of channel c, P apart
+          im.t_stride = P;
+          im.out_stride = P;
+          im.os_h = W;
+          im.os_w = 1;
+          im.count = n_img;
+          im.t_row = xr + c * ld;
+          im.out = rr + c * ld;
+          spatial_image(sp_row, im);
+          im.t_row = nullptr;
+          im.t_col = xr + c * ld;
+          im.out = kr + c * ld;
+          spatial_image(sp_col, im);
+        }
+        // z^T tiles: column j of [x | r | k] is part j / cb_size, channel j % cb_size.
+        // Transposed in blocks of kBlock pixels, so the block written stays in L1.
+        for (int64_t tt = 0; tt < z_tiles; ++tt) {
+          T* tile = zt + tt * np * NR;
+          for (int64_t n0 = 0; n0 < np; n0 += kBlock) {
+            const int64_t nn = std::min(kBlock, np - n0);
+            for (int64_t j = 0; j < NR; ++j) {
+              const int64_t col = tt * NR + j, part = col / cb_size, c = col % cb_size;
+              T* d = tile + n0 * NR + j;
+              if (part < 3 && c < nc) {
+                const T* src = zr + part * cb_size * ld + c * ld + n0;
+                for (int64_t n = 0; n < nn; ++n) d[n * NR] = src[n];
+              } else {
+                for (int64_t n = 0; n < nn; ++n) d[n * NR] = T(0);
+              }
+            }
+          }
+        }
+        // d_fuse columns of this block (+)= g z^T, contracted over the group's pixels.
+        gemm(co_tiles, z_cols, np, gt, zt, np * NR, NR, dblk + blk * co_tiles * MR * z_cols,
+             z_cols, grp > 0);
+        // [gr; gk] = [F_row^T; F_col^T] g for this block's channels.
+        gemm(grk_tiles, n_cols, Co, af + blk * af_size, gp, NR, ld, grk, ld, false);
+
+        T* part = parts + blk * part_size;
+        T* d_rw = part;
+        T* d_cw = d_rw + W * ldwp;
+        double* d_rb = bias_parts + blk * (W + H);
+        double* d_cb = d_rb + W;
+        // d_row_weight[w][v] += sum over (c, image, h) of gr[.., h, w] x[.., h, v].
+        OuterArgs<T> o;
+        o.d = d_rw;
+        o.ldd = ldwp;
+        o.rows = W;
+        o.cols = W;
+        o.a = grk;
+        o.lda = W;
+        o.b = xr;
+        o.ldb = W;
+        o.K = n_img * H;
+        o.nseg = nc;
+        o.seg_a = ld;
+        o.seg_b = ld;
+        outer_accumulate(o, d_rb);
+        // d_col_weight[h][u] += sum over (c, image, w) of gk[.., h, w] x[.., u, w]: the same
+        // with both images transposed.
+        for (int64_t c = 0; c < nc; ++c) {
+          for (int64_t i = 0; i < n_img; ++i) {
+            const int64_t off = (c * n_img + i) * P;
+            pack_image_transposed(grk + (cb_size + c) * ld + i * P, W, int64_t{1}, H, W,
+                                  gk_t + off);
+            pack_image_transposed(xr + c * ld + i * P, W, int64_t{1}, H, W, x_t + off);
+          }
+        }
+        std::fill(x_t + nc * np, x_t + nc * np + L, T(0));
+        o = OuterArgs<T>{};
+        o.d = d_cw;
+        o.ldd = ldhp;
+        o.rows = H;
+        o.cols = H;
+        o.a = gk_t;
+        o.lda = H;
+        o.b = x_t;
+        o.ldb = H;
+        o.K = nc * n_img * W;
+        outer_accumulate(o, d_cb);
+      }
+      // (implicit barrier before the next group's g overwrites gp and gt)
+    }
+  }
+
+  // Blocks in order: the same sums whatever thread ran which block.
+  const int64_t ldd = z_cols;
+  for (int64_t blk = 0; blk < n_cblk; ++blk) {
+    const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
+    const T* d = dblk + blk * co_tiles * MR * z_cols;
+    for (int64_t o = 0; o < Co; ++o) {
+      for (int64_t part = 0; part < 3; ++part) {
+        for (int64_t c = 0; c < nc; ++c) {
+          p.d_fuse.data[o * p.d_fuse.stride[0] + (part * C + c0 + c) * p.d_fuse.stride[1]] =
+              d[o * ldd + part * cb_size + c];
+        }
+      }
+    }
+  }
+  std::vector<double> total(static_cast<size_t>(part_size + W + H), 0.0);
+  for (int64_t blk = 0; blk < n_cblk; ++blk) {
+    const T* part = parts + blk * part_size;
+    for (int64_t i = 0; i < part_size; ++i) total[i] += static_cast<double>(part[i]);
+    const double* bias = bias_parts + blk * (W + H);
+    for (int64_t i = 0; i < W + H; ++i) total[part_size + i] += bias[i];
+  }
+  const double* t = total.data();
+  write_matrix(p.d_row_weight, t, ldwp);
+  write_matrix(p.d_col_weight, t + W * ldwp, ldhp);
+  write_vector(p.d_row_bias, t + part_size);
+  write_vector(p.d_col_bias, t + part_size + W);
+}
+
+template void mix_fwd<float>(const MixFwdParams<float>&);
+template void mix_fwd<double>(const MixFwdParams<double>&);
+template void mix_wgrad<float>(const MixWgradParams<float>&);
+template void mix_wgrad<double>(const MixWgradParams<double>&);
+
+}  // namespace smlp::cpu

@@ -1,0 +1,181 @@
+// Launchers of the fused forward (cuda_mix_fwd, also the input gradient) and of the standalone
+// row / column mix (cuda_axis_mix_fwd). Kernels: mix_fwd_kernels.cuh.
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "cuda/launch_utils.h"
+#include "cuda/launchers.h"
+#include "cuda/mix_fwd_kernels.cuh"
+
+namespace smlp::cuda {
+
+// fp16/bf16: 16x16 tiles (64 output channels per block) when padding to 16 costs at most 1.5x
+// the pixels of padding to 8 and the shared memory fits; else 8x8 tiles (128 per block).
+// fp32: FMA, 8x8 tiles.
+template <typename T>
+using MixFwdTile16 = MixFwdConfig<T, 16, 16, 64, 2, 2>;
+template <typename T>
+using MixFwdTile8 = MixFwdConfig<T, 8, 8, 128, 4, 2>;
+using MixFwdF32 = MixFwdConfig<float, 8, 8, 64, 4, 2>;
+
+template __global__ void mix_fwd_kernel<MixFwdTile16<__half>>(MixFwdArgs<__half>);
+template __global__ void mix_fwd_kernel<MixFwdTile8<__half>>(MixFwdArgs<__half>);
+template __global__ void mix_fwd_kernel<MixFwdTile16<__nv_bfloat16>>(MixFwdArgs<__nv_bfloat16>);
+template __global__ void mix_fwd_kernel<MixFwdTile8<__nv_bfloat16>>(MixFwdArgs<__nv_bfloat16>);
+template __global__ void mix_fwd_kernel<MixFwdF32>(MixFwdArgs<float>);
+
+template __global__ void axis_mix_fwd_kernel<AxisMixFwdConfig<__half>>(AxisMixFwdArgs<__half>);
+template __global__ void axis_mix_fwd_kernel<AxisMixFwdConfig<__nv_bfloat16>>(
+    AxisMixFwdArgs<__nv_bfloat16>);
+template __global__ void axis_mix_fwd_kernel<AxisMixFwdConfig<float>>(AxisMixFwdArgs<float>);
+
+namespace {
+
+template <class Cfg>
+std::string kernel_name(const char* kernel) {
+  using S = typename Cfg::Shape;
+  return std::string(kernel) + "<" + Num<typename Cfg::T>::kName + ", " + std::to_string(S::TH) +
+         "x" + std::to_string(S::TW) + ">";
+}
+
+void copy_strides(index_t* dst, const TensorRef& t, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = t.strides[i];
+}
+
+template <class Cfg>
+void launch_mix_fwd(const MixFwdParams& p, int device, cudaStream_t stream) {
+  using T = typename Cfg::T;
+  using S = typename Cfg::Shape;
+  MixFwdArgs<T> a{};
+  a.x = detail::data<const T>(p.x);
+  copy_strides(a.x_s, p.x, 4);
+  a.rw = detail::data<const T>(p.row_weight);
+  copy_strides(a.rw_s, p.row_weight, 2);
+  a.rb = detail::data<const T>(p.row_bias);  // null when absent
+  a.rb_s = p.row_bias.strides[0];
+  a.cw = detail::data<const T>(p.col_weight);
+  copy_strides(a.cw_s, p.col_weight, 2);
+  a.cb = detail::data<const T>(p.col_bias);
+  a.cb_s = p.col_bias.strides[0];
+  const TensorRef* f[3] = {&p.f_id, &p.f_row, &p.f_col};
+  for (int s = 0; s < 3; ++s) {
+    a.f[s] = detail::data<const T>(*f[s]);
+    a.f_s[s][0] = f[s]->strides[0];
+    a.f_s[s][1] = f[s]->strides[1];
+  }
+  a.y = detail::data<T>(p.y);
+  copy_strides(a.y_s, p.y, 4);
+  a.C = p.channels;
+  a.Co = p.out_channels;
+  a.H = static_cast<int>(p.height);
+  a.W = static_cast<int>(p.width);
+  a.Hp = round_up(a.H, 16);
+  a.Wp = round_up(a.W, 16);
+  a.tiles_w = ceil_div(a.W, S::TW);
+  a.tiles = ceil_div(a.H, S::TH) * a.tiles_w;
+  const std::int64_t oblocks = (p.out_channels + Cfg::BO - 1) / Cfg::BO;
+  const std::int64_t per_image = oblocks * a.tiles;
+  const std::int64_t chunk = detail::batches_per_launch(per_image, "cuda_mix_fwd");
+  a.oblocks = static_cast<int>(oblocks);
+  const std::size_t smem = MixFwdSmem<Cfg>(a.Wp, a.Hp).bytes;
+  const std::string name = kernel_name<Cfg>("mix_fwd_kernel");
+  for (std::int64_t b0 = 0; b0 < p.batch; b0 += chunk) {
+    a.b_begin = b0;
+    const std::int64_t images = std::min(chunk, p.batch - b0);
+    detail::launch(mix_fwd_kernel<Cfg>, name, static_cast<unsigned>(images * per_image), smem,
+                   device, stream, a);
+  }
+}
+
+template <typename T>
+void run_mix_fwd(const MixFwdParams& p, std::uintptr_t stream) {
+  detail::DeviceGuard guard(p.x.ptr, "cuda_mix_fwd", "x");
+  if constexpr (std::is_same<T, float>::value) {
+    launch_mix_fwd<MixFwdF32>(p, guard.device(), detail::as_stream(stream));
+  } else {
+    const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
+    const long area16 = static_cast<long>(round_up(H, 16)) * round_up(W, 16);
+    const long area8 = static_cast<long>(round_up(H, 8)) * round_up(W, 8);
+    const std::size_t smem16 = MixFwdSmem<MixFwdTile16<T>>(round_up(W, 16), round_up(H, 16)).bytes;
+    if (2 * area16 <= 3 * area8 && smem16 <= detail::max_dynamic_smem(guard.device())) {
+      launch_mix_fwd<MixFwdTile16<T>>(p, guard.device(), detail::as_stream(stream));
+    } else {
+      launch_mix_fwd<MixFwdTile8<T>>(p, guard.device(), detail::as_stream(stream));
+    }
+  }
+}
+
+template <typename T>
+void run_axis_mix_fwd(const AxisMixFwdParams& p, std::uintptr_t stream) {
+  using Cfg = AxisMixFwdConfig<T>;
+  using S = typename Cfg::Shape;
+  detail::DeviceGuard guard(p.x.ptr, "cuda_axis_mix_fwd", "x");
+  AxisMixFwdArgs<T> a{};
+  a.x = detail::data<const T>(p.x);
+  copy_strides(a.x_s, p.x, 4);
+  a.wt = detail::data<const T>(p.weight);
+  copy_strides(a.wt_s, p.weight, 2);
+  a.bias = detail::data<const T>(p.bias);
+  a.bias_s = p.bias.strides[0];
+  a.y = detail::data<T>(p.y);
+  copy_strides(a.y_s, p.y, 4);
+  a.C = p.channels;
+  a.H = static_cast<int>(p.height);
+  a.W = static_cast<int>(p.width);
+  a.Hp = round_up(a.H, 16);
+  a.Wp = round_up(a.W, 16);
+  a.axis = p.axis;
+  a.tiles_w = ceil_div(a.W, S::TW);
+  a.tiles = ceil_div(a.H, S::TH) * a.tiles_w;
+  a.cchunks = (p.channels + S::CC - 1) / S::CC;
+  const std::int64_t per_image = a.cchunks * a.tiles;
+  const std::int64_t chunk = detail::batches_per_launch(per_image, "cuda_axis_mix_fwd");
+  const std::size_t smem = AxisMixFwdSmem<Cfg>(a.Wp, a.Hp, a.axis).bytes;
+  const std::string name = kernel_name<Cfg>("axis_mix_fwd_kernel");
+  for (std::int64_t b0 = 0; b0 < p.batch; b0 += chunk) {
+    a.b_begin = b0;
+    const std::int64_t images = std::min(chunk, p.batch - b0);
+    detail::launch(axis_mix_fwd_kernel<Cfg>, name, static_cast<unsigned>(images * per_image),
+                   smem, guard.device(), detail::as_stream(stream), a);
+  }
+}
+
+}  // namespace
+
+void mix_fwd(const MixFwdParams& p, std::uintptr_t stream) {
+  detail::check_spatial("cuda_mix_fwd", p.height, p.width);
+  detail::with_launcher_name("cuda_mix_fwd", [&]() {
+    switch (p.dtype) {
+      case kFloat32:
+        return run_mix_fwd<float>(p, stream);
+      case kFloat16:
+        return run_mix_fwd<__half>(p, stream);
+      case kBFloat16:
+        return run_mix_fwd<__nv_bfloat16>(p, stream);
+      default:
+        detail::unsupported_dtype("cuda_mix_fwd", p.dtype);
+    }
+  });
+}
+
+void axis_mix_fwd(const AxisMixFwdParams& p, std::uintptr_t stream) {
+  detail::check_spatial("cuda_axis_mix_fwd", p.height, p.width);
+  if (p.axis != 2 && p.axis != 3) {
+    throw std::invalid_argument("cuda_axis_mix_fwd: axis must be 2 or 3");
+  }
+  detail::with_launcher_name("cuda_axis_mix_fwd", [&]() {
+    switch (p.dtype) {
+      case kFloat32:
+        return run_axis_mix_fwd<float>(p, stream);
+      case kFloat16:
+        return run_axis_mix_fwd<__half>(p, stream);
+      case kBFloat16:
+        return run_axis_mix_fwd<__nv_bfloat16>(p, stream);
+      default:
+        detail::unsupported_dtype("cuda_axis_mix_fwd", p.dtype);
+    }
+  });
+}
+
+}  // namespace smlp::cuda

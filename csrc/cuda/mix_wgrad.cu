@@ -1,0 +1,342 @@
+// Launchers of the weight gradients: cuda_mix_wgrad (d_fuse, d_row_weight, d_row_bias,
+// d_col_weight, d_col_bias) and cuda_axis_mix_wgrad. Kernels: mix_wgrad_kernels.cuh.
+//
+// Deterministic mode: every block writes its partial sums to its own slot of a stream-ordered
+// workspace and sum_slots_kernel adds the slots in a fixed order, so repeated runs are bitwise
+// identical. Default mode: the outputs are zeroed and the blocks atomicAdd into them.
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
+#include "cuda/launch_utils.h"
+#include "cuda/launchers.h"
+#include "cuda/mix_wgrad_kernels.cuh"
+
+namespace smlp::cuda {
+
+// fp16/bf16: 64 x 64 channel blocks, two blocks per SM (128 registers); fp32 (FMA): 64 x 32.
+// The spatial kernel keeps up to 8 row/column fragments live across its images (and 4 more
+// while it forms gr, gk): one block per SM, 2 would spill.
+template <typename T>
+using FuseWgradCfg = typename std::conditional<std::is_same<T, float>::value,
+                                               FuseWgradConfig<float, 64, 32, 4, 1>,
+                                               FuseWgradConfig<T, 64, 64, 2, 2>>::type;
+template <typename T, bool kMixGrad>
+using SpatialWgradCfg =
+    typename std::conditional<std::is_same<T, float>::value,
+                              SpatialWgradConfig<float, 32, kMixGrad, 1>,
+                              SpatialWgradConfig<T, 64, kMixGrad, 1>>::type;
+
+template __global__ void fuse_wgrad_kernel<FuseWgradCfg<__half>>(FuseWgradArgs<__half>);
+template __global__ void fuse_wgrad_kernel<FuseWgradCfg<__nv_bfloat16>>(
+    FuseWgradArgs<__nv_bfloat16>);
+template __global__ void fuse_wgrad_kernel<FuseWgradCfg<float>>(FuseWgradArgs<float>);
+template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__half, true>>(
+    SpatialWgradArgs<__half>);
+template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__half, false>>(
+    SpatialWgradArgs<__half>);
+template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__nv_bfloat16, true>>(
+    SpatialWgradArgs<__nv_bfloat16>);
+template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__nv_bfloat16, false>>(
+    SpatialWgradArgs<__nv_bfloat16>);
+template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<float, true>>(
+    SpatialWgradArgs<float>);
+template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<float, false>>(
+    SpatialWgradArgs<float>);
+
+namespace {
+
+// A float output with its strides, as (rows, cols) for the zero and slot-sum kernels.
+struct Output2d {
+  float* data;
+  std::int64_t rows, cols, s0, s1;
+};
+
+Output2d as_2d(const TensorRef& t) {
+  if (t.ndim == 1) return {detail::data<float>(t), t.sizes[0], 1, t.strides[0], 0};
+  return {detail::data<float>(t), t.sizes[0], t.sizes[1], t.strides[0], t.strides[1]};
+}
+
+unsigned elementwise_grid(std::int64_t n, int device) {
+  const std::int64_t blocks = (n + 255) / 256;
+  const std::int64_t cap = 8LL * detail::sm_count(device);
+  return static_cast<unsigned>(std::max<std::int64_t>(1, std::min(blocks, cap)));
+}
+
+void zero_output(const Output2d& o, int device, cudaStream_t stream) {
+  detail::launch(fill_zero_kernel, "fill_zero_kernel", elementwise_grid(o.rows * o.cols, device),
+                 0, device, stream, o.data, o.rows, o.cols, o.s0, o.s1);
+}
+
+void sum_slots(const Output2d& o, const float* ws, std::int64_t slots, int device,
+               cudaStream_t stream) {
+  detail::launch(sum_slots_kernel, "sum_slots_kernel", elementwise_grid(o.rows * o.cols, device),
+                 0, device, stream, o.data, o.rows, o.cols, o.s0, o.s1, ws, slots);
+}
+
+template <class Cfg>
+std::string kernel_name(const char* kernel) {
+  return std::string(kernel) + "<" + Num<typename Cfg::T>::kName + ">";
+}
+
+// Launch geometry and workspace slots of spatial_wgrad_kernel.
+struct SpatialPlan {
+  int Hp, Wp, tiles_h, tiles_w, cblocks, splits;
+  std::int64_t row_slots, col_slots;
+};
+
+template <class Cfg>
+SpatialPlan plan_spatial(std::int64_t batch, std::int64_t channels, int H, int W, int device) {
+  using S = typename Cfg::Shape;
+  SpatialPlan plan{};
+  plan.Hp = round_up(H, 32);
+  plan.Wp = round_up(W, 32);
+  plan.tiles_h = ceil_div(H, S::TH);
+  plan.tiles_w = ceil_div(W, S::TW);
+  const std::int64_t cblocks = (channels + Cfg::CB - 1) / Cfg::CB;
+  if (cblocks * plan.tiles_h * plan.tiles_w > 65536) {
+    throw std::invalid_argument("cuda weight gradients: too many channels for one launch");
+  }
+  plan.cblocks = static_cast<int>(cblocks);
+  const std::int64_t blocks = cblocks * plan.tiles_h * plan.tiles_w;
+  const std::int64_t want = (4LL * detail::sm_count(device) + blocks - 1) / blocks;
+  plan.splits = static_cast<int>(std::max<std::int64_t>(
+      1, std::min<std::int64_t>({detail::max_splits(want), batch, 1024})));
+  plan.row_slots = cblocks * plan.tiles_h * plan.splits;
+  plan.col_slots = cblocks * plan.tiles_w * plan.splits;
+  return plan;
+}
+
+template <class Cfg>
+void launch_spatial(SpatialWgradArgs<typename Cfg::T> a, const SpatialPlan& plan, int device,
+                    cudaStream_t stream) {
+  a.Hp = plan.Hp;
+  a.Wp = plan.Wp;
+  a.tiles_h = plan.tiles_h;
+  a.tiles_w = plan.tiles_w;
+  a.tiles = plan.tiles_h * plan.tiles_w;
+  a.cblocks = plan.cblocks;
+  a.splits = plan.splits;
+  const std::size_t smem = SpatialWgradSmem<Cfg>(plan.Wp, plan.Hp).bytes;
+  const std::int64_t grid = static_cast<std::int64_t>(plan.cblocks) * a.tiles * plan.splits;
+  detail::launch(spatial_wgrad_kernel<Cfg>, kernel_name<Cfg>("spatial_wgrad_kernel"),
+                 static_cast<unsigned>(grid), smem, device, stream, a);
+}
+
+template <typename T>
+void run_mix_wgrad(const MixWgradParams& p, std::uintptr_t stream_handle) {
+  using FCfg = FuseWgradCfg<T>;
+  using SCfg = SpatialWgradCfg<T, true>;
+  using S = typename FCfg::Shape;
+  detail::DeviceGuard guard(p.x.ptr, "cuda_mix_wgrad", "x");
+  const int device = guard.device();
+  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
+  const std::int64_t B = p.batch, C = p.channels, Co = p.out_channels;
+
+  // d_fuse: (BO x CB) blocks times splits over the (image, tile) items.
+  FuseWgradArgs<T> f{};
+  f.g = detail::data<const T>(p.g);
+  f.x = detail::data<const T>(p.x);
+  for (int i = 0; i < 4; ++i) {
+    f.g_s[i] = p.g.strides[i];
+    f.x_s[i] = p.x.strides[i];
+  }
+  f.rw = detail::data<const T>(p.row_weight);
+  f.rw_s[0] = p.row_weight.strides[0];
+  f.rw_s[1] = p.row_weight.strides[1];
+  f.rb = detail::data<const T>(p.row_bias);
+  f.rb_s = p.row_bias.strides[0];
+  f.cw = detail::data<const T>(p.col_weight);
+  f.cw_s[0] = p.col_weight.strides[0];
+  f.cw_s[1] = p.col_weight.strides[1];
+  f.cb = detail::data<const T>(p.col_bias);
+  f.cb_s = p.col_bias.strides[0];
+  f.out = detail::data<float>(p.d_fuse);
+  f.out_s[0] = p.d_fuse.strides[0];
+  f.out_s[1] = p.d_fuse.strides[1];
+  f.B = B;
+  f.C = C;
+  f.Co = Co;
+  f.H = H;
+  f.W = W;
+  f.Hp = round_up(H, 16);
+  f.Wp = round_up(W, 16);
+  f.tiles_w = ceil_div(W, S::TW);
+  f.tiles = ceil_div(H, S::TH) * f.tiles_w;
+  const std::int64_t oblocks = (Co + FCfg::BO - 1) / FCfg::BO;
+  const std::int64_t cblocks = (C + FCfg::CB - 1) / FCfg::CB;
+  if (oblocks * cblocks > 65536) {
+    throw std::invalid_argument("cuda_mix_wgrad: too many channels for one launch");
+  }
+  f.oblocks = static_cast<int>(oblocks);
+  f.cblocks = static_cast<int>(cblocks);
+  const std::int64_t items = B * f.tiles;
+  const std::int64_t want = (4LL * detail::sm_count(device) + oblocks * cblocks - 1) /
+                            (oblocks * cblocks);
+  f.splits = static_cast<int>(std::max<std::int64_t>(
+      1, std::min<std::int64_t>({detail::max_splits(want), items, 1024})));
+
+  const SpatialPlan plan = plan_spatial<SCfg>(B, C, H, W, device);
+  SpatialWgradArgs<T> s{};
+  s.g = f.g;
+  s.x = f.x;
+  for (int i = 0; i < 4; ++i) {
+    s.g_s[i] = f.g_s[i];
+    s.x_s[i] = f.x_s[i];
+  }
+  s.fr = detail::data<const T>(p.f_row);
+  s.fr_s[0] = p.f_row.strides[0];
+  s.fr_s[1] = p.f_row.strides[1];
+  s.fc = detail::data<const T>(p.f_col);
+  s.fc_s[0] = p.f_col.strides[0];
+  s.fc_s[1] = p.f_col.strides[1];
+  s.do_row = 1;
+  s.do_col = 1;
+  const Output2d d_fuse = as_2d(p.d_fuse), d_rw = as_2d(p.d_row_weight),
+                 d_rb = as_2d(p.d_row_bias), d_cw = as_2d(p.d_col_weight),
+                 d_cb = as_2d(p.d_col_bias);
+  s.d_rw = d_rw.data;
+  s.d_rw_s[0] = d_rw.s0;
+  s.d_rw_s[1] = d_rw.s1;
+  s.d_rb = d_rb.data;
+  s.d_rb_s = d_rb.s0;
+  s.d_cw = d_cw.data;
+  s.d_cw_s[0] = d_cw.s0;
+  s.d_cw_s[1] = d_cw.s1;
+  s.d_cb = d_cb.data;
+  s.d_cb_s = d_cb.s0;
+  s.B = B;
+  s.C = C;
+  s.Co = Co;
+  s.H = H;
+  s.W = W;
+
+  const std::size_t fuse_smem = FuseWgradSmem<FCfg>(f.Wp, f.Hp).bytes;
+  const std::string fuse_name = kernel_name<FCfg>("fuse_wgrad_kernel");
+  const unsigned fuse_grid = static_cast<unsigned>(oblocks * cblocks * f.splits);
+
+  if (p.deterministic) {
+    const std::int64_t n_fuse = f.splits * Co * 3 * C;
+    const std::int64_t n_rw = plan.row_slots * W * W, n_rb = plan.row_slots * W;
+    const std::int64_t n_cw = plan.col_slots * H * H, n_cb = plan.col_slots * H;
+    detail::StreamBuffer ws(sizeof(float) * (n_fuse + n_rw + n_rb + n_cw + n_cb), stream);
+    f.ws = ws.floats();
+    s.ws_rw = f.ws + n_fuse;
+    s.ws_rb = s.ws_rw + n_rw;
+    s.ws_cw = s.ws_rb + n_rb;
+    s.ws_cb = s.ws_cw + n_cw;
+    detail::launch(fuse_wgrad_kernel<FCfg>, fuse_name, fuse_grid, fuse_smem, device, stream, f);
+    launch_spatial<SCfg>(s, plan, device, stream);
+    sum_slots(d_fuse, f.ws, f.splits, device, stream);
+    sum_slots(d_rw, s.ws_rw, plan.row_slots, device, stream);
+    sum_slots(d_rb, s.ws_rb, plan.row_slots, device, stream);
+    sum_slots(d_cw, s.ws_cw, plan.col_slots, device, stream);
+    sum_slots(d_cb, s.ws_cb, plan.col_slots, device, stream);
+  } else {
+    for (const Output2d& o : {d_fuse, d_rw, d_rb, d_cw, d_cb}) zero_output(o, device, stream);
+    detail::launch(fuse_wgrad_kernel<FCfg>, fuse_name, fuse_grid, fuse_smem, device, stream, f);
+    launch_spatial<SCfg>(s, plan, device, stream);
+  }
+}
+
+template <typename T>
+void run_axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream_handle) {
+  using SCfg = SpatialWgradCfg<T, false>;
+  detail::DeviceGuard guard(p.x.ptr, "cuda_axis_mix_wgrad", "x");
+  const int device = guard.device();
+  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
+  const bool rows = p.axis == 3;
+  const SpatialPlan plan = plan_spatial<SCfg>(p.batch, p.channels, H, W, device);
+
+  SpatialWgradArgs<T> s{};
+  s.g = detail::data<const T>(p.g);
+  s.x = detail::data<const T>(p.x);
+  for (int i = 0; i < 4; ++i) {
+    s.g_s[i] = p.g.strides[i];
+    s.x_s[i] = p.x.strides[i];
+  }
+  s.do_row = rows ? 1 : 0;
+  s.do_col = rows ? 0 : 1;
+  const Output2d d_w = as_2d(p.d_weight), d_b = as_2d(p.d_bias);
+  if (rows) {
+    s.d_rw = d_w.data;
+    s.d_rw_s[0] = d_w.s0;
+    s.d_rw_s[1] = d_w.s1;
+    s.d_rb = d_b.data;
+    s.d_rb_s = d_b.s0;
+  } else {
+    s.d_cw = d_w.data;
+    s.d_cw_s[0] = d_w.s0;
+    s.d_cw_s[1] = d_w.s1;
+    s.d_cb = d_b.data;
+    s.d_cb_s = d_b.s0;
+  }
+  s.B = p.batch;
+  s.C = p.channels;
+  s.Co = p.channels;
+  s.H = H;
+  s.W = W;
+
+  const std::int64_t n = rows ? W : H;
+  const std::int64_t slots = rows ? plan.row_slots : plan.col_slots;
+  if (p.deterministic) {
+    detail::StreamBuffer ws(sizeof(float) * slots * (n * n + n), stream);
+    float* ws_w = ws.floats();
+    float* ws_b = ws_w + slots * n * n;
+    if (rows) {
+      s.ws_rw = ws_w;
+      s.ws_rb = ws_b;
+    } else {
+      s.ws_cw = ws_w;
+      s.ws_cb = ws_b;
+    }
+    launch_spatial<SCfg>(s, plan, device, stream);
+    sum_slots(d_w, ws_w, slots, device, stream);
+    sum_slots(d_b, ws_b, slots, device, stream);
+  } else {
+    zero_output(d_w, device, stream);
+    zero_output(d_b, device, stream);
+    launch_spatial<SCfg>(s, plan, device, stream);
+  }
+}
+
+}  // namespace
+
+void mix_wgrad(const MixWgradParams& p, std::uintptr_t stream) {
+  detail::check_spatial("cuda_mix_wgrad", p.height, p.width);
+  detail::with_launcher_name("cuda_mix_wgrad", [&]() {
+    switch (p.dtype) {
+      case kFloat32:
+        return run_mix_wgrad<float>(p, stream);
+      case kFloat16:
+        return run_mix_wgrad<__half>(p, stream);
+      case kBFloat16:
+        return run_mix_wgrad<__nv_bfloat16>(p, stream);
+      default:
+        detail::unsupported_dtype("cuda_mix_wgrad", p.dtype);
+    }
+  });
+}
+
+void axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream) {
+  detail::check_spatial("cuda_axis_mix_wgrad", p.height, p.width);
+  if (p.axis != 2 && p.axis != 3) {
+    throw std::invalid_argument("cuda_axis_mix_wgrad: axis must be 2 or 3");
+  }
+  detail::with_launcher_name("cuda_axis_mix_wgrad", [&]() {
+    switch (p.dtype) {
+      case kFloat32:
+        return run_axis_mix_wgrad<float>(p, stream);
+      case kFloat16:
+        return run_axis_mix_wgrad<__half>(p, stream);
+      case kBFloat16:
+        return run_axis_mix_wgrad<__nv_bfloat16>(p, stream);
+      default:
+        detail::unsupported_dtype("cuda_axis_mix_wgrad", p.dtype);
+    }
+  });
+}
+
+}  // namespace smlp::cuda

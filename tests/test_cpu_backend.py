@@ -1,0 +1,436 @@
+"""The fused C++ CPU backend ("cpu", csrc/cpu) against the reference.
+
+* float64: forward and all six gradients within 1e-10 of the reference; gradcheck through
+  the C++ code.
+* float32: the backend's error against a float64 reference is at most twice the float32
+  reference's own error, plus 1e-6 of the output's scale.
+* awkward inputs: odd sizes, H != W, B = 1, strided / transposed / expanded / channels_last
+  tensors, a zero-stride upstream gradient, several image groups and channel blocks.
+* the raw launchers: outputs are poisoned with NaN before the call so an element left
+  unwritten shows; bad arguments raise ValueError naming the argument.
+
+Without a built extension the file skips (or fails under SMLP_REQUIRE_EXTENSION=1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import smlp_kernels
+from smlp_kernels import reference as R
+from smlp_kernels.cpp_backends import tensor_arg
+
+_STATUS = smlp_kernels.backends()["cpu"]
+if not _STATUS.available:
+    if os.environ.get("SMLP_REQUIRE_EXTENSION") == "1":
+        pytest.fail(
+            f"SMLP_REQUIRE_EXTENSION=1 but the cpu backend is unavailable: {_STATUS.reason}"
+        )
+    pytest.skip(f"cpu backend unavailable: {_STATUS.reason}", allow_module_level=True)
+
+_C = smlp_kernels._extension.require_extension()
+
+F32_ABS = 1e-6  # float32: the absolute allowance, as a fraction of the output's largest value
+
+
+def _case(b, c, c_out, h, w, note=""):
+    return pytest.param(b, c, c_out, h, w, id=f"B{b}-C{c}-Co{c_out}-H{h}-W{w}{note}")
+
+
+# (B, C, C_out, H, W). The kernels group small images (P < 384 pixels) into one GEMM,
+# split output channels into blocks of <= 32 and input channels (weight gradients) into
+# blocks of 16 (32 from C = 256): the cases cross those boundaries.
+CASES = [
+    _case(2, 3, 5, 4, 6),
+    _case(1, 1, 1, 1, 1),
+    _case(2, 7, 13, 13, 7),
+    _case(1, 3, 4, 57, 13),
+    _case(9, 5, 3, 7, 7, "-two-groups"),
+    _case(2, 40, 37, 14, 14, "-channel-blocks"),
+    _case(1, 260, 6, 3, 2, "-wide-C"),
+]
+
+
+def make_args(b, c, c_out, h, w, dtype=torch.float64, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    return [
+        rand(b, c, h, w),
+        rand(w, w, scale=w**-0.5),
+        rand(w) if bias else None,
+        rand(h, h, scale=h**-0.5),
+        rand(h) if bias else None,
+        rand(c_out, 3 * c, scale=(3 * c) ** -0.5),
+    ]
+
+
+def randn(*shape, seed=1, dtype=torch.float64):
+    """Seeded normal samples: every test sees the same data on every run."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def _forward_backward(args, grad, backend, dtype, op=smlp_kernels.smlp_mix):
+    """Output and the gradients of every tensor argument (None for absent biases)."""
+    leaves = [None if t is None else t.detach().to(dtype).requires_grad_() for t in args]
+    y = op(*leaves, backend=backend)
+    y.backward(grad.to(dtype))
+    return [y.detach(), *(None if t is None else t.grad for t in leaves)]
+
+
+NAMES = ["y", "x", "row_weight", "row_bias", "col_weight", "col_bias", "fuse_weight"]
+
+
+def _assert_f64(ours, ref, names):
+    for o, r, name in zip(ours, ref, names, strict=True):
+        if r is None:
+            assert o is None, name
+            continue
+        assert o.dtype == torch.float64, name
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-12 * scale, msg=name)
+
+
+def _assert_f32(ours, ref32, ref64, names):
+    for o, r32, r64, name in zip(ours, ref32, ref64, names, strict=True):
+        if r64 is None:
+            assert o is None, name
+            continue
+        assert o.dtype == torch.float32, name
+        ours_err = (o.double() - r64).abs().max().item()
+        ref_err = (r32.double() - r64).abs().max().item()
+        allowed = 2 * ref_err + F32_ABS * r64.abs().max().item()
+        assert ours_err <= allowed, f"{name}: error {ours_err:.3g} > {allowed:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and gradients through the public API
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("b, c, c_out, h, w", CASES)
+def test_smlp_mix_float64(b, c, c_out, h, w, bias):
+    args = make_args(b, c, c_out, h, w, bias=bias)
+    grad = randn(b, c_out, h, w)
+    ours = _forward_backward(args, grad, "cpu", torch.float64)
+    ref = _forward_backward(args, grad, "reference", torch.float64)
+    _assert_f64(ours, ref, NAMES)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("b, c, c_out, h, w", CASES)
+def test_smlp_mix_float32(b, c, c_out, h, w, bias):
+    args = make_args(b, c, c_out, h, w, bias=bias)
+    grad = randn(b, c_out, h, w)
+    ours = _forward_backward(args, grad, "cpu", torch.float32)
+    ref32 = _forward_backward(args, grad, "reference", torch.float32)
+    ref64 = _forward_backward(args, grad, "reference", torch.float64)
+    _assert_f32(ours, ref32, ref64, NAMES)
+
+
+AXIS_CASES = [
+    pytest.param(2, 3, 5, 6, id="B2-C3-H5-W6"),
+    pytest.param(1, 1, 1, 1, id="B1-C1-H1-W1"),
+    pytest.param(3, 70, 13, 57, id="B3-C70-H13-W57"),
+    pytest.param(1, 2, 128, 7, id="B1-C2-H128-W7"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
+@pytest.mark.parametrize("b, c, h, w", AXIS_CASES)
+def test_axis_mix(b, c, h, w, op, dtype):
+    n = w if op == "row_mix" else h
+    g = torch.Generator().manual_seed(1)
+    args = [
+        torch.randn(b, c, h, w, generator=g, dtype=torch.float64),
+        torch.randn(n, n, generator=g, dtype=torch.float64) * n**-0.5,
+        torch.randn(n, generator=g, dtype=torch.float64),
+    ]
+    grad = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    fn = getattr(smlp_kernels, op)
+    names = ["y", "x", "weight", "bias"]
+    ours = _forward_backward(args, grad, "cpu", dtype, op=fn)
+    ref64 = _forward_backward(args, grad, "reference", torch.float64, op=fn)
+    if dtype == torch.float64:
+        _assert_f64(ours, ref64, names)
+    else:
+        _assert_f32(ours, _forward_backward(args, grad, "reference", dtype, op=fn), ref64, names)
+
+
+def test_gradcheck_through_the_cpp_code():
+    args = [t.requires_grad_() for t in make_args(2, 2, 3, 3, 4)]
+    assert torch.autograd.gradcheck(
+        lambda *a: smlp_kernels.smlp_mix(*a, backend="cpu"), args, eps=1e-6, atol=1e-8
+    )
+    for op, n in (("row_mix", 4), ("col_mix", 3)):
+        axis_args = [
+            randn(2, 2, 3, 4, seed=2).requires_grad_(),
+            randn(n, n, seed=3).requires_grad_(),
+            randn(n, seed=4).requires_grad_(),
+        ]
+        fn = getattr(smlp_kernels, op)
+        assert torch.autograd.gradcheck(lambda *a, fn=fn: fn(*a, backend="cpu"), axis_args)
+
+
+def test_automatic_choice_is_cpu_for_fp32_and_fp64_only():
+    from smlp_kernels.registry import resolve_backend
+
+    for dtype, expected in (
+        (torch.float32, "cpu"),
+        (torch.float64, "cpu"),
+        (torch.float16, "reference"),
+        (torch.bfloat16, "reference"),
+    ):
+        x = torch.zeros(1, 2, 3, 4, dtype=dtype)
+        assert resolve_backend(None, "mix", x, 2) == expected, dtype
+    assert resolve_backend(None, "row_mix", torch.zeros(1, 1, 2, 129), 1) == "reference"
+    with pytest.raises(ValueError, match="H, W <= 128"):
+        smlp_kernels.col_mix(torch.zeros(1, 1, 129, 2), torch.zeros(129, 129), backend="cpu")
+    with pytest.raises(ValueError, match="compute in float32, float64, not float16"):
+        smlp_kernels.smlp_mix(*make_args(1, 1, 1, 2, 2, dtype=torch.float16), backend="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Awkward layouts
+# ---------------------------------------------------------------------------------------------
+
+
+def _layouts(b, c, c_out, h, w):
+    """(id, args, grad): x and the parameters as strided views, the grad as given."""
+    base = make_args(b, c, c_out, h, w)
+    x, rw, rb, cw, cb, fw = base
+    grad = randn(b, c_out, h, w)
+
+    big = torch.zeros(b, 2 * c, h + 3, 2 * w, dtype=torch.float64)
+    sliced = big[:, 1::2, 2 : h + 2, ::2]
+    sliced.copy_(x)
+    yield "x-sliced", [sliced, *base[1:]], grad
+
+    transposed = x.transpose(2, 3).contiguous().transpose(2, 3)  # W-major storage
+    yield "x-transposed", [transposed, *base[1:]], grad
+
+    cl = x.contiguous(memory_format=torch.channels_last)
+    yield "x-channels-last", [cl, *base[1:]], grad.contiguous(memory_format=torch.channels_last)
+
+    expanded = x[:1, :, :1, :].expand(b, c, h, w)  # zero strides on B and H
+    yield "x-expanded", [expanded, *base[1:]], grad
+
+    # The gradient of y.sum(): ones with every stride zero.
+    yield (
+        "grad-zero-strides",
+        base,
+        torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(b, c_out, h, w),
+    )
+
+    params = [
+        x,
+        rw.t().contiguous().t(),
+        torch.stack([rb, rb], 1)[:, 1],
+        cw.t().contiguous().t(),
+        torch.stack([cb, cb], 1)[:, 0],
+        fw.t().contiguous().t(),  # column-major fuse weight: transposed F blocks
+    ]
+    yield "params-strided", params, grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_awkward_layouts(dtype):
+    for name, args, grad in _layouts(3, 5, 6, 9, 7):
+        assert not all(t is None or t.is_contiguous() for t in [*args, grad]), name
+        ours = _forward_backward(args, grad, "cpu", dtype)
+        ref64 = _forward_backward(args, grad, "reference", torch.float64)
+        names = [f"{name}: {n}" for n in NAMES]
+        if dtype == torch.float64:
+            _assert_f64(ours, ref64, names)
+        else:
+            _assert_f32(ours, _forward_backward(args, grad, "reference", dtype), ref64, names)
+
+
+def test_channels_last_output_keeps_layout():
+    args = make_args(2, 3, 4, 5, 6, dtype=torch.float32)
+    args[0] = args[0].contiguous(memory_format=torch.channels_last)
+    y = smlp_kernels.smlp_mix(*args, backend="cpu")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism and NaN
+# ---------------------------------------------------------------------------------------------
+
+
+def test_deterministic_and_thread_count_independent():
+    args = make_args(3, 37, 20, 14, 14, dtype=torch.float32)
+    grad = randn(3, 20, 14, 14, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        with smlp_kernels.deterministic(True):
+            first = _forward_backward(args, grad, "cpu", torch.float32)
+            again = _forward_backward(args, grad, "cpu", torch.float32)
+        loose = _forward_backward(args, grad, "cpu", torch.float32)
+        torch.set_num_threads(1)
+        one_thread = _forward_backward(args, grad, "cpu", torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+    for other in (again, loose, one_thread):
+        for a, b, name in zip(first, other, NAMES, strict=True):
+            if a is not None:
+                assert torch.equal(a, b), name
+
+
+def test_nan_in_x_propagates():
+    args = make_args(2, 3, 4, 6, 5)
+    args[0][1, 2, 3, 1] = float("nan")
+    grad = randn(2, 4, 6, 5)
+    ours = _forward_backward(args, grad, "cpu", torch.float64)
+    ref = _forward_backward(args, grad, "reference", torch.float64)
+    for o, r, name in zip(ours, ref, NAMES, strict=True):
+        if r is None:
+            continue
+        assert torch.equal(o.isnan(), r.isnan()), name
+        assert o.isnan().any() or not r.isnan().any(), name
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-10, equal_nan=True, msg=name)
+    assert ours[0].isnan().any() and not ours[0][0].isnan().any()
+
+
+# ---------------------------------------------------------------------------------------------
+# The raw launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _poisoned(*shape, dtype=torch.float64):
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
+def _check_against_reference(out, ref_fn, inputs, name):
+    """out (a launcher's output) against ref_fn(*inputs): tight in float64; in float32 within
+    the float32 error model (against ref_fn in float64 and in float32)."""
+    up = [None if t is None else t.double() for t in inputs]
+    ref64 = ref_fn(*up)
+    if out.dtype == torch.float64:
+        _assert_f64([out], [ref64], [name])
+    else:
+        _assert_f32([out], [ref_fn(*inputs)], [ref64], [name])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("b, c, c_out, h, w", CASES[:6])
+def test_raw_launchers_write_every_element(b, c, c_out, h, w, dtype):
+    x, rw, rb, cw, cb, fw = make_args(b, c, c_out, h, w, dtype=dtype)
+    f_id, f_row, f_col = fw.split(c, dim=1)
+    params = (x, rw, rb, cw, cb, fw)
+
+    # y as a strided view into a NaN tensor: every element of the view written, no other.
+    canvas = _poisoned(b, c_out + 1, h, w + 2, dtype=dtype)
+    y = canvas[:, 1:, :, 1 : w + 1]
+    _C.cpu_mix_fwd(*map(tensor_arg, (x, rw, rb, cw, cb, f_id, f_row, f_col, y)), 0)
+    _check_against_reference(y, R.smlp_mix_ref, params, "y")
+    outside = torch.ones_like(canvas, dtype=torch.bool)
+    outside[:, 1:, :, 1 : w + 1] = False
+    assert canvas[outside].isnan().all()
+
+    g = randn(b, c_out, h, w, seed=5, dtype=dtype)
+    outs = [_poisoned(*s, dtype=dtype) for s in [(c_out, 3 * c), (w, w), (w,), (h, h), (h,)]]
+    _C.cpu_mix_wgrad(*map(tensor_arg, (g, x, rw, rb, cw, cb, f_id, f_row, f_col, *outs)), False, 0)
+    for out, field in zip(
+        outs, ["fuse_weight", "row_weight", "row_bias", "col_weight", "col_bias"], strict=True
+    ):
+        _check_against_reference(
+            out, lambda *a, f=field: getattr(R.smlp_mix_bwd_ref(*a), f), (g, *params), field
+        )
+
+    for axis, weight, bias, ref_fn, ref_bwd in (
+        (3, rw, rb, R.row_mix_ref, R.row_mix_bwd_ref),
+        (2, cw, cb, R.col_mix_ref, R.col_mix_bwd_ref),
+    ):
+        y = _poisoned(b, c, h, w, dtype=dtype)
+        _C.cpu_axis_mix_fwd(*map(tensor_arg, (x, weight, bias, y)), axis, 0)
+        _check_against_reference(y, ref_fn, (x, weight, bias), f"axis {axis}: y")
+        gx = randn(b, c, h, w, seed=6, dtype=dtype)
+        n = weight.shape[0]
+        d_weight, d_bias = _poisoned(n, n, dtype=dtype), _poisoned(n, dtype=dtype)
+        _C.cpu_axis_mix_wgrad(*map(tensor_arg, (gx, x, d_weight, d_bias)), axis, True, 0)
+        for out, field in ((d_weight, "weight"), (d_bias, "bias")):
+            _check_against_reference(
+                out, lambda *a, f=field, fn=ref_bwd: getattr(fn(*a), f), (gx, x, weight), field
+            )
+
+
+def _mix_fwd_args(dtype=torch.float32):
+    x, rw, rb, cw, cb, fw = make_args(2, 3, 4, 5, 6, dtype=dtype)
+    f_id, f_row, f_col = fw.split(3, dim=1)
+    y = torch.empty(2, 4, 5, 6, dtype=dtype)
+    return [tensor_arg(t) for t in (x, rw, rb, cw, cb, f_id, f_row, f_col, y)]
+
+
+def _with(args, index, value):
+    return [value if i == index else a for i, a in enumerate(args)]
+
+
+def test_raw_launchers_reject_bad_arguments():
+    args = _mix_fwd_args()
+    x = args[0]
+    bad = [
+        (_with(args, 0, (x[0], 7, x[2], x[3])), r"cpu_mix_fwd: x: unknown dtype code 7"),
+        (_with(args, 0, (x[0], 2, x[2], x[3])), r"x: the CPU kernels compute in float32 or"),
+        (_with(args, 1, (args[1][0], 0, (6, 5), (5, 1))), r"row_weight: expected shape \(W, W\)"),
+        (_with(args, 2, (args[2][0], 0, (5,), (1,))), r"row_bias: expected shape \(W,\) = \(6,\)"),
+        (_with(args, 3, (args[3][0], 1, (5, 5), (5, 1))), r"col_weight: dtype float64, expected"),
+        (_with(args, 6, (args[6][0], 0, (4, 2), (9, 1))), r"f_row: expected shape \(C_out, C\)"),
+        (_with(args, 8, (args[8][0], 0, (2, 4, 5, 7), (140, 35, 7, 1))), r"y: expected shape"),
+        (_with(args, 8, (args[8][0], 0, (2, 4, 5, 6), (0, 30, 6, 1))), r"y: an output must not"),
+        (_with(args, 0, (x[0], 0, (2, 3, 5), (15, 5, 1))), r"x: expected 4 dimensions"),
+        (_with(args, 0, (x[0], 0, x[2], (90, 30, -6, 1))), r"x: strides must be >= 0"),
+        (_with(args, 0, (0, 0, x[2], x[3])), r"x: null data pointer"),
+    ]
+    for call_args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            _C.cpu_mix_fwd(*call_args, 0)
+
+    big = torch.zeros(1, 1, 129, 2)
+    with pytest.raises(ValueError, match=r"cpu_axis_mix_fwd: x: H = 129 is out of range 1\.\.128"):
+        _C.cpu_axis_mix_fwd(
+            *map(tensor_arg, (big, torch.zeros(129, 129), None, torch.empty_like(big))), 2, 0
+        )
+    x4 = torch.zeros(1, 1, 3, 4)
+    with pytest.raises(ValueError, match=r"cpu_axis_mix_wgrad: axis: must be 3"):
+        _C.cpu_axis_mix_wgrad(
+            *map(tensor_arg, (x4, x4, torch.zeros(4, 4), torch.zeros(4))), 1, False, 0
+        )
+    with pytest.raises(ValueError, match=r"cpu_axis_mix_wgrad: d_weight: dtype float64"):
+        _C.cpu_axis_mix_wgrad(
+            *map(
+                tensor_arg,
+                (x4, x4, torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4)),
+            ),
+            3,
+            False,
+            0,
+        )
+    wgrad = [
+        tensor_arg(t)
+        for t in (
+            torch.zeros(1, 2, 3, 4),
+            torch.zeros(1, 1, 3, 4),
+            torch.zeros(4, 4),
+            None,
+            torch.zeros(3, 3),
+            None,
+            *torch.zeros(2, 3).split(1, dim=1),
+            torch.zeros(2, 3),
+            torch.zeros(4, 4),
+            torch.zeros(4),
+            torch.zeros(3, 3),
+            torch.zeros(3),
+        )
+    ]
+    wgrad[9] = tensor_arg(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"cpu_mix_wgrad: d_fuse: expected shape \(C_out, 3C\)"):
+        _C.cpu_mix_wgrad(*wgrad, False, 0)
