@@ -8,14 +8,15 @@ same tensors, interleaved call by call (SPACH-style, then cpu, then the next rep
 so load from other processes on the machine hits both alike; the table reports medians.
 
     spach-style  smlp_kernels.reference.smlp_mix_spach_style (permute + conv + cat + conv)
-    cpu          smlp_kernels.smlp_mix(..., backend="cpu") (the public op, its overhead
-                 included)
+    cpu          smlp_kernels.smlp_mix(..., backend="cpu"): the public op, with its
+                 argument checks, custom-op dispatch and output allocation
+    launcher     the bare launcher _C.cpu_mix_fwd into a preallocated y (the kernels alone)
 
-Columns: median milliseconds, their ratio (spach / cpu), the cpu backend's GFLOP/s
+Columns: median milliseconds, the ratio spach-style / cpu, the cpu op's GFLOP/s
 (smlp_kernels.flops counts, a multiply-add = 2 FLOPs) and that as a percentage of
 --peak-gflops (default 350: what the 2 cores of the development machine reach in an fp32
-matmul). The geometric mean of the ratios closes the table; the goal is >= 2 and no ratio
-below 1.
+matmul), then the launcher's milliseconds and ratio. The geometric mean of the cpu ratios
+closes the table; the goal is >= 2 and no ratio below 1.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 import smlp_kernels
 from smlp_kernels import flops
+from smlp_kernels.cpp_backends import fuse_blocks, tensor_arg
 from smlp_kernels.reference import smlp_mix_spach_style
 
 STAGES = [(80, 56), (160, 28), (320, 14), (640, 7)]
@@ -58,6 +60,25 @@ def _make_inputs(batch: int, channels: int, side: int) -> list[torch.Tensor]:
         torch.randn(side, generator=g),
         torch.randn(channels, 3 * channels, generator=g) * (3 * channels) ** -0.5,
     ]
+
+
+def _launcher_call(inputs: list[torch.Tensor]):
+    """A call of the bare launcher on inputs, writing into one preallocated y."""
+    x, rw, rb, cw, cb, fw = inputs
+    y = torch.empty(x.shape[0], fw.shape[0], *x.shape[2:])
+    args = [tensor_arg(t) for t in (x, rw, rb, cw, cb)]
+    args += [*fuse_blocks(fw, x.shape[1]), tensor_arg(y)]
+    launcher = smlp_kernels._extension.require_extension().cpu_mix_fwd
+
+    def call() -> torch.Tensor:
+        launcher(*args, 0)
+        return y
+
+    return call
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def _time_interleaved(fns: dict, reps: int, warmup: int) -> dict[str, list[float]]:
@@ -95,35 +116,42 @@ def main() -> None:
     )
     print(f"median of {args.reps} interleaved calls each, after {args.warmup} warm-up calls")
     header = (
-        f"{'stage shape':<24}{'spach-style ms':>15}{'cpu ms':>10}{'ratio':>8}"
+        f"{'stage shape':<16}{'spach-style ms':>15}{'cpu ms':>10}{'ratio':>8}"
         f"{'cpu GFLOP/s':>13}{'% of ' + format(args.peak_gflops, 'g'):>10}"
+        f"{'launcher ms':>13}{'ratio':>8}"
     )
     print(header)
     print("-" * len(header))
-    ratios = []
+    ratios, launcher_ratios = [], []
     with torch.no_grad():
         for channels, side in STAGES:
             inputs = _make_inputs(args.batch, channels, side)
             fns = {
                 "spach": functools.partial(smlp_mix_spach_style, *inputs),
                 "cpu": functools.partial(smlp_kernels.smlp_mix, *inputs, backend="cpu"),
+                "launcher": _launcher_call(inputs),
             }
-            torch.testing.assert_close(fns["cpu"](), fns["spach"](), rtol=1e-4, atol=1e-4)
+            expected = fns["spach"]()
+            torch.testing.assert_close(fns["cpu"](), expected, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(fns["launcher"](), expected, rtol=1e-4, atol=1e-4)
             times = _time_interleaved(fns, args.reps, args.warmup)
-            spach_ms = statistics.median(times["spach"]) * 1e3
-            cpu_ms = statistics.median(times["cpu"]) * 1e3
+            ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
             work = flops.smlp_mix_flops(args.batch, channels, channels, side, side)
-            gflops = work / cpu_ms / 1e6
-            ratio = spach_ms / cpu_ms
-            ratios.append(ratio)
-            shape = f"C{channels} H{side} W{side}"
+            gflops = work / ms["cpu"] / 1e6
+            ratios.append(ms["spach"] / ms["cpu"])
+            launcher_ratios.append(ms["spach"] / ms["launcher"])
+            shape = f"C{channels} H{side}"
             print(
-                f"{shape:<24}{spach_ms:>15.3f}{cpu_ms:>10.3f}{ratio:>8.2f}"
+                f"{shape:<16}{ms['spach']:>15.3f}{ms['cpu']:>10.3f}{ratios[-1]:>8.2f}"
                 f"{gflops:>13.1f}{100 * gflops / args.peak_gflops:>9.1f}%"
+                f"{ms['launcher']:>13.3f}{launcher_ratios[-1]:>8.2f}"
             )
-    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print("-" * len(header))
-    print(f"geometric mean ratio {geomean:.2f}, lowest {min(ratios):.2f}")
+    print(f"cpu op:   geometric mean ratio {_geomean(ratios):.2f}, lowest {min(ratios):.2f}")
+    print(
+        f"launcher: geometric mean ratio {_geomean(launcher_ratios):.2f}, "
+        f"lowest {min(launcher_ratios):.2f}"
+    )
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 

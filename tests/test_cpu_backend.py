@@ -335,6 +335,10 @@ def test_raw_launchers_write_every_element(b, c, c_out, h, w, dtype):
     outside = torch.ones_like(canvas, dtype=torch.bool)
     outside[:, 1:, :, 1 : w + 1] = False
     assert canvas[outside].isnan().all()
+    # A channels_last y: W is not the fastest axis of the output.
+    y_cl = _poisoned(b, c_out, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    _C.cpu_mix_fwd(*map(tensor_arg, (x, rw, rb, cw, cb, f_id, f_row, f_col, y_cl)), 0)
+    _check_against_reference(y_cl, R.smlp_mix_ref, params, "channels_last y")
 
     g = randn(b, c_out, h, w, seed=5, dtype=dtype)
     outs = [_poisoned(*s, dtype=dtype) for s in [(c_out, 3 * c), (w, w), (w,), (h, h), (h,)]]

@@ -11,9 +11,11 @@
 namespace smlp::cpu {
 namespace {
 
-// Images per chunk of the weight gradient: fixed by the shape, so that the partial sums and
-// the order they are added in do not depend on the thread count.
+// The weight gradient sums over all B*C images in at most kMaxChunks chunks (fixed by the
+// shape, so that the partial sums and the order they are added in do not depend on the
+// thread count); a chunk is packed kBatchPixels pixels at a time.
 constexpr int64_t kMaxChunks = 64;
+constexpr int64_t kBatchPixels = 64 * 1024;
 
 }  // namespace
 
@@ -66,13 +68,14 @@ void axis_mix_wgrad(const AxisMixWgradParams<T>& p) {
   const int64_t lds = round_up(S, L);
   const int64_t n_chunks = std::min(images, kMaxChunks);
   const int64_t chunk = ceil_div(images, n_chunks);
+  const int64_t batch = std::clamp<int64_t>(kBatchPixels / P, 1, chunk);  // images per pack
   const int64_t part_size = S * lds;
 
   const int n_threads = max_threads();
   ScratchLayout layout;
   const size_t o_part = layout.add<T>(n_chunks * part_size);
   const size_t o_bias = layout.add<double>(n_chunks * S);
-  const size_t o_buf = layout.add<T>(n_threads * 2 * (chunk * P + L));
+  const size_t o_buf = layout.add<T>(n_threads * 2 * (batch * P + L));
   char* base = thread_arena(layout.bytes());
   T* parts = at<T>(base, o_part);
   std::fill(parts, parts + n_chunks * part_size, T(0));
@@ -81,37 +84,38 @@ void axis_mix_wgrad(const AxisMixWgradParams<T>& p) {
 
 #pragma omp parallel num_threads(n_threads)
   {
-    T* gb = at<T>(base, o_buf) + thread_id() * 2 * (chunk * P + L);
-    T* xb = gb + chunk * P + L;
+    T* gb = at<T>(base, o_buf) + thread_id() * 2 * (batch * P + L);
+    T* xb = gb + batch * P + L;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t ch = 0; ch < n_chunks; ++ch) {
-      const int64_t first = ch * chunk, count = std::min(chunk, images - first);
-      if (count <= 0) continue;
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t b = (first + i) / C, c = (first + i) % C;
-        const T* g = p.g.data + b * p.g.stride[0] + c * p.g.stride[1];
-        const T* x = p.x.data + b * p.x.stride[0] + c * p.x.stride[1];
-        if (row) {
-          pack_image(g, p.g.stride[2], p.g.stride[3], H, W, gb + i * P);
-          pack_image(x, p.x.stride[2], p.x.stride[3], H, W, xb + i * P);
-        } else {
-          pack_image_transposed(g, p.g.stride[2], p.g.stride[3], H, W, gb + i * P);
-          pack_image_transposed(x, p.x.stride[2], p.x.stride[3], H, W, xb + i * P);
+      const int64_t chunk_end = std::min(images, (ch + 1) * chunk);
+      for (int64_t first = ch * chunk; first < chunk_end; first += batch) {
+        const int64_t count = std::min(batch, chunk_end - first);
+        for (int64_t i = 0; i < count; ++i) {
+          const int64_t b = (first + i) / C, c = (first + i) % C;
+          const T* g = p.g.data + b * p.g.stride[0] + c * p.g.stride[1];
+          const T* x = p.x.data + b * p.x.stride[0] + c * p.x.stride[1];
+          if (row) {
+            pack_image(g, p.g.stride[2], p.g.stride[3], H, W, gb + i * P);
+            pack_image(x, p.x.stride[2], p.x.stride[3], H, W, xb + i * P);
+          } else {
+            pack_image_transposed(g, p.g.stride[2], p.g.stride[3], H, W, gb + i * P);
+            pack_image_transposed(x, p.x.stride[2], p.x.stride[3], H, W, xb + i * P);
+          }
         }
+        std::fill(xb + count * P, xb + count * P + L, T(0));
+        OuterArgs<T> o;
+        o.d = parts + ch * part_size;
+        o.ldd = lds;
+        o.rows = S;
+        o.cols = S;
+        o.a = gb;
+        o.lda = S;
+        o.b = xb;
+        o.ldb = S;
+        o.K = count * P / S;
+        outer_accumulate(o, bias_parts + ch * S);
       }
-      std::fill(xb + count * P, xb + count * P + L, T(0));
-      T* part = parts + ch * part_size;
-      OuterArgs<T> o;
-      o.d = part;
-      o.ldd = lds;
-      o.rows = S;
-      o.cols = S;
-      o.a = gb;
-      o.lda = S;
-      o.b = xb;
-      o.ldb = S;
-      o.K = count * P / S;
-      outer_accumulate(o, bias_parts + ch * S);
     }
   }
 

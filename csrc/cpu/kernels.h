@@ -1,14 +1,15 @@
 // Building blocks of the CPU launchers (mix.cpp, axis_mix.cpp): threads, scratch memory,
 // the register-tiled multiply-add kernels and the packing routines.
 //
-// Every hot loop is one register tile, `fma_tile`: MR x NV accumulator vectors, a rank-1
-// update per k (NV vector loads of B, MR broadcasts of A). Three kernels are built from it:
+// Every hot loop is a register tile: MR x NV accumulator vectors, updated per k by a rank-1
+// product (NV vector loads of B, MR broadcasts of A). Three kernels are built that way:
 //
-//   gemm        C (MR x NR tiles) = A (packed MR-row panels) x B, cache-blocked over k. The
-//               channel mixing (the fuse GEMM of the forward, F^T g and g x^T of the backward).
-//   spatial     one image's row mix (x W^T along W) and column mix (W x along H), plus the
-//               identity term and the biases, written to a strided output.
-//   outer       D += sum_k a_k b_k^T over many rows: the row/column weight gradients.
+//   gemm        C (MR x NR tiles) = A (packed MR-row panels) x B, cache-blocked over k: the
+//               channel mixing (the fuse GEMM of the forward, F^T g and g z^T of the backward).
+//   spatial     images' row mix (x W^T along W) and column mix (W x along H), plus the
+//               identity term and the biases, written to a strided output (fma_tile).
+//   outer       D += sum_k a_k b_k^T over many rows: the row/column weight gradients
+//               (fma_tile).
 //
 // Buffers the kernels read with full vectors carry at least one vector of slack after their
 // last element (the lanes past a row's end are computed and dropped, never stored).
@@ -261,7 +262,7 @@ struct GemmShape {
   static constexpr int NV = 3;                       // vectors of B per register tile
   static constexpr int NR = NV * Simd<T>::kLanes;     // columns per register tile
   static constexpr int KB = Simd<T>::kLanes;          // k per block of a packed A panel
-  static constexpr int KC = 256;  // k per pass: a KC x NR slice of B stays in L1
+  static constexpr int KC = 192;  // k per pass: a KC x NR slice of B (<= 36 KiB) stays in L1
 
   // Elements of one packed A panel (MR rows, K rounded up to whole blocks).
   static int64_t panel_size(int64_t K) { return round_up(K, KB) * MR; }

@@ -17,11 +17,11 @@
 // Threads take contiguous ranges of items (group-major), so each packs x for few groups,
 // then help with the others' ranges.
 //
-// Weight gradients: per image group, g is packed twice (row-major for F^T g, and as
-// transposed panels for g z^T); then channel blocks (fixed size, any thread) recompute
-// r and k from x, accumulate their columns of d_fuse with a GEMM and their partial sums of
-// the row/column weight gradients. Partials are added in block order at the end, so the
-// result does not depend on the number of threads.
+// Weight gradients: per image group, g is packed twice (rows for F^T g, and as A panels
+// for g z^T, z = [x | r | k]); then channel blocks (fixed size, any thread) recompute r and
+// k from x, accumulate their columns of d_fuse with a GEMM and their partial sums of the
+// row/column weight gradients. Partials are added in block order at the end (in double),
+// so the result does not depend on the number of threads.
 
 #include <algorithm>
 #include <cstdint>
@@ -330,7 +330,7 @@ void mix_wgrad(const MixWgradParams<T>& p) {
     for (int64_t grp = 0; grp < n_groups; ++grp) {
       const int64_t b0 = grp * group, n_img = std::min(group, B - b0), np = n_img * P;
       const int64_t n_cols = round_up(np, NR);
-      // g of the group: rows for F^T g, transposed MR-row panels for g z^T.
+      // g of the group: rows (the B of F^T g) and A panels (the A of g z^T).
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < co_tiles; ++t) {
         const int64_t nrow = std::min<int64_t>(MR, Co - t * MR);
