@@ -9,6 +9,9 @@ Build switches, read from the environment:
     SMLP_SKIP_EXTENSION  "1": build no extension at all; the package falls back to PyTorch
     SMLP_BUILD_JOBS      parallel compile jobs, default os.cpu_count()
     SMLP_PTXAS_VERBOSE   "1": ptxas prints registers and spills for every kernel
+    SMLP_CPU_NATIVE      "1" (default): CPU kernels for the build machine's CPU
+                         (-march=native); "0": portable x86-64, for a wheel or an image that
+                         runs on other machines
 
 Typical installs:
 
@@ -62,6 +65,13 @@ def _cuda_archs() -> str:
         if not re.fullmatch(r"[0-9]+[af]?", arch):
             raise ValueError(f"SMLP_CUDA_ARCHS entry {arch!r} is not like 80, 90a or 100f")
     return ";".join(archs)
+
+
+def _cpu_native() -> bool:
+    """SMLP_CPU_NATIVE: unset means on, since most builds are for the machine they run on."""
+    if os.environ.get("SMLP_CPU_NATIVE", "").strip() == "":
+        return True
+    return _env_flag("SMLP_CPU_NATIVE")
 
 
 def _build_jobs() -> int:
@@ -158,6 +168,7 @@ class CMakeBuild(build_ext):
             f"-DSMLP_BUILD_CUDA={_cuda_mode()}",
             f"-DSMLP_CUDA_ARCHS={_cuda_archs()}",
             f"-DSMLP_PTXAS_VERBOSE={'ON' if _env_flag('SMLP_PTXAS_VERBOSE') else 'OFF'}",
+            f"-DSMLP_CPU_NATIVE={'ON' if _cpu_native() else 'OFF'}",
             f"-DCMAKE_MAKE_PROGRAM={ninja}",
         ]
         nvcc = _nvcc()
