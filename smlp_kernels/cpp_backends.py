@@ -115,9 +115,10 @@ class _CompiledBackend(Backend):
         dt = x.dtype
         c, h, w = x.shape[1:]
         grad = _as(grad, dt)
-        rw, rb, cw, cb = (
-            tensor_arg(_as(t, dt)) for t in (row_weight, row_bias, col_weight, col_bias)
-        )
+        # The cast copies must stay referenced until the launchers return: a TensorArg is a
+        # raw pointer and does not keep its tensor alive.
+        cast = [_as(t, dt) for t in (row_weight, row_bias, col_weight, col_bias)]
+        rw, rb, cw, cb = map(tensor_arg, cast)
         fw = _as(fuse_weight, dt)
         f_id, f_row, f_col = fuse_blocks(fw, c)
         g = tensor_arg(grad)
@@ -161,15 +162,8 @@ class _CompiledBackend(Backend):
 
     def _axis_fwd(self, x: Tensor, weight: TensorArg, bias: Tensor | None, axis: int) -> Tensor:
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        self._call(
-            x,
-            "axis_mix_fwd",
-            tensor_arg(x),
-            weight,
-            tensor_arg(_as(bias, x.dtype)),
-            tensor_arg(y),
-            axis,
-        )
+        bias = _as(bias, x.dtype)  # referenced until the launcher returns
+        self._call(x, "axis_mix_fwd", tensor_arg(x), weight, tensor_arg(bias), tensor_arg(y), axis)
         return y
 
     def _axis_bwd(self, grad: Tensor, x: Tensor, weight: Tensor, axis: int) -> AxisMixGrads:
@@ -191,13 +185,15 @@ class _CompiledBackend(Backend):
         return AxisMixGrads(x=dx, weight=d_weight, bias=d_bias)
 
     def row_mix_fwd(self, x, weight, bias):
-        return self._axis_fwd(x, tensor_arg(_as(weight, x.dtype)), bias, 3)
+        weight = _as(weight, x.dtype)  # referenced until the launcher returns
+        return self._axis_fwd(x, tensor_arg(weight), bias, 3)
 
     def row_mix_bwd(self, grad, x, weight):
         return self._axis_bwd(grad, x, weight, 3)
 
     def col_mix_fwd(self, x, weight, bias):
-        return self._axis_fwd(x, tensor_arg(_as(weight, x.dtype)), bias, 2)
+        weight = _as(weight, x.dtype)  # referenced until the launcher returns
+        return self._axis_fwd(x, tensor_arg(weight), bias, 2)
 
     def col_mix_bwd(self, grad, x, weight):
         return self._axis_bwd(grad, x, weight, 2)
