@@ -15,10 +15,21 @@ graph records which backend runs.
 Outputs: ``y`` and ``dx`` are channels_last when x is channels_last (and not also
 contiguous), contiguous otherwise; parameter gradients are contiguous, in each parameter's
 dtype.
+
+Autocast: the public functions follow ``torch.autocast`` as ``nn.Linear`` does, except that
+float32 parameters are not copied: under autocast for x's device (CPU or CUDA), x (unless
+float64) is cast to the autocast dtype and the op computes in it, with float32 parameters
+as they are (the backends take float32 parameters with a float16/bfloat16 x). The cast is
+an ordinary differentiable ``x.to(dtype)``, so x's gradient comes back in x's own dtype and
+each parameter's gradient in the parameter's dtype. The custom ops and the autograd
+Functions called directly have no autocast policy: they compute in the dtypes they are
+given, and autocast is switched off inside them so that a backend's own PyTorch calls
+(the reference's einsums) are never recast.
 """
 
 # No `from __future__ import annotations` here: torch.library.custom_op infers each op's
 # schema from the annotation objects, and torch before 2.5 rejects annotations as strings.
+import contextlib
 from typing import Optional
 
 import torch
@@ -59,6 +70,50 @@ def _finish(t: Tensor, dtype: torch.dtype, fmt=torch.contiguous_format) -> Tenso
     return t.to(dtype).contiguous(memory_format=fmt)
 
 
+# torch.autocast's device types that the backends run on; x on any other device is left alone
+# (torch.is_autocast_enabled raises for device types without autocast, "meta" for one).
+_AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _autocast_dtype(x: object) -> torch.dtype | None:
+    """The dtype autocast asks for x's device, or None when autocast does not apply to x.
+
+    Like PyTorch's own autocast: float32, float16 and bfloat16 x are cast, float64 is not.
+    Traceable: dynamo folds both queries into constants guarded on the autocast state.
+    """
+    if (
+        not isinstance(x, Tensor)
+        or x.is_nested
+        or x.layout != torch.strided
+        or x.dtype not in (torch.float32, *_LOW_PRECISION)
+    ):
+        return None  # left to the argument checks (or, float64, computed as it is)
+    device_type = x.device.type
+    if device_type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def _autocast_param(t: object, dtype: torch.dtype) -> object:
+    # float32 parameters stay float32 (the op takes them with a low-precision x, and their
+    # gradients come back in float32 without a copy); a float16 parameter under bfloat16
+    # autocast (or the reverse) is cast, as autocast would.
+    if isinstance(t, Tensor) and t.dtype in _LOW_PRECISION and t.dtype != dtype:
+        return t.to(dtype)
+    return t
+
+
+def _without_autocast(x: Tensor):
+    """A context in which x's device has autocast off: the backends compute in the dtypes
+    the op layer hands them, even when the caller (or the backward pass) runs under
+    autocast."""
+    device_type = x.device.type
+    if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------------------------
 # smlp::mix_fwd and smlp::mix_bwd
 # --------------------------------------------------------------------------------------------
@@ -79,8 +134,9 @@ def _mix_fwd(
     fmt = _memory_format(x)
     if b == 0:
         return _empty((0, fuse_weight.shape[0], h, w), x, x.dtype, fmt)
-    y = get_backend(backend).mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
-    return _finish(y, x.dtype, fmt)
+    with _without_autocast(x):
+        y = get_backend(backend).mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+        return _finish(y, x.dtype, fmt)
 
 
 @_mix_fwd.register_fake
@@ -106,9 +162,10 @@ def _mix_bwd(
     if x.shape[0] == 0:
         g = _mix_bwd_zeros(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     else:
-        g = get_backend(backend).mix_bwd(
-            grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight
-        )
+        with _without_autocast(x):
+            g = get_backend(backend).mix_bwd(
+                grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight
+            )
     return (
         _finish(g.x, x.dtype, fmt),
         _finish(g.row_weight, row_weight.dtype),
@@ -205,8 +262,9 @@ def _define_axis_mix(op: str):
         fmt = _memory_format(x)
         if x.shape[0] == 0:
             return _empty(x.shape, x, x.dtype, fmt)
-        out = getattr(get_backend(backend), f"{op}_fwd")(x, weight, bias)
-        return _finish(out, x.dtype, fmt)
+        with _without_autocast(x):
+            out = getattr(get_backend(backend), f"{op}_fwd")(x, weight, bias)
+            return _finish(out, x.dtype, fmt)
 
     @fwd.register_fake
     def _(x, weight, bias, backend):
@@ -228,7 +286,8 @@ def _define_axis_mix(op: str):
                 torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
             )
         else:
-            g = getattr(get_backend(backend), f"{op}_bwd")(grad, x, weight)
+            with _without_autocast(x):
+                g = getattr(get_backend(backend), f"{op}_bwd")(grad, x, weight)
         return (
             _finish(g.x, x.dtype, fmt),
             _finish(g.weight, weight.dtype),
@@ -320,10 +379,20 @@ def smlp_mix(
             (the environment variable ``SMLP_BACKEND`` can force one).
 
     Parameters have x's dtype or float32, on x's device; the op computes in x's dtype.
+    Under ``torch.autocast`` for x's device, x (unless float64) is first cast to the autocast
+    dtype; float32 parameters stay float32.
 
     Returns:
-        (B, C_out, H, W) in x's dtype; channels_last if x is.
+        (B, C_out, H, W) in x's dtype (the autocast dtype under autocast); channels_last if
+        x is.
     """
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        x = x.to(dtype)
+        row_weight, row_bias, col_weight, col_bias, fuse_weight = (
+            _autocast_param(t, dtype)
+            for t in (row_weight, row_bias, col_weight, col_bias, fuse_weight)
+        )
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
     return SMLPMixFunction.apply(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
@@ -335,8 +404,11 @@ def row_mix(
     """Mix along W: ``out[b,c,h,w] = sum_v weight[w,v] x[b,c,h,v] + bias[w]``.
 
     x: (B, C, H, W); weight: (W, W); bias: (W,) or None. Returns (B, C, H, W) in x's dtype.
-    Dtypes, devices and ``backend`` as in :func:`smlp_mix`.
+    Dtypes, devices, autocast and ``backend`` as in :func:`smlp_mix`.
     """
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
     check_axis_mix_args("row_mix", x, weight, bias)
     name = resolve_backend(backend, "row_mix", x, x.shape[1])
     return RowMixFunction.apply(x, weight, bias, name)
@@ -348,8 +420,11 @@ def col_mix(
     """Mix along H: ``out[b,c,h,w] = sum_u weight[h,u] x[b,c,u,w] + bias[h]``.
 
     x: (B, C, H, W); weight: (H, H); bias: (H,) or None. Returns (B, C, H, W) in x's dtype.
-    Dtypes, devices and ``backend`` as in :func:`smlp_mix`.
+    Dtypes, devices, autocast and ``backend`` as in :func:`smlp_mix`.
     """
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
     check_axis_mix_args("col_mix", x, weight, bias)
     name = resolve_backend(backend, "col_mix", x, x.shape[1])
     return ColMixFunction.apply(x, weight, bias, name)

@@ -1,5 +1,10 @@
 """Session-wide test setup.
 
+Hypothesis (the property-based tests in test_fuzz.py) has two profiles: "dev" (random
+examples, the default) and "ci" (derandomized: the same examples on every run, so a CI
+failure reproduces). "ci" is used when the environment variable CI is set (as CI services
+do) or HYPOTHESIS_PROFILE=ci; HYPOTHESIS_PROFILE picks either by name.
+
 The Triton kernels run on the GPU when there is one. On a machine without a GPU (ours and
 CI's) they run on the Triton interpreter, which must be switched on before the kernels are
 defined: TRITON_INTERPRET=1 is set here, before any test imports them. The interpreter
@@ -13,3 +18,13 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+try:
+    from hypothesis import settings
+except ImportError:  # hypothesis is a test extra; test_fuzz.py skips without it
+    pass
+else:
+    settings.register_profile("dev", deadline=None, print_blob=True)
+    settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True)
+    _ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if _ci else "dev"))

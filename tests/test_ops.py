@@ -1,14 +1,13 @@
-"""The op layer: public API against the reference, autograd, validation, backend choice,
-custom-op registration (opcheck, torch.compile, torch.export) and FLOP counting."""
+"""The op layer: public API against the reference, autograd, validation and backend choice.
+(The custom ops under PyTorch's tooling: test_compile_export.py, test_flops.py,
+test_memory.py, test_autocast.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import smlp_kernels
-from smlp_kernels import flops
 from smlp_kernels import reference as R
 from smlp_kernels import registry as B
 from smlp_kernels.reference import AxisMixGrads
@@ -380,119 +379,10 @@ def test_environment_variable_forces_backend(registry, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.library: opcheck, compile, export, FLOP counting
+# torch.library (opcheck, torch.compile, torch.export), FLOP counting, saved tensors and
+# autocast are tested for every backend in test_compile_export.py, test_flops.py,
+# test_memory.py and test_autocast.py.
 # ---------------------------------------------------------------------------------------------
-
-
-def _opcheck_cases():
-    for kind in ("contiguous", "channels_last", "sliced"):
-        for grad in (False, True):
-            args = make_args(2, 3, 4, 5, 6, dtype=torch.float32, requires_grad=grad)
-            args[0] = layout(args[0].detach(), kind).requires_grad_(grad)
-            yield f"{kind}-{'grad' if grad else 'nograd'}", args
-
-
-@pytest.mark.parametrize(
-    "case_id, args", list(_opcheck_cases()), ids=lambda v: v if isinstance(v, str) else ""
-)
-def test_opcheck_mix(case_id, args):
-    torch.library.opcheck(torch.ops.smlp.mix_fwd, (*args, "reference"))
-    grad = torch.randn(2, 4, 5, 6)
-    torch.library.opcheck(torch.ops.smlp.mix_bwd, (grad, *detached(args), "reference"))
-
-
-def test_opcheck_mix_without_bias():
-    args = make_args(2, 3, 4, 5, 6, dtype=torch.float32, bias=False, requires_grad=True)
-    torch.library.opcheck(torch.ops.smlp.mix_fwd, (*args, "reference"))
-
-
-@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
-@pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
-def test_opcheck_axis_mix(op, grad):
-    n = 6 if op == "row_mix" else 5
-    x = torch.randn(2, 3, 5, 6, requires_grad=grad)
-    weight = torch.randn(n, n, requires_grad=grad)
-    bias = torch.randn(n, requires_grad=grad)
-    torch.library.opcheck(getattr(torch.ops.smlp, f"{op}_fwd"), (x, weight, bias, "reference"))
-    torch.library.opcheck(
-        getattr(torch.ops.smlp, f"{op}_bwd"),
-        (torch.randn(2, 3, 5, 6), x.detach(), weight.detach(), bias.detach(), "reference"),
-    )
-
-
-class _TwoOps(torch.nn.Module):
-    """smlp_mix then row_mix and col_mix, all differentiable, for compile and export."""
-
-    def __init__(self, c=3, h=5, w=6):
-        super().__init__()
-        args = make_args(1, c, c, h, w, dtype=torch.float32)
-        self.params = torch.nn.ParameterList([torch.nn.Parameter(t) for t in args[1:]])
-
-    def forward(self, x):
-        y = smlp_kernels.smlp_mix(x, *self.params)
-        y = smlp_kernels.row_mix(y, self.params[0], self.params[1])
-        return smlp_kernels.col_mix(y, self.params[2])
-
-
-@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
-def test_compile_fullgraph_forward_backward(compiler):
-    torch._dynamo.reset()
-    model = _TwoOps()
-    x = torch.randn(2, 3, 5, 6, requires_grad=True)
-    y_eager = model(x)
-    y_eager.square().sum().backward()
-    want = [x.grad.clone()] + [p.grad.clone() for p in model.parameters()]
-    x.grad = None
-    model.zero_grad()
-    compiled = torch.compile(model, fullgraph=True, backend=compiler)
-    y = compiled(x)
-    y.square().sum().backward()
-    torch.testing.assert_close(y, y_eager)
-    for g, w in zip([x.grad] + [p.grad for p in model.parameters()], want, strict=True):
-        torch.testing.assert_close(g, w)
-
-
-def test_export_dynamic_batch_save_and_load(tmp_path):
-    model = _TwoOps().eval()
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    ep = torch.export.export(model, (torch.randn(2, 3, 5, 6),), dynamic_shapes={"x": {0: batch}})
-    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert {"smlp.mix_fwd.default", "smlp.row_mix_fwd.default"} <= targets
-    path = tmp_path / "two_ops.pt2"
-    torch.export.save(ep, path)
-    loaded = torch.export.load(path).module()
-    for b in (1, 7):
-        x = torch.randn(b, 3, 5, 6)
-        torch.testing.assert_close(loaded(x), model(x))
-
-
-def test_flop_counter_forward_and_backward():
-    b, c, c_out, h, w = 2, 3, 4, 5, 6
-    args = make_args(b, c, c_out, h, w, dtype=torch.float32, requires_grad=True)
-    with FlopCounterMode(display=False) as counter:
-        y = smlp_kernels.smlp_mix(*args)
-    assert counter.get_total_flops() == 2 * b * c * h * w * (w + h) + 2 * b * h * w * 3 * c * c_out
-    with FlopCounterMode(display=False) as counter:
-        y.sum().backward()
-    assert counter.get_total_flops() == flops.smlp_mix_bwd_flops(b, c, c_out, h, w)
-    assert flops.smlp_mix_bwd_flops(b, c, c_out, h, w) == (
-        2 * flops.smlp_mix_flops(b, c, c_out, h, w) + 2 * b * c * h * w * (h + w)
-    )
-    x = args[0].detach().requires_grad_()
-    with FlopCounterMode(display=False) as counter:
-        smlp_kernels.row_mix(x, args[1]).sum().backward()
-        smlp_kernels.col_mix(x, args[3]).sum().backward()
-    assert counter.get_total_flops() == 3 * 2 * b * c * h * w * (w + h)
-
-
-def test_autograd_saves_only_inputs():
-    """r and k are recomputed, never saved: the graph holds x and the parameters only."""
-    args = make_args(2, 3, 4, 5, 6, dtype=torch.float32, requires_grad=True)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        smlp_kernels.smlp_mix(*args)
-    assert len(saved) == 6
-    assert all(any(s is a or s.data_ptr() == a.data_ptr() for a in args) for s in saved)
 
 
 def test_axis_mix_grads_named_fields():
