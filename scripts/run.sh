@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The project's two entry points, from a fresh clone on any machine:
+# The project's entry points, from a fresh clone on any machine:
 #
-#   bash scripts/run.sh demo   # the main job: run the op and the drop-in module, report
+#   bash scripts/run.sh bench  # the main job: smlp-bench, the benchmark harness (extra
+#                              # arguments go to smlp-bench; none: its default suite)
+#   bash scripts/run.sh demo   # run the op and the drop-in module, report
 #   bash scripts/run.sh test   # the test suite (extra arguments go to pytest)
 #
 # Each one installs what it needs first:
@@ -9,7 +11,8 @@
 #      site-packages visible, so a machine's own torch is reused);
 #   2. installs torch==2.13.0 only if no torch can be imported;
 #   3. installs this package in editable mode (building smlp_kernels._C with CMake, with
-#      its CUDA part when nvcc is found), with the "test" extra for the tests. Where the
+#      its CUDA part when nvcc is found), with the "test" extra for the tests and the
+#      "bench" extra (matplotlib for --plot) for the benchmarks. Where the
 #      build tools (setuptools, pybind11, cmake, ninja) are already installed, as on our
 #      offline GPU machines, it builds with them and fetches nothing it already has.
 set -euo pipefail
@@ -17,9 +20,10 @@ cd "$(dirname "$0")/.."
 
 job=${1:-}
 case "$job" in
+  bench) extras="[bench]" ;;
   demo) extras="" ;;
   test) extras="[test]" ;;
-  *) echo "usage: bash scripts/run.sh demo|test [pytest args...]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/run.sh bench|demo|test [smlp-bench or pytest args...]" >&2; exit 2 ;;
 esac
 shift
 
@@ -42,12 +46,17 @@ if python -c "import setuptools, pybind11" 2>/dev/null && command -v cmake >/dev
   if [[ "$job" == test ]] && ! python -c "import pytest, pytest_benchmark" 2>/dev/null; then
     python -m pip install "pytest>=7" "pytest-benchmark>=4"
   fi
+  # Plots are optional for the benchmarks: offline, smlp-bench runs without matplotlib and
+  # only --plot refuses.
+  if [[ "$job" == bench ]] && ! python -c "import matplotlib" 2>/dev/null; then
+    python -m pip install "matplotlib>=3.7" || echo "run.sh: no matplotlib; smlp-bench --plot will not work" >&2
+  fi
 else
   python -m pip install -e ".${extras}"
 fi
 
-if [[ "$job" == demo ]]; then
-  exec python -m smlp_kernels.demo "$@"
-else
-  exec python -m pytest "$@"
-fi
+case "$job" in
+  bench) exec python -m smlp_kernels.bench "$@" ;;  # the smlp-bench command
+  demo) exec python -m smlp_kernels.demo "$@" ;;
+  test) exec python -m pytest "$@" ;;
+esac

@@ -1,0 +1,340 @@
+"""``smlp-bench`` (also ``python -m smlp_kernels.bench``): run a benchmark suite, print the
+table, and write JSON, CSV, plots and profiler traces.
+
+With no arguments it runs the ``cpu`` suite on a machine without CUDA and the ``gpu`` suite
+with CUDA. Exit status: 0 when every provider that ran gave a checked answer and a time,
+1 when any of them failed (the files are written either way), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .analysis import add_comparisons, summarize_results
+from .cases import DTYPES, SUITES, filter_cases, suite_cases
+from .meta import collect_metadata, device_name
+from .providers import all_providers, select_providers
+from .report import (
+    build_report,
+    file_stem,
+    format_tables,
+    merge_reports,
+    write_csv,
+    write_json,
+)
+from .roofline import measure_ceilings
+from .runner import Progress, RunConfig, Runner
+from .timing import TimingConfig
+
+__all__ = ["build_parser", "main"]
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in _csv(text)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smlp-bench",
+        description="Benchmark the sMLP token mixing: every provider, FLOPs, bytes, roofline.",
+        epilog="Suites: "
+        + "; ".join(f"{s.name}: {s.description}" for s in SUITES.values())
+        + ". Providers: see --list.",
+    )
+    sel = p.add_argument_group("what to run")
+    sel.add_argument(
+        "--suite",
+        type=_csv,
+        default=None,
+        help="comma-separated suite names (default: gpu with CUDA, cpu without)",
+    )
+    sel.add_argument(
+        "--providers",
+        type=_csv,
+        default=None,
+        help="comma-separated providers, instead of the suite's (one that cannot run is "
+        "reported as skipped)",
+    )
+    sel.add_argument(
+        "--modes", type=_csv, default=None, help="keep these modes: fwd,bwd,fwd+bwd,train"
+    )
+    sel.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="run every case in this dtype"
+    )
+    sel.add_argument(
+        "--batch",
+        type=_ints,
+        default=None,
+        help="keep these batch sizes (one size that is not in the suite replaces them all)",
+    )
+    sel.add_argument(
+        "--shapes",
+        type=_csv,
+        default=None,
+        help="keep these stage labels (T1..T4, B1..B4) or models",
+    )
+    sel.add_argument("-k", "--filter", default=None, help="keep case ids matching this glob")
+    sel.add_argument(
+        "--device", choices=["cpu", "cuda"], default=None, help="default: cuda if seen"
+    )
+    sel.add_argument(
+        "--list", action="store_true", help="list suites, cases and providers; run nothing"
+    )
+
+    tim = p.add_argument_group("how to time")
+    tim.add_argument(
+        "--warmup-ms", type=float, default=None, help="warm-up per provider (CUDA 25, CPU 0)"
+    )
+    tim.add_argument(
+        "--rep-ms", type=float, default=None, help="timed ms per provider (CUDA 100, CPU 300)"
+    )
+    tim.add_argument("--min-reps", type=int, default=5, help="CPU: at least this many timed calls")
+    tim.add_argument("--cuda-graph", action="store_true", help="CUDA: time CUDA-graph replays")
+    tim.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    tim.add_argument(
+        "--ceilings",
+        choices=["full", "quick", "none"],
+        default="full",
+        help="measure the copy and matmul ceilings at full size (default), small (quick; "
+        "not for figures) or not at all (no roofline)",
+    )
+    tim.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no new provider or timing after this; the rest is reported as skipped",
+    )
+    tim.add_argument("--seed", type=int, default=0)
+
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "--out",
+        type=Path,
+        default=Path("smlp-bench-results"),
+        help="output folder (default: smlp-bench-results)",
+    )
+    out.add_argument(
+        "--from-json",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="run nothing: merge these result files of one device (each case from the last "
+        "file that has it) and write the table, JSON, CSV and plots of the whole",
+    )
+    out.add_argument(
+        "--name", default=None, help="file name stem (default: smlp-bench-SUITE-DEVICE)"
+    )
+    out.add_argument("--no-files", action="store_true", help="write no JSON or CSV")
+    out.add_argument("--plot", action="store_true", help="write the speed-up and roofline plots")
+    out.add_argument(
+        "--profile",
+        action="store_true",
+        help="write a torch.profiler Chrome trace per case into OUT/profile-STEM/ (NVTX "
+        "ranges on CUDA)",
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _list(device: torch.device) -> str:
+    lines = ["suites:"]
+    for s in SUITES.values():
+        lines.append(f"  {s.name:<8} {len(s.cases):>3} cases  {s.description}")
+    lines.append(f"providers (for {device.type}):")
+    probe = {"op": None, "model": None}
+    runnable = {k: select_providers(k, device) for k in probe}
+    for name, p in all_providers().items():
+        uses = [k for k in ("op", "model") if name in runnable[k]]
+        state = f"default for {' and '.join(uses)} cases" if uses else "not by default"
+        lines.append(f"  {name:<28} {state:<32} {p.description}")
+    return "\n".join(lines)
+
+
+def _suite_providers(suites: Sequence[str], kind: str) -> list[str] | None:
+    merged: list[str] = []
+    for name in suites:
+        names = SUITES[name].op_providers if kind == "op" else SUITES[name].model_providers
+        if names is None:
+            return None
+        merged += [n for n in names if n not in merged]
+    return merged
+
+
+def _method_note(device: torch.device, config: TimingConfig) -> str:
+    if device.type == "cpu":
+        return "time.perf_counter over interleaved calls (one call of each provider per round)"
+    if config.cuda_graph:
+        return "CUDA-graph replays (do_bench_cudagraph; no L2 flush)"
+    return "CUDA events per call, L2 flushed before each call (triton.testing.do_bench)"
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # a timeout's SIGTERM: stop, and write what was measured
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.from_json:
+        return _merge(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("smlp-bench: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.list:
+        print(_list(device))
+        return 0
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    suites = args.suite or (["gpu"] if device.type == "cuda" else ["cpu"])
+    try:
+        cases = filter_cases(
+            suite_cases(suites),
+            shapes=args.shapes,
+            batches=args.batch,
+            modes=args.modes,
+            dtype=args.dtype,
+            pattern=args.filter,
+        )
+        timing = TimingConfig(
+            warmup_ms=args.warmup_ms,
+            rep_ms=args.rep_ms,
+            min_reps=args.min_reps,
+            cuda_graph=args.cuda_graph,
+        )
+        stem = args.name or file_stem(suites, device_name(device), device.type)
+        config = RunConfig(
+            device=device,
+            timing=timing,
+            providers=args.providers,
+            op_providers=_suite_providers(suites, "op"),
+            model_providers=_suite_providers(suites, "model"),
+            time_budget_s=args.time_budget,
+            profile_dir=args.out / f"profile-{stem}" if args.profile else None,
+            seed=args.seed,
+        )
+        runner = Runner(config)
+        names = {k: runner.providers_for(k) for k in ("op", "model")}
+    except ValueError as exc:
+        print(f"smlp-bench: {exc}", file=sys.stderr)
+        return 2
+    if not cases:
+        print("smlp-bench: no case is left after the filters", file=sys.stderr)
+        return 2
+    if args.plot and not _matplotlib_ok():
+        return 2
+
+    start = time.perf_counter()
+    meta = collect_metadata(device)
+    total = sum(len(names[c.kind]) for c in cases)
+    if not args.quiet:
+        print(
+            f"smlp-bench: {len(cases)} cases x providers = {total} measurements on "
+            f"{meta['device']['name']}",
+            file=sys.stderr,
+        )
+    interrupted = False
+    ceilings = None
+    old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if args.ceilings != "none":
+            ceilings = measure_ceilings(device, {c.dtype for c in cases}, size=args.ceilings)
+        runner.ceilings = ceilings
+        runner.run(cases, Progress(total, enabled=not args.quiet))
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nsmlp-bench: interrupted; writing what was measured", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+    results = runner.results
+    add_comparisons(results)
+    meta.update(
+        command=["smlp-bench", *argv],
+        suites=suites,
+        timing={
+            "warmup_ms": timing.resolved(device.type).warmup_ms,
+            "rep_ms": timing.resolved(device.type).rep_ms,
+            "min_reps": timing.min_reps,
+            "cuda_graph": timing.cuda_graph,
+            "method_note": _method_note(device, timing),
+            "ceilings": args.ceilings,
+            "time_budget_s": args.time_budget,
+        },
+        duration_s=time.perf_counter() - start,
+        interrupted=interrupted,
+    )
+    used = {r["provider"] for r in results}
+    providers = {n: p.description for n, p in all_providers().items() if n in used}
+    doc = build_report(
+        meta,
+        ceilings.as_dict() if ceilings else None,
+        providers,
+        results,
+        summarize_results(results),
+    )
+    _emit(doc, args, stem, config.profile_dir)
+    print(f"took {meta['duration_s']:.0f} s")
+    failed = any(r["status"] == "failed" for r in results)
+    return 1 if failed or interrupted else 0
+
+
+def _matplotlib_ok() -> bool:
+    from .plots import require_matplotlib
+
+    try:
+        require_matplotlib()  # fail now, not after a long run
+    except ImportError as exc:
+        print(f"smlp-bench: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _emit(doc: dict, args: argparse.Namespace, stem: str, profile_dir: Path | None) -> None:
+    """Print the tables; write the JSON, CSV, plots; say what was written."""
+    print(format_tables(doc))
+    written: list[Path] = []
+    if not args.no_files:
+        for suffix, writer in ((".json", write_json), (".csv", write_csv)):
+            path = args.out / f"{stem}{suffix}"
+            writer(doc, path)
+            written.append(path)
+    if args.plot:
+        from .plots import plot_roofline, plot_speedups
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        for fn, suffix in ((plot_speedups, "-speedup.png"), (plot_roofline, "-roofline.png")):
+            path = fn(doc, args.out / f"{stem}{suffix}")
+            if path is not None:
+                written.append(path)
+    if profile_dir is not None and profile_dir.exists():
+        written.append(profile_dir)
+    for path in written:
+        print(f"wrote {path}")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    if args.plot and not _matplotlib_ok():
+        return 2
+    try:
+        doc = merge_reports([json.loads(p.read_text()) for p in args.from_json])
+    except (OSError, ValueError) as exc:
+        print(f"smlp-bench: {exc}", file=sys.stderr)
+        return 2
+    device = doc["meta"]["device"]
+    stem = args.name or file_stem(["merged"], device["name"], device["type"])
+    _emit(doc, args, stem, None)
+    return 1 if any(r["status"] == "failed" for r in doc["results"]) else 0

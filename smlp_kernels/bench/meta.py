@@ -1,0 +1,106 @@
+"""Where and with what a run happened: device name, versions, git commit, date."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+
+__all__ = ["collect_metadata", "device_name", "git_commit"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def device_name(device: torch.device) -> str:
+    """A human name: the GPU's (``NVIDIA H100 80GB HBM3``) or the CPU model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(path: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit hash, whether the work tree has uncommitted changes) of the source checkout,
+    or (None, None) when it is not a git checkout or git is missing."""
+    cwd = path or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return commit.stdout.strip(), dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def collect_metadata(device: torch.device) -> dict:
+    """Everything a result file records about the machine and the software."""
+    commit, dirty = git_commit()
+    dev: dict = {"type": device.type, "name": device_name(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        dev.update(
+            capability=f"{props.major}.{props.minor}",
+            memory_bytes=props.total_memory,
+            multiprocessors=props.multi_processor_count,
+        )
+    else:
+        dev.update(cpu_model=_cpu_model(), threads=torch.get_num_threads())
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "hostname": socket.gethostname(),
+        "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+        "device": dev,
+        "versions": {
+            "smlp_kernels": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "triton": _version("triton"),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()
+            if torch.backends.cudnn.is_available()
+            else None,
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "threads": torch.get_num_threads(),
+        },
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
