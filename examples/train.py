@@ -74,9 +74,16 @@ def setup() -> tuple[int, int, torch.device]:
         return 0, 1, device
     if torch.cuda.is_available():
         local_rank = int(os.environ["LOCAL_RANK"])
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
+        if local_rank >= torch.cuda.device_count():
+            # NCCL takes one GPU per process: two processes cannot share one.
+            raise SystemExit(
+                f"LOCAL_RANK {local_rank}, but this machine has {torch.cuda.device_count()} "
+                "GPU(s): run torchrun with --nproc-per-node at most the number of GPUs"
+            )
         device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        # device_id binds the communicator to this process's GPU (no guessing from rank).
+        dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
         device = torch.device("cpu")
@@ -129,12 +136,20 @@ def main() -> None:
         num_classes=args.num_classes, image_size=args.image_size, backend=args.backend
     )
     if args.init_from:
-        state = torch.load(args.init_from, map_location="cpu")
+        # SPACH's training checkpoints (DeiT's format) hold the run's argparse.Namespace
+        # beside the weights, which torch.load's default weights_only=True (torch >= 2.6)
+        # refuses unless it is allowed by name.
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        state = torch.load(args.init_from, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("model", state), strict=True)
     model.to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
-    train_model = DistributedDataParallel(model) if world > 1 else model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+    else:
+        train_model = model
     if args.compile:
         train_model = torch.compile(train_model)
 
@@ -183,7 +198,7 @@ def main() -> None:
 
     if rank == 0 and args.save:
         torch.save(model.state_dict(), args.save)  # SPACH's keys, no DDP prefix
-    if world > 1:
+    if dist.is_initialized():  # torchrun with one process too
         dist.destroy_process_group()
 
 

@@ -8,6 +8,8 @@ Backends are discovered with :func:`smlp_kernels.backends`, so the same tests co
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -32,6 +34,38 @@ def backend_devices() -> list[tuple[str, str]]:
         elif "cpu" in status.device_types or "*" in status.device_types:
             out.append((name, "cpu"))
     return sorted(out)
+
+
+# The backends a GPU machine must have: without them the GPU-only tests would be parametrized
+# over nothing (or fall back to the reference) and pass without testing the kernels.
+GPU_BACKEND_NAMES = ("cuda", "triton")
+
+
+def missing_gpu_backends() -> dict[str, str]:
+    """{name: why} for each of GPU_BACKEND_NAMES that cannot run on CUDA tensors here."""
+    status = smlp_kernels.backends()
+    out = {}
+    for name in GPU_BACKEND_NAMES:
+        s = status.get(name)
+        if s is None:
+            out[name] = "not registered"
+        elif not s.available or "cuda" not in s.device_types:
+            out[name] = s.reason
+    return out
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """float32 convolutions in full precision while comparing two runs of a model (compiled
+    or exported against eager). PyTorch lets cuDNN convolutions use TF32 by default; then an
+    fp32 rounding difference upstream (inductor's fused BatchNorm, say) can flip an input's
+    TF32 rounding, a 1e-3 relative change, and the comparison fails for no fault of ours."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
 
 
 def backend_params() -> list:
