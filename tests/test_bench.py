@@ -15,6 +15,8 @@ import math
 import os
 import subprocess
 import sys
+import types
+import weakref
 from pathlib import Path
 
 import pytest
@@ -608,3 +610,115 @@ def test_plain_pytest_keeps_benchmarks_as_smoke_tests(tmp_path):
     providers = select_providers("op", device, None, SUITES["smoke"].op_providers)
     assert f"{2 * len(providers)} passed" in proc.stdout
     assert not report.exists() or json.loads(report.read_text())["benchmarks"] == []
+
+
+# --------------------------------------------------------------------------------------------
+# GPU-only paths, exercised on the CPU with fakes
+# --------------------------------------------------------------------------------------------
+
+
+def test_fp32_settings_survive_mixed_tf32_apis(monkeypatch):
+    """Once the newer ``fp32_precision`` API and the legacy one are mixed, torch's legacy
+    getter raises (torch >= 2.9); the checks and the metadata must not."""
+    from smlp_kernels.bench import meta as meta_mod
+    from smlp_kernels.bench.checks import rel_atol
+
+    def mixed() -> str:
+        raise RuntimeError("you have used mix of the legacy and new APIs")
+
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", mixed)
+    assert meta_mod.fp32_matmul_setting().startswith("fp32_precision: cuda.matmul=")
+    assert rel_atol("bf16", CPU) == 4e-3
+    assert rel_atol("fp32", torch.device("cuda")) in (1e-4, 5e-3)
+    settings = meta_mod.collect_metadata(CPU)["settings"]
+    assert settings["float32_matmul_precision"].startswith("fp32_precision")
+
+
+def test_cuda_timing_falls_back_when_the_triton_driver_does_not_start(monkeypatch):
+    """do_bench needs Triton's active driver; when it cannot start, time_cuda uses its own
+    event loop instead of failing every provider."""
+    triton_runtime = pytest.importorskip("triton.runtime")
+    from smlp_kernels.bench import timing as timing_mod
+
+    class Driver:
+        def __init__(self, works: bool) -> None:
+            self.works = works
+
+        @property
+        def active(self):
+            if not self.works:
+                raise RuntimeError("0 active drivers")
+            return types.SimpleNamespace(
+                get_device_interface=lambda: None, get_empty_cache_for_benchmark=None
+            )
+
+    timing_mod._triton_testing.cache_clear()
+    try:
+        monkeypatch.setattr(triton_runtime, "driver", Driver(False))
+        assert timing_mod._triton_testing() is None
+        assert not timing_mod.triton_timing_available()
+        timing_mod._triton_testing.cache_clear()
+        monkeypatch.setattr(triton_runtime, "driver", Driver(True))
+        assert timing_mod._triton_testing() is not None
+    finally:
+        timing_mod._triton_testing.cache_clear()
+
+
+def test_a_provider_failing_while_cuda_timing_frees_its_tensors_first(monkeypatch):
+    """An out-of-memory error while timing becomes a failed row, and the failing call's
+    tensors are released before the next provider is timed (no kept traceback)."""
+    from smlp_kernels.bench.timing import Timing
+
+    held: list[weakref.ref] = []
+    seen_alive: list[bool] = []
+
+    def oom():
+        big = torch.empty(1000)
+        held.append(weakref.ref(big))
+        raise torch.cuda.OutOfMemoryError("pretend")
+
+    def fine():
+        return None
+
+    def fake_time_cuda(fn, config):
+        seen_alive.extend(r() is not None for r in held)
+        fn()
+        return Timing(1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 5, "fake")
+
+    monkeypatch.setattr(runner_mod, "time_cuda", fake_time_cuda)
+    runner = Runner(RunConfig(device=CPU))
+    runner.device = torch.device("cuda")  # only the timing branch; nothing touches a GPU
+    monkeypatch.setattr(runner_mod, "_free", lambda device: None)
+    rows = {n: {**dict.fromkeys(RESULT_FIELDS), "status": "failed", "kind": "op"} for n in "ab"}
+    ready = {"a": runner_mod._Ready(oom), "b": runner_mod._Ready(fine)}
+    runner._time(ready, rows, runner_mod.Progress(2, enabled=False), "case")
+    assert rows["a"]["status"] == "failed"
+    assert rows["a"]["error"] == "while timing: OutOfMemoryError: pretend"
+    assert rows["b"]["status"] == "ok" and rows["b"]["median_ms"] == 1.0
+    assert seen_alive == [False]  # a's tensor was gone when b was timed
+
+
+def test_bwd_mode_skips_compile_modes_that_replay_cuda_graphs():
+    """cudagraph trees cannot replay backwards through one retained forward graph."""
+    cuda = torch.device("cuda")
+    providers = providers_mod.all_providers()
+    case = op_case("tiny", 1, "bf16", "bwd", (2, 2, 3, 3))
+    why = runner_mod._why_not_mode
+    assert "CUDA graphs" in why(case, providers["spach-compile-max-autotune"], cuda)
+    assert why(case, providers["spach-compile-max-autotune"], CPU) is None
+    assert why(case, providers["spach-compile"], cuda) is None
+    assert why(case, providers["spach-compile-max-autotune-no-cudagraphs"], cuda) is None
+    assert why(case.with_mode("fwd+bwd"), providers["spach-compile-max-autotune"], cuda) is None
+    runner = Runner(RunConfig(device=CPU))
+    runner.device = cuda
+    row = runner._row(case, "spach-compile-max-autotune", "failed")
+    ready = runner._setup_op(case, providers["spach-compile-max-autotune"], None, None, None, row)
+    assert ready is None and row["status"] == "skipped"
+
+
+def test_max_autotune_without_cuda_graphs_runs_only_when_asked_for():
+    name = "spach-compile-max-autotune-no-cudagraphs"
+    assert providers_mod.all_providers()[name].compile_mode == "max-autotune-no-cudagraphs"
+    for suite in SUITES.values():
+        assert name not in (suite.op_providers or ())
+    assert name not in providers_mod.default_providers("op", CPU)

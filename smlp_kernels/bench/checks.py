@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..reference import smlp_mix_bwd_ref, smlp_mix_ref
 from .cases import Case
+from .meta import cudnn_tf32_allowed, fp32_matmul_may_use_tf32
 
 __all__ = [
     "GRAD_NAMES",
@@ -40,7 +41,7 @@ REL_ATOL = {"fp64": 1e-9, "fp32": 1e-4, "fp16": 1e-3, "bf16": 4e-3}
 def rel_atol(dtype: str, device: torch.device) -> float:
     """REL_ATOL, widened for float32 on CUDA when PyTorch may use TF32 (its defaults let
     cuDNN convolutions, the SPACH-style baseline, use TF32)."""
-    tf32 = torch.backends.cudnn.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    tf32 = cudnn_tf32_allowed() or fp32_matmul_may_use_tf32()
     if dtype == "fp32" and device.type == "cuda" and tf32:
         return 5e-3
     return REL_ATOL[dtype]

@@ -179,6 +179,10 @@ def _method_note(device: torch.device, config: TimingConfig) -> str:
         return "time.perf_counter over interleaved calls (one call of each provider per round)"
     if config.cuda_graph:
         return "CUDA-graph replays (do_bench_cudagraph; no L2 flush)"
+    from .timing import triton_timing_available
+
+    if not triton_timing_available():
+        return "CUDA events per call, L2 flushed before each call (harness loop; no Triton)"
     return "CUDA events per call, L2 flushed before each call (triton.testing.do_bench)"
 
 

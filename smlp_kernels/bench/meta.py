@@ -15,7 +15,14 @@ import torch
 
 from .. import __version__
 
-__all__ = ["collect_metadata", "device_name", "git_commit"]
+__all__ = [
+    "collect_metadata",
+    "cudnn_tf32_allowed",
+    "device_name",
+    "fp32_matmul_may_use_tf32",
+    "fp32_matmul_setting",
+    "git_commit",
+]
 
 
 def _cpu_model() -> str:
@@ -34,6 +41,39 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def fp32_matmul_setting() -> str:
+    """How float32 matmuls run, for the record: ``torch.get_float32_matmul_precision()``
+    ("highest", "high", "medium"), or the per-backend setting of the newer API.
+
+    Once anything in the process has set ``torch.backends.cuda.matmul.fp32_precision`` (or
+    another backend's) along with the legacy setting, the legacy getter raises RuntimeError
+    (torch >= 2.9); then this returns e.g. ``"fp32_precision: cuda.matmul=tf32"``.
+    """
+    try:
+        return torch.get_float32_matmul_precision()
+    except RuntimeError:
+        matmul = getattr(getattr(torch.backends, "cuda", None), "matmul", None)
+        value = getattr(matmul, "fp32_precision", None)
+        return f"fp32_precision: cuda.matmul={value}"
+
+
+def fp32_matmul_may_use_tf32() -> bool:
+    """Whether float32 matmuls may use TF32 (or bfloat16 passes) under the current settings."""
+    setting = fp32_matmul_setting()
+    if setting.startswith("fp32_precision"):
+        return not setting.endswith("=ieee")
+    return setting != "highest"
+
+
+def cudnn_tf32_allowed() -> bool:
+    """Whether cuDNN convolutions (the SPACH-style baseline) may use TF32 for float32."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # the newer API was mixed with the legacy one
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        return getattr(conv, "fp32_precision", "tf32") != "ieee"
 
 
 def _version(dist: str) -> str | None:
@@ -98,8 +138,8 @@ def collect_metadata(device: torch.device) -> dict:
             "platform": platform.platform(),
         },
         "settings": {
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": fp32_matmul_setting(),
+            "cudnn_allow_tf32": cudnn_tf32_allowed(),
             "threads": torch.get_num_threads(),
         },
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -10,7 +10,11 @@
   :func:`smlp_kernels.reference.smlp_mix_spach_style` for op cases, the model built with
   :class:`smlp_kernels.reference.SpachStyleSMLPBlock` for model cases.
 * ``spach-compile`` and ``spach-compile-max-autotune``: ``torch.compile`` of that, in the
-  default and ``"max-autotune"`` modes.
+  default and ``"max-autotune"`` modes. On CUDA, ``"max-autotune"`` also replays CUDA graphs
+  (cudagraph trees), which copy each call's non-parameter inputs (x, and the incoming
+  gradient of a backward) into the graph's buffers: in an op case that is an extra read and
+  write of x that the kernels themselves do not need. ``spach-compile-max-autotune-no-
+  cudagraphs`` (asked for by name only) times the same autotuned kernels without it.
 
 A backend runs in the harness only where it could be picked automatically: available here,
 ``auto_select`` on (so never the Triton interpreter, whose timings mean nothing) and
@@ -163,7 +167,19 @@ def all_providers() -> dict[str, Provider]:
         None,
         "max-autotune",
         ("op", "model"),
-        f"torch.compile({spach}, mode='max-autotune')",
+        f"torch.compile({spach}, mode='max-autotune'); on CUDA that replays CUDA graphs, "
+        "which copy every input that is not a parameter (x; in a backward the incoming "
+        "gradient) into the graph's own buffers on each call",
+    )
+    # Not run by default: the same kernels without CUDA graphs (and their input copies), to
+    # see how much of an op-level speed-up over max-autotune those copies make.
+    out["spach-compile-max-autotune-no-cudagraphs"] = Provider(
+        "spach-compile-max-autotune-no-cudagraphs",
+        "spach",
+        None,
+        "max-autotune-no-cudagraphs",
+        ("op", "model"),
+        f"torch.compile({spach}, mode='max-autotune-no-cudagraphs')",
     )
     return out
 

@@ -30,6 +30,7 @@ import torch
 
 from .. import flops as flop_counts
 from .cases import Case
+from .meta import fp32_matmul_setting
 from .timing import TimingConfig, time_cpu, time_cuda
 
 __all__ = [
@@ -107,9 +108,9 @@ def measure_ceilings(
 ) -> Ceilings:
     """Measure the copy bandwidth and the matmul rate for each dtype name in ``dtypes``.
 
-    On CUDA bfloat16 and float32 are always measured. Float32 matmuls follow
-    ``torch.get_float32_matmul_precision()`` (recorded in the details). On CPU, matmuls in
-    dtypes other than float32 use a quarter of the size (they are much slower there).
+    On CUDA bfloat16 and float32 are always measured. Float32 matmuls follow PyTorch's TF32
+    setting (recorded in the details, see :func:`.meta.fp32_matmul_setting`). On CPU,
+    matmuls in dtypes other than float32 use a quarter of the size (much slower there).
     """
     from .cases import DTYPES
 
@@ -130,7 +131,7 @@ def measure_ceilings(
     copy_s = run(functools.partial(dst.copy_, src))
     details: dict = {
         "copy": f"{copy_bytes / 2**20:.0f} MiB device copy, read + write bytes counted",
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "float32_matmul_precision": fp32_matmul_setting(),
     }
     del src, dst
     rates = {}

@@ -161,6 +161,14 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """Why a provider got no timing: status "failed" or "skipped", and the error text."""
+
+    status: str
+    error: str
+
+
 @dataclass
 class _Ready:
     """A provider's callable for one case, checked and ready to time."""
@@ -309,7 +317,9 @@ class Runner:
                 rows[name].update(status="skipped", error="time budget exhausted")
             progress.advance(len(ready), what)
             return
-        timings: dict[str, Timing | BaseException] = {}
+        # A failure is kept as its text only: a kept exception's traceback would hold the
+        # failing call's tensors (an out-of-memory error's, say) while the others are timed.
+        timings: dict[str, Timing | _Failure] = {}
         for r in ready.values():
             r.prepare()
         if self.device.type == "cpu":
@@ -321,23 +331,24 @@ class Runner:
                     try:
                         timings[name] = time_cpu({name: r.run}, self.config.timing)[name]
                     except Exception as exc:
-                        timings[name] = exc
+                        timings[name] = _Failure("failed", f"while timing: {_error_text(exc)}")
         else:
             for name, r in ready.items():
                 if self._over_budget():
-                    timings[name] = TimeoutError("time budget exhausted")
+                    timings[name] = _Failure("skipped", "time budget exhausted")
                     continue
+                failure = None
                 try:
                     timings[name] = time_cuda(r.run, self.config.timing)
                 except Exception as exc:
-                    timings[name] = exc
+                    failure = _Failure("failed", f"while timing: {_error_text(exc)}")
+                if failure is not None:  # outside the handler: its frames are gone now
+                    timings[name] = failure
                     _free(self.device)
         for name, t in timings.items():
             row = rows[name]
-            if isinstance(t, TimeoutError):
-                row.update(status="skipped", error=str(t))
-            elif isinstance(t, BaseException):
-                row.update(status="failed", error=f"while timing: {_error_text(t)}")
+            if isinstance(t, _Failure):
+                row.update(status=t.status, error=t.error)
             else:
                 row.update(
                     status="ok",
@@ -433,10 +444,13 @@ class Runner:
                 if self._over_budget():
                     row.update(status="skipped", error="time budget exhausted")
                 else:
+                    failed = False
                     try:
                         r = setup(case, provider, built[provider.name], row)
                     except Exception as exc:
                         row.update(status="failed", error=_error_text(exc))
+                        failed = True
+                    if failed:  # outside the handler, so the failed call's tensors are freed
                         _free(self.device)
                 if r is None:
                     progress.advance(1, f"{case.id} {provider.name}")
@@ -477,8 +491,13 @@ class Runner:
     ) -> _Ready | None:
         """Build the mode's callable, run it once, check it, count FLOPs and memory.
 
-        Returns None (and marks the row failed) when the answer is wrong.
+        Returns None (and marks the row failed) when the answer is wrong, or (marking it
+        skipped) when the provider cannot run in this mode here (:func:`_why_not_mode`).
         """
+        reason = _why_not_mode(case, provider, self.device)
+        if reason is not None:
+            row.update(status="skipped", error=reason)
+            return None
         start = time.perf_counter()
         run = _op_callable(fn, inputs, case.mode)
         answers = _op_answers(run(), case.mode)
@@ -630,6 +649,30 @@ def _initial_state(case: Case) -> dict:
         backend="reference",
     )
     return model.state_dict()
+
+
+# torch.compile modes that replay CUDA graphs (cudagraph trees) on CUDA.
+_CUDAGRAPH_COMPILE_MODES = ("max-autotune", "reduce-overhead")
+
+
+def _why_not_mode(case: Case, provider: Provider, device: torch.device) -> str | None:
+    """Why ``provider`` cannot be timed in ``case.mode`` on ``device``, or None.
+
+    The ``bwd`` mode replays backwards through one retained forward graph
+    (``retain_graph=True``); cudagraph trees do not support that (they fail while recording,
+    and may leave the tree unusable for the group's later modes), so a compile mode that
+    replays CUDA graphs is skipped there on CUDA.
+    """
+    if (
+        case.mode == "bwd"
+        and device.type == "cuda"
+        and provider.compile_mode in _CUDAGRAPH_COMPILE_MODES
+    ):
+        return (
+            f"mode bwd retains one forward graph for every backward; torch.compile mode "
+            f"{provider.compile_mode!r} replays CUDA graphs, which cannot do that"
+        )
+    return None
 
 
 def _op_callable(fn, inputs, mode: str) -> Callable[[], object]:

@@ -15,6 +15,7 @@ minimum, in seconds, over ``n`` samples.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -23,7 +24,15 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-__all__ = ["Timing", "TimingConfig", "quantile", "summarize", "time_cpu", "time_cuda"]
+__all__ = [
+    "Timing",
+    "TimingConfig",
+    "quantile",
+    "summarize",
+    "time_cpu",
+    "time_cuda",
+    "triton_timing_available",
+]
 
 
 @dataclass(frozen=True)
@@ -107,10 +116,7 @@ def time_cuda(fn: Callable[[], object], config: TimingConfig) -> Timing:
         warmup_ms=max(cfg.warmup_ms, call_ms),
         rep_ms=max(cfg.rep_ms, 1.5 * cfg.min_reps * call_ms),
     )
-    try:
-        from triton import testing as triton_testing
-    except ImportError:
-        triton_testing = None
+    triton_testing = _triton_testing()
     if cfg.cuda_graph:
         if triton_testing is None:
             raise RuntimeError("--cuda-graph needs triton.testing.do_bench_cudagraph")
@@ -128,6 +134,30 @@ def time_cuda(fn: Callable[[], object], config: TimingConfig) -> Timing:
         )
         return summarize([t * 1e-3 for t in times_ms], "do_bench")
     return summarize(_cuda_event_times(fn, cfg), "cuda-events")
+
+
+@functools.cache
+def _triton_testing():
+    """``triton.testing``, or None when Triton is missing or its CUDA driver does not start.
+
+    ``do_bench`` needs Triton's active driver (it builds a small C helper on first use); if
+    that fails, every provider would fail while timing, so the event loop below is used
+    instead (``method == "cuda-events"`` in the results says so).
+    """
+    try:
+        from triton import runtime, testing
+
+        driver = runtime.driver.active
+        driver.get_device_interface()
+        driver.get_empty_cache_for_benchmark  # noqa: B018 (present in triton >= 3.0)
+    except Exception:
+        return None
+    return testing
+
+
+def triton_timing_available() -> bool:
+    """Whether :func:`time_cuda` times with ``triton.testing.do_bench``."""
+    return _triton_testing() is not None
 
 
 def _one_call_ms(fn: Callable[[], object]) -> float:
