@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from smlp_kernels.bench import RunConfig, Runner, measure_ceilings, suite_cases
-from smlp_kernels.bench.cases import SUITES
+from smlp_kernels.bench.cases import suite_providers
 from smlp_kernels.bench.runner import derive_rates
 
 
@@ -30,16 +30,6 @@ def _suites(config: pytest.Config) -> list[str]:
     return ["gpu"] if _device().type == "cuda" else ["cpu"]
 
 
-def _suite_providers(suites: list[str], kind: str) -> list[str] | None:
-    merged: list[str] = []
-    for name in suites:
-        names = SUITES[name].op_providers if kind == "op" else SUITES[name].model_providers
-        if names is None:
-            return None
-        merged += [n for n in names if n not in merged]
-    return merged
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bench_case" not in metafunc.fixturenames:
         return
@@ -49,8 +39,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     runner = Runner(
         RunConfig(
             device=_device(),
-            op_providers=_suite_providers(suites, "op"),
-            model_providers=_suite_providers(suites, "model"),
+            op_providers=suite_providers(suites, "op"),
+            model_providers=suite_providers(suites, "model"),
         )
     )
     providers = runner.providers_for(kind)

@@ -25,7 +25,6 @@ import argparse
 import functools
 import math
 import os
-import platform
 import statistics
 import time
 
@@ -33,21 +32,11 @@ import torch
 
 import smlp_kernels
 from smlp_kernels import flops
+from smlp_kernels.bench.meta import cpu_model
 from smlp_kernels.cpp_backends import fuse_blocks, tensor_arg
 from smlp_kernels.reference import smlp_mix_spach_style
 
 STAGES = [(80, 56), (160, 28), (320, 14), (640, 7)]
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _make_inputs(batch: int, channels: int, side: int) -> list[torch.Tensor]:
@@ -110,7 +99,7 @@ def main() -> None:
 
     print(f"cpu backend forward vs SPACH-style eager, fp32, batch {args.batch}")
     print(
-        f"{_cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"smlp_kernels {smlp_kernels.__version__}, load average at start "
         f"{os.getloadavg()[0]:.2f}"
     )

@@ -4,8 +4,10 @@ test_memory.py, test_autocast.py.)"""
 
 from __future__ import annotations
 
+import _helpers
 import pytest
 import torch
+from _helpers import detached, layout
 
 import smlp_kernels
 from smlp_kernels import reference as R
@@ -21,40 +23,10 @@ SHAPES = [
 ]
 
 
-def make_args(b, c, c_out, h, w, dtype=torch.float64, bias=True, seed=0, requires_grad=False):
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0):
-        t = torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-        return t.to(dtype).requires_grad_(requires_grad)
-
-    return [
-        rand(b, c, h, w),
-        rand(w, w, scale=w**-0.5),
-        rand(w) if bias else None,
-        rand(h, h, scale=h**-0.5),
-        rand(h) if bias else None,
-        rand(c_out, 3 * c, scale=(3 * c) ** -0.5),
-    ]
-
-
-def detached(args):
-    return [None if t is None else t.detach() for t in args]
-
-
-def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values as x, laid out as ``kind``."""
-    if kind == "contiguous":
-        return x.contiguous()
-    if kind == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if kind == "sliced":  # a strided view into a larger tensor, every second channel and column
-        big = torch.zeros(x.shape[0], 2 * x.shape[1], x.shape[2], 2 * x.shape[3] + 1, dtype=x.dtype)
-        view = big[:, ::2, :, 1::2]
-        view.copy_(x)
-        assert not view.is_contiguous() or x.shape[1] == x.shape[3] == 1
-        return view
-    raise ValueError(kind)
+def make_args(b, c, c_out, h, w, *, dtype=torch.float64, **kw):
+    """_helpers.make_args, in float64 by default: the op layer's tests compare with the
+    reference exactly."""
+    return _helpers.make_args(b, c, c_out, h, w, dtype=dtype, **kw)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ __all__ = [
     "model_case",
     "op_case",
     "suite_cases",
+    "suite_providers",
 ]
 
 OP_MODES = ("fwd", "bwd", "fwd+bwd")
@@ -81,6 +82,18 @@ class ModelSpec:
     dp_rate: float
     image_size: int = 224
     num_classes: int = 1000
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of ``SMLPNet`` for this model (patch 4, MLP ratio 3)."""
+        return dict(
+            dim=self.dim,
+            depths=self.depths,
+            dp_rate=self.dp_rate,
+            image_size=self.image_size,
+            num_classes=self.num_classes,
+            alpha=3,
+            patch_size=4,
+        )
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -240,6 +253,18 @@ SUITES: dict[str, Suite] = {
         ),
     )
 }
+
+
+def suite_providers(names: Sequence[str], kind: str) -> list[str] | None:
+    """The providers the suites ``names`` name for ``kind`` ("op" or "model") cases, merged
+    in order; None when one of them leaves the choice to the defaults."""
+    merged: list[str] = []
+    for name in names:
+        chosen = SUITES[name].op_providers if kind == "op" else SUITES[name].model_providers
+        if chosen is None:
+            return None
+        merged += [n for n in chosen if n not in merged]
+    return merged
 
 
 def suite_cases(names: Sequence[str]) -> list[Case]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .analysis import add_comparisons, summarize_results
-from .cases import DTYPES, SUITES, filter_cases, suite_cases
+from .cases import DTYPES, SUITES, filter_cases, suite_cases, suite_providers
 from .meta import collect_metadata, device_name
 from .providers import all_providers, select_providers
 from .report import (
@@ -164,16 +164,6 @@ def _list(device: torch.device) -> str:
     return "\n".join(lines)
 
 
-def _suite_providers(suites: Sequence[str], kind: str) -> list[str] | None:
-    merged: list[str] = []
-    for name in suites:
-        names = SUITES[name].op_providers if kind == "op" else SUITES[name].model_providers
-        if names is None:
-            return None
-        merged += [n for n in names if n not in merged]
-    return merged
-
-
 def _method_note(device: torch.device, config: TimingConfig) -> str:
     if device.type == "cpu":
         return "time.perf_counter over interleaved calls (one call of each provider per round)"
@@ -225,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=device,
             timing=timing,
             providers=args.providers,
-            op_providers=_suite_providers(suites, "op"),
-            model_providers=_suite_providers(suites, "model"),
+            op_providers=suite_providers(suites, "op"),
+            model_providers=suite_providers(suites, "model"),
             time_budget_s=args.time_budget,
             profile_dir=args.out / f"profile-{stem}" if args.profile else None,
             seed=args.seed,

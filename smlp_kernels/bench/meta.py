@@ -25,7 +25,8 @@ __all__ = [
 ]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what the platform module knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -40,7 +41,7 @@ def device_name(device: torch.device) -> str:
     """A human name: the GPU's (``NVIDIA H100 80GB HBM3``) or the CPU model and thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def fp32_matmul_setting() -> str:
@@ -118,7 +119,7 @@ def collect_metadata(device: torch.device) -> dict:
             multiprocessors=props.multi_processor_count,
         )
     else:
-        dev.update(cpu_model=_cpu_model(), threads=torch.get_num_threads())
+        dev.update(cpu_model=cpu_model(), threads=torch.get_num_threads())
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit,

@@ -106,16 +106,7 @@ class Provider:
         The model has ``state``'s weights (shared by every provider of a case), on ``device``
         in the case's dtype.
         """
-        spec = MODEL_SPECS[case.name]
-        kwargs = dict(
-            dim=spec.dim,
-            depths=spec.depths,
-            dp_rate=spec.dp_rate,
-            image_size=spec.image_size,
-            num_classes=spec.num_classes,
-            alpha=3,
-            patch_size=4,
-        )
+        kwargs = MODEL_SPECS[case.name].kwargs()
         if self.family == "spach":
             model = SMLPNet(**kwargs, smlp_block=SpachStyleSMLPBlock)
         else:

@@ -639,15 +639,7 @@ def _initial_state(case: Case) -> dict:
     """The weights every provider of a model case starts from (SparseMLP's initialisation)."""
     from ..models import SMLPNet
 
-    spec = MODEL_SPECS[case.name]
-    model = SMLPNet(
-        dim=spec.dim,
-        depths=spec.depths,
-        dp_rate=spec.dp_rate,
-        image_size=spec.image_size,
-        num_classes=spec.num_classes,
-        backend="reference",
-    )
+    model = SMLPNet(**MODEL_SPECS[case.name].kwargs(), backend="reference")
     return model.state_dict()
 
 
