@@ -9,9 +9,13 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
+
+#include "cpu/smlp_cpu.h"
 
 #if SMLP_WITH_CUDA
 #include "cuda/device_info.h"
@@ -82,38 +86,59 @@ int cuda_probe(int value, std::uintptr_t stream) {
 #endif
 }
 
-// ---- BEGIN CPU launcher helpers (csrc/cpu) ----
-// The cpu_* launchers: check the TensorArg tuples of the launcher ABI, fill the params
-// structs of csrc/cpu/smlp_cpu.h, release the GIL and run. Errors name the argument.
-// (The kernels' header is included here, outside the anonymous namespace, to keep the CPU
-// edits of this file inside these markers.)
-}  // namespace
-#include "cpu/smlp_cpu.h"
-namespace {
-namespace cpu_launch {
+// ---- The launcher ABI, shared by the cpu_* and cuda_* launchers ----
+namespace abi {
 
 // (data_ptr, dtype_code, sizes, strides), strides in elements.
-using TensorArg = std::tuple<std::uintptr_t, int, std::vector<int64_t>, std::vector<int64_t>>;
+using TensorArg =
+    std::tuple<std::uintptr_t, int, std::vector<std::int64_t>, std::vector<std::int64_t>>;
 using OptionalTensorArg = std::optional<TensorArg>;
 
-constexpr int kFloat32 = 0;
-constexpr int kFloat64 = 1;
+// The dtype codes Python passes (smlp_kernels/cpp_backends.py, DTYPE_CODES).
+enum DTypeCode : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 std::string dtype_name(int code) {
   switch (code) {
-    case 0: return "float32";
-    case 1: return "float64";
-    case 2: return "float16";
-    case 3: return "bfloat16";
-    default: return "dtype code " + std::to_string(code);
+    case kFloat32: return "float32";
+    case kFloat64: return "float64";
+    case kFloat16: return "float16";
+    case kBFloat16: return "bfloat16";
+    default: return "unknown dtype code " + std::to_string(code);
   }
 }
 
-std::string shape_str(const std::vector<int64_t>& v) {
+std::string shape_str(const std::vector<std::int64_t>& v) {
   std::string s = "(";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
   return s + (v.size() == 1 ? ",)" : ")");
 }
+
+// Raises the ValueError every launcher error becomes: "<launcher>: <argument>: <what>".
+class ArgError {
+ public:
+  explicit ArgError(const char* fn) : fn_(fn) {}
+
+  [[noreturn]] void fail(const char* arg, const std::string& what) const {
+    throw std::invalid_argument(std::string(fn_) + ": " + arg + ": " + what);
+  }
+
+ private:
+  const char* fn_;
+};
+
+}  // namespace abi
+
+// ---- BEGIN CPU launcher helpers (csrc/cpu) ----
+// The cpu_* launchers: check the TensorArg tuples of the launcher ABI, fill the params
+// structs of csrc/cpu/smlp_cpu.h, release the GIL and run. Errors name the argument.
+namespace cpu_launch {
+
+using abi::OptionalTensorArg;
+using abi::TensorArg;
+using abi::dtype_name;
+using abi::shape_str;
+using abi::kFloat32;
+using abi::kFloat64;
 
 struct Arg {
   const char* name = "";
@@ -123,13 +148,9 @@ struct Arg {
   bool present = false;
 };
 
-class Checker {
+class Checker : public abi::ArgError {
  public:
-  explicit Checker(const char* fn) : fn_(fn) {}
-
-  [[noreturn]] void fail(const char* arg, const std::string& what) const {
-    throw std::invalid_argument(std::string(fn_) + ": " + arg + ": " + what);
-  }
+  using ArgError::ArgError;
 
   Arg tensor(const char* name, const TensorArg& t, size_t ndim) const {
     Arg a;
@@ -207,9 +228,6 @@ class Checker {
     }
     return x.dtype;
   }
-
- private:
-  const char* fn_;
 };
 
 template <typename T, int N>
@@ -437,34 +455,17 @@ namespace cuda_launch {
 
 namespace sc = smlp::cuda;
 
-// (data_ptr, dtype_code, sizes, strides), strides in elements.
-using TensorArg =
-    std::tuple<std::uintptr_t, int, std::vector<std::int64_t>, std::vector<std::int64_t>>;
-using OptionalTensorArg = std::optional<TensorArg>;
+using abi::OptionalTensorArg;
+using abi::TensorArg;
+using abi::dtype_name;
+using abi::shape_str;
+// The CUDA launchers' dtype codes are the ABI's.
+static_assert(sc::kFloat32 == abi::kFloat32 && sc::kFloat64 == abi::kFloat64 &&
+              sc::kFloat16 == abi::kFloat16 && sc::kBFloat16 == abi::kBFloat16);
 
-std::string dtype_name(int code) {
-  switch (code) {
-    case sc::kFloat32: return "float32";
-    case sc::kFloat64: return "float64";
-    case sc::kFloat16: return "float16";
-    case sc::kBFloat16: return "bfloat16";
-    default: return "unknown dtype code " + std::to_string(code);
-  }
-}
-
-std::string shape_str(const std::vector<std::int64_t>& v) {
-  std::string s = "(";
-  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + (v.size() == 1 ? ",)" : ")");
-}
-
-class Checker {
+class Checker : public abi::ArgError {
  public:
-  explicit Checker(const char* fn) : fn_(fn) {}
-
-  [[noreturn]] void fail(const char* arg, const std::string& what) const {
-    throw std::invalid_argument(std::string(fn_) + ": " + arg + ": " + what);
-  }
+  using ArgError::ArgError;
 
   // The sizes of a 4-D input (x or g) after checking its rank.
   std::vector<std::int64_t> sizes4(const char* name, const TensorArg& t) const {
@@ -548,9 +549,6 @@ class Checker {
     }
     return sizes[0];
   }
-
- private:
-  const char* fn_;
 };
 
 constexpr const char* kSameDtype = "x, g and every parameter share x's dtype";
