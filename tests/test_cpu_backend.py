@@ -14,8 +14,10 @@ Without a built extension the file skips (or fails under SMLP_REQUIRE_EXTENSION=
 
 from __future__ import annotations
 
+import functools
 import os
 
+import _helpers
 import pytest
 import torch
 
@@ -54,20 +56,7 @@ CASES = [
 ]
 
 
-def make_args(b, c, c_out, h, w, dtype=torch.float64, bias=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-
-    return [
-        rand(b, c, h, w),
-        rand(w, w, scale=w**-0.5),
-        rand(w) if bias else None,
-        rand(h, h, scale=h**-0.5),
-        rand(h) if bias else None,
-        rand(c_out, 3 * c, scale=(3 * c) ** -0.5),
-    ]
+make_args = functools.partial(_helpers.make_args, dtype=torch.float64)
 
 
 def randn(*shape, seed=1, dtype=torch.float64):

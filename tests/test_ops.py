@@ -4,6 +4,8 @@ test_memory.py, test_autocast.py.)"""
 
 from __future__ import annotations
 
+import functools
+
 import _helpers
 import pytest
 import torch
@@ -23,10 +25,8 @@ SHAPES = [
 ]
 
 
-def make_args(b, c, c_out, h, w, *, dtype=torch.float64, **kw):
-    """_helpers.make_args, in float64 by default: the op layer's tests compare with the
-    reference exactly."""
-    return _helpers.make_args(b, c, c_out, h, w, dtype=dtype, **kw)
+# float64 by default: the op layer's tests compare with the reference exactly.
+make_args = functools.partial(_helpers.make_args, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,10 @@ computed in that dtype, against float64) plus a small atol scaled to the output.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
+import _helpers
 import pytest
 import torch
 
@@ -37,21 +39,8 @@ def _launch():
     return _launch
 
 
-def make_args(b, c, c_out, h, w, *, bias=True, seed=0):
-    """float64 x and parameters on DEVICE, scaled so outputs are O(1)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(DEVICE)
-
-    return [
-        rand(b, c, h, w),
-        rand(w, w, scale=w**-0.5),
-        rand(w) if bias else None,
-        rand(h, h, scale=h**-0.5),
-        rand(h) if bias else None,
-        rand(c_out, 3 * c, scale=(3 * c) ** -0.5),
-    ]
+# float64 x and parameters on DEVICE (cast per test).
+make_args = functools.partial(_helpers.make_args, dtype=torch.float64, device=DEVICE)
 
 
 def cast(args, dtype, params_fp32=False):
@@ -65,20 +54,10 @@ def cast(args, dtype, params_fp32=False):
 
 
 def relayout(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The same values as x in another memory layout."""
-    if kind == "contiguous":
-        return x.contiguous()
-    if kind == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if kind == "sliced":  # every second channel and column of a larger tensor
-        b, c, h, w = x.shape
-        big = torch.zeros(b, 2 * c, h, 2 * w + 1, dtype=x.dtype, device=x.device)
-        view = big[:, ::2, :, 1::2]
-        view.copy_(x)
-        return view
+    """The same values as x in another memory layout: _helpers.layout's, or "transposed"."""
     if kind == "transposed":  # an (B, C, W, H) tensor viewed as (B, C, H, W)
         return x.transpose(2, 3).contiguous().transpose(2, 3)
-    raise ValueError(kind)
+    return _helpers.layout(x, kind)
 
 
 def max_rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
