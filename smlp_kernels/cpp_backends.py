@@ -28,31 +28,49 @@ __all__ = ["CpuBackend", "CudaBackend"]
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 MAX_SIDE = 128  # the launchers take 1 <= H, W <= 128
 
-TensorArg = tuple[int, int, tuple[int, ...], tuple[int, ...]]
+
+class TensorArg(tuple):
+    """(data_ptr, dtype_code, sizes, strides): a tensor as the launchers take it.
+
+    A raw pointer does not keep memory alive, so the TensorArg holds the tensor it points
+    into (``owner``): a temporary, such as a parameter cast to x's dtype, lives as long as
+    any TensorArg made from it. pybind11 reads it as the plain 4-tuple of the launcher ABI.
+    """
+
+    owner: Tensor
+
+    @classmethod
+    def of(cls, owner: Tensor, ptr: int, code: int, sizes, strides) -> TensorArg:
+        arg = cls((ptr, code, tuple(sizes), tuple(strides)))
+        arg.owner = owner
+        return arg
 
 
 def tensor_arg(t: Tensor | None) -> TensorArg | None:
-    """``t`` as the launchers take it: (data_ptr, dtype_code, sizes, strides), or None."""
+    """``t`` as the launchers take it, or None."""
     if t is None:
         return None
-    return (t.data_ptr(), DTYPE_CODES[t.dtype], tuple(t.shape), tuple(t.stride()))
+    return TensorArg.of(t, t.data_ptr(), DTYPE_CODES[t.dtype], t.shape, t.stride())
 
 
 def transposed(arg: TensorArg) -> TensorArg:
     """The TensorArg of the transpose of a 2-D TensorArg (a view: same memory)."""
     ptr, code, (rows, cols), (s0, s1) = arg
-    return (ptr, code, (cols, rows), (s1, s0))
+    return TensorArg.of(arg.owner, ptr, code, (cols, rows), (s1, s0))
 
 
 def fuse_blocks(fuse_weight: Tensor, channels: int) -> tuple[TensorArg, TensorArg, TensorArg]:
     """TensorArgs of F_id, F_row, F_col: the (C_out, C) column blocks of fuse_weight.
 
     Built by pointer arithmetic rather than as tensor views (a view costs microseconds of
-    Python per call); fuse_weight must stay alive while they are used.
+    Python per call); each holds fuse_weight.
     """
     ptr, code, (c_out, _), (s0, s1) = tensor_arg(fuse_weight)
     step = channels * s1 * fuse_weight.element_size()
-    return tuple((ptr + i * step, code, (c_out, channels), (s0, s1)) for i in range(3))
+    return tuple(
+        TensorArg.of(fuse_weight, ptr + i * step, code, (c_out, channels), (s0, s1))
+        for i in range(3)
+    )
 
 
 def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -115,10 +133,9 @@ class _CompiledBackend(Backend):
         dt = x.dtype
         c, h, w = x.shape[1:]
         grad = _as(grad, dt)
-        # The cast copies must stay referenced until the launchers return: a TensorArg is a
-        # raw pointer and does not keep its tensor alive.
-        cast = [_as(t, dt) for t in (row_weight, row_bias, col_weight, col_bias)]
-        rw, rb, cw, cb = map(tensor_arg, cast)
+        rw, rb, cw, cb = (
+            tensor_arg(_as(t, dt)) for t in (row_weight, row_bias, col_weight, col_bias)
+        )
         fw = _as(fuse_weight, dt)
         f_id, f_row, f_col = fuse_blocks(fw, c)
         g = tensor_arg(grad)
@@ -162,8 +179,8 @@ class _CompiledBackend(Backend):
 
     def _axis_fwd(self, x: Tensor, weight: TensorArg, bias: Tensor | None, axis: int) -> Tensor:
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        bias = _as(bias, x.dtype)  # referenced until the launcher returns
-        self._call(x, "axis_mix_fwd", tensor_arg(x), weight, tensor_arg(bias), tensor_arg(y), axis)
+        bias_arg = tensor_arg(_as(bias, x.dtype))
+        self._call(x, "axis_mix_fwd", tensor_arg(x), weight, bias_arg, tensor_arg(y), axis)
         return y
 
     def _axis_bwd(self, grad: Tensor, x: Tensor, weight: Tensor, axis: int) -> AxisMixGrads:
@@ -185,15 +202,13 @@ class _CompiledBackend(Backend):
         return AxisMixGrads(x=dx, weight=d_weight, bias=d_bias)
 
     def row_mix_fwd(self, x, weight, bias):
-        weight = _as(weight, x.dtype)  # referenced until the launcher returns
-        return self._axis_fwd(x, tensor_arg(weight), bias, 3)
+        return self._axis_fwd(x, tensor_arg(_as(weight, x.dtype)), bias, 3)
 
     def row_mix_bwd(self, grad, x, weight):
         return self._axis_bwd(grad, x, weight, 3)
 
     def col_mix_fwd(self, x, weight, bias):
-        weight = _as(weight, x.dtype)  # referenced until the launcher returns
-        return self._axis_fwd(x, tensor_arg(weight), bias, 2)
+        return self._axis_fwd(x, tensor_arg(_as(weight, x.dtype)), bias, 2)
 
     def col_mix_bwd(self, grad, x, weight):
         return self._axis_bwd(grad, x, weight, 2)
