@@ -208,7 +208,9 @@ class _AxisOps(torch.nn.Module):
 
     def forward(self, x):
         p, be = self.params, self.backend
-        y = smlp_kernels.smlp_mix(x, *p, backend=be)
+        # Indexed, not `*p`: torch 2.11's dynamo (the GPU machines' torch) cannot trace
+        # f(x, *parameter_list, kw=...) (NotImplementedError in LIST_EXTEND); 2.13's can.
+        y = smlp_kernels.smlp_mix(x, p[0], p[1], p[2], p[3], p[4], backend=be)
         y = smlp_kernels.row_mix(y, p[0], p[1], backend=be)
         return smlp_kernels.col_mix(y, p[2], backend=be)
 

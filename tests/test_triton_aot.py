@@ -11,7 +11,12 @@ by 16 get ``tt.divisibility``), compiles with ``triton.compile`` for
 * it fails (any stage, ptxas included);
 * ``metadata.shared`` exceeds the per-block opt-in limit (A100: 166912 bytes, H100:
   232448 bytes), which is what makes Triton raise OutOfResources at the first launch;
-* ptxas reports spill stores or spill loads (any byte).
+* ptxas reports spill stores or spill loads (any byte);
+* a 16-bit compile holds no matrix-unit instruction (every kernel is built on tl.dot, so
+  its 16-bit PTX must use wgmma or mma.sync, never the FMA path).
+
+The table also counts the wgmma and mma.sync instructions in each PTX: on sm_90 only
+wgmma reaches the matrix units' peak, so the count says which dots of a config can.
 
 Shapes (C, C_out, H, W): the four sMLPNet-T stages (80, 56), (160, 28), (320, 14), (640, 7)
 with C_out = C, (96, 96, 56, 28) for H != W, and (16, 16, 128, 128) for the largest tile.
@@ -23,7 +28,8 @@ compilations of 1 to 30 s each: hours on our 2-core machines. So:
   ``_tuning.all_configs`` returns for those shapes on both archs, on its heaviest launch
   variant (every optional operand present: both biases, F, partial-sum stores):
   - in a 16-bit dtype on sm_80 and on sm_90, fp16 and bf16 alternating over the configs
-    and between the archs. This is the matrix-unit path (mma on sm_80, wgmma on sm_90);
+    and between the archs. This is the matrix-unit path: mma.sync on sm_80; on sm_90
+    wgmma where a dot's tile suits a warpgroup, else mma.sync;
     fp16 and bf16 compile alike (measured over all configs: same registers, spills and
     shared memory for 94 of 104 config x arch pairs, the rest within 9 registers and 100
     spill bytes, never a different verdict);
@@ -44,9 +50,9 @@ The compile runs in a child process with TRITON_INTERPRET removed: tests/conftes
 the interpreter on for CPU-only sessions, and kernels defined under it are
 InterpretedFunction objects (so are the helpers they call), which triton.compile cannot
 take. The child uses a process pool over the machine's cores and a throw-away Triton cache.
-The results table (kernel, config, dtype, arch, registers, spills, shared bytes) is attached
-to each test's report (shown for failures, or for every test with ``-rP``) and written,
-with the JSON, under the pytest tmp dir.
+The results table (kernel, config, dtype, arch, registers, spills, shared bytes, wgmma and
+mma.sync counts) is attached to each test's report (shown for failures, or for every test
+with ``-rP``) and written, with the JSON, under the pytest tmp dir.
 """
 
 from __future__ import annotations
@@ -102,12 +108,14 @@ def _failures(row: dict) -> list[str]:
         why.append(f"shared {row['shared']} B > {limit} B")
     if row["spill_stores"] > 0 or row["spill_loads"] > 0:
         why.append(f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads")
+    if row["job"]["dtype"] != "fp32" and row["wgmma"] + row["mma_sync"] == 0:
+        why.append("no wgmma or mma.sync in a 16-bit compile")
     return why
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("kernel", "config", "dtype", "arch", "regs", "spill st/ld", "shared", "launch",
-            "flags", "verdict")  # fmt: skip
+    head = ("kernel", "config", "dtype", "arch", "regs", "spill st/ld", "shared",
+            "wgmma/mma", "launch", "flags", "verdict")  # fmt: skip
     lines = []
     for r in sorted(rows, key=lambda r: (r["job"]["kernel"], r["job"]["arch"], r["job"]["config"],
                                          r["job"]["dtype"])):  # fmt: skip
@@ -116,7 +124,8 @@ def _table(rows: list[dict]) -> str:
         lines.append((
             j["kernel"], j["config"], dtype, ARCH_IDS[j["arch"]],
             str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["shared"]),
-            f"{j['launch']} {j['shape']}", j["flags"], "; ".join(_failures(r)) or "ok",
+            f"{r['wgmma']}/{r['mma_sync']}", f"{j['launch']} {j['shape']}", j["flags"],
+            "; ".join(_failures(r)) or "ok",
         ))  # fmt: skip
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths, strict=True)).rstrip()
@@ -154,6 +163,21 @@ def test_specialize_matches_triton_launcher():
         ty, div = native_specialize_impl(BaseBackend, value, False, True, True)
         expected = ("constexpr", False) if ty == "constexpr" else (ty, div == "D")
         assert _aot.specialize(value) == expected, value
+
+
+def test_matrix_instructions_counts_ptx_lines():
+    """wgmma and mma.sync instructions are counted, and nothing else is."""
+    ptx = "\n".join([
+        "\twgmma.fence.sync.aligned;",
+        "\twgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, 1, 1, 1;",
+        "\twgmma.commit_group.sync.aligned;",
+        "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f2}, {%r1}, {%r2}, {%f3};",
+        "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f4}, {%r3}, {%r4}, {%f5};",
+        "\tfma.rn.f32 %f6, %f7, %f8, %f9;",
+        "// mma.sync in a comment",
+    ])  # fmt: skip
+    assert _aot.matrix_instructions(ptx) == (1, 2)
+    assert _aot.matrix_instructions("") == (0, 0)
 
 
 def test_ci_subset_covers_every_config():

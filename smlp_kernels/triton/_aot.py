@@ -347,9 +347,10 @@ def ci_jobs() -> list[Job]:
     """The default (CI) subset of matrix(): every distinct (kernel, config) of the shapes on
     each arch, on its heaviest launch variant (see _weight), with parameters in x's dtype:
 
-    * in a 16-bit dtype on both archs (the matrix-unit path: mma on sm_80, wgmma on
-      sm_90), fp16 and bf16 alternating over the configs and between the archs, since the
-      two compile alike (same registers, spills and shared memory in all but a few cases);
+    * in a 16-bit dtype on both archs (the matrix-unit path: mma.sync on sm_80; on sm_90
+      wgmma where the tile allows it, else mma.sync: see matrix_instructions), fp16 and
+      bf16 alternating over the configs and between the archs, since the two compile alike
+      (same registers, spills and shared memory in all but a few cases);
     * in fp32 on sm_80 (IEEE fp32 dots take the FMA path, and fp32 tiles the most shared
       memory). fp32 shared memory does not depend on the arch and sm_80's limit is the
       lower one; fp32 on sm_90, whose compiles take longest, is left to the full matrix.
@@ -384,6 +385,10 @@ class Result:
     spill_loads: int = -1
     stack_frame: int = -1
     shared: int = -1
+    # Matrix-unit instructions in the PTX (see matrix_instructions): Hopper's asynchronous
+    # warpgroup ones and the synchronous warp-level ones of Ampere, which sm_90 also runs.
+    wgmma: int = -1
+    mma_sync: int = -1
     seconds: float = 0.0
 
 
@@ -401,6 +406,24 @@ def parse_ptxas(log: str) -> tuple[int, int, int, int]:
         raise ValueError(f"no register / spill line in the ptxas log:\n{log}")
     frame, stores, loads = (int(g) for g in spills.groups())
     return int(regs.group(1)), stores, loads, frame
+
+
+def matrix_instructions(ptx: str) -> tuple[int, int]:
+    """(wgmma, mma.sync): how many ``wgmma.mma_async`` and ``mma.sync`` instructions the PTX
+    holds, each counted once per appearance in the code (not per execution).
+
+    On sm_90 Triton lowers a tl.dot to wgmma only when the tile suits a warpgroup (at least
+    64 rows per 4 warps, among other conditions); otherwise it falls back to mma.sync, which
+    cannot reach Hopper's peak matrix rate (only wgmma can). Neither appears for IEEE fp32
+    dots (FMA)."""
+    wgmma = mma = 0
+    for line in ptx.splitlines():
+        op = line.lstrip()
+        if op.startswith("wgmma.mma_async"):
+            wgmma += 1
+        elif op.startswith("mma.sync"):
+            mma += 1
+    return wgmma, mma
 
 
 def _tl_dtype(name: str):
@@ -449,6 +472,7 @@ def compile_job(job: Job) -> Result:
                 options={"num_warps": job.num_warps, "num_stages": job.num_stages},
             )
         shared = int(compiled.metadata.shared)
+        wgmma, mma_sync = matrix_instructions(compiled.asm["ptx"])
         try:
             registers, stores, loads, frame = parse_ptxas(log.getvalue())
         except ValueError:  # a Triton that no longer prints the log: run ptxas here
@@ -465,6 +489,8 @@ def compile_job(job: Job) -> Result:
         spill_loads=loads,
         stack_frame=frame,
         shared=shared,
+        wgmma=wgmma,
+        mma_sync=mma_sync,
         seconds=time.perf_counter() - start,
     )
 
