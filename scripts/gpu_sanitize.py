@@ -100,7 +100,10 @@ def main(argv=None) -> int:
             continue
         for shape in QUICK if args.quick else SHAPES:
             for dtype_name in args.dtypes.split(","):
-                why = check(backend, shape, dtype_name, args.device, gen)
+                try:
+                    why = check(backend, shape, dtype_name, args.device, gen)
+                except Exception as exc:  # one case's failure must not hide the others
+                    why = f"raised {type(exc).__name__}: {exc}"
                 print(f"{'FAIL' if why else 'ok  '} {backend} {dtype_name} {shape} {why or ''}",
                       flush=True)  # fmt: skip
                 failures += why is not None

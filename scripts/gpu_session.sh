@@ -13,19 +13,22 @@
 #   sanitize  compute-sanitizer memcheck, then racecheck on two shapes, over
 #             scripts/gpu_sanitize.py (every GPU backend, forward and backward, checked)
 #   sass      SASS of smlp_kernels._C per kernel: HGMMA / HMMA / FFMA, cp.async and TMA
-#             loads, local memory (LDL/STL)
-#   bench     smlp-bench's gpu suite, one shape group per command; a group whose results are
-#             already in the session folder (from an earlier call on the same machine) is
-#             skipped, so repeating the call carries on where the last one stopped
+#             loads, local memory (LDL/STL); needs cuobjdump, not a GPU
+#   bench     smlp-bench's gpu suite, one shape group per command; a group whose complete
+#             results are already in the session folder is skipped, so repeating the call
+#             carries on where the last one stopped (a group cut short by the deadline is
+#             kept as gpu-GROUP.partial.json and run again)
 #
-# Results: gpu-session/ in the repository root (ignored by git; a warm machine keeps it
-# between calls; SMLP_GPU_SESSION_DIR names another folder), packed at the end into $OUT/gpu-session-<steps>.tar.gz together with
-# $OUT/summary.txt. Unpack the archive here and merge the benchmark parts with
+# Results: gpu-session/ in the repository root (ignored by git; SMLP_GPU_SESSION_DIR names
+# another folder), packed at the end into $OUT/gpu-session-<steps>.tar.gz together with
+# $OUT/summary.txt. A warm machine keeps the folder between calls; a fresh one does not, so
+# unpack each archive here and name gpu-session in the device tool's `carry` to resume. Unpack the archive here and merge the benchmark parts with
 #   smlp-bench --from-json gpu-session/bench/gpu-*.json --out benchmarks/results --plot
 #
 # Typical calls of the device tool (a first call also starts the machine):
 #   bash scripts/gpu_session.sh env build test sanitize sass
 #   bash scripts/gpu_session.sh build bench      (repeat until every group is done)
+# The deadline (at most 580 s) leaves the tool's 600-second limit room for the packing.
 # Exit status: 0 when every step that ran passed, 1 otherwise, 2 for bad arguments.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,16 +38,21 @@ DEADLINE=560
 steps=()
 while (($#)); do
   case "$1" in
-    --deadline) DEADLINE=${2:?--deadline needs a number of seconds}; shift 2 ;;
+    --deadline)
+      if (($# < 2)); then echo "gpu_session.sh: --deadline needs a number of seconds" >&2; exit 2; fi
+      DEADLINE=$2
+      shift 2
+      ;;
     env | build | test | sanitize | sass | bench) steps+=("$1"); shift ;;
     -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "gpu_session.sh: unknown step or option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-if ! [[ "$DEADLINE" =~ ^[0-9]+$ ]]; then
-  echo "gpu_session.sh: --deadline must be a whole number of seconds, not '$DEADLINE'" >&2
+if ! [[ "$DEADLINE" =~ ^[0-9]+$ ]] || ((10#$DEADLINE > 580)); then
+  echo "gpu_session.sh: --deadline must be a whole number of seconds up to 580, not '$DEADLINE'" >&2
   exit 2
 fi
+DEADLINE=$((10#$DEADLINE))
 if ((${#steps[@]} == 0)); then
   echo "gpu_session.sh: name at least one step (see --help)" >&2
   exit 2
@@ -60,14 +68,16 @@ status=0
 left() { echo $((DEADLINE - ($(date +%s) - START))); }
 note() { echo "$*" | tee -a "$SUMMARY"; }
 # bounded SECONDS CMD...: run CMD under a limit of SECONDS or what is left less a reserve
-# for packing, whichever is smaller; 124 when it was stopped at the limit.
+# for packing, whichever is smaller. Exit 124 or 137 when it was stopped at the limit,
+# NOT_RUN when too little time was left to start it.
+NOT_RUN=200
 bounded() {
   local want=$1 have
   shift
   have=$(($(left) - 25))
   ((have < want)) && want=$have
-  if ((want < 10)); then return 125; fi
-  timeout -s TERM -k 15 "$want" "$@"
+  if ((want < 10)); then return $NOT_RUN; fi
+  timeout -s TERM -k 10 "$want" "$@"
 }
 
 has_gpu() {
@@ -75,10 +85,11 @@ has_gpu() {
 }
 
 step_env() {
+  local tool
   {
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
+    timeout 60 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
       --format=csv 2>&1
-    "$PY" - <<'EOF'
+    timeout 120 "$PY" - <<'EOF'
 import sys, torch
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)
 try:
@@ -94,21 +105,27 @@ else:
     print("no CUDA device visible to torch")
 EOF
     nvcc --version 2>&1 | tail -1
-    command -v compute-sanitizer cuobjdump ncu 2>&1
-    "$PY" -m pip list 2>/dev/null | grep -iE "^(hypothesis|pytest|pytest-benchmark|matplotlib|numpy) "
+    for tool in nvcc compute-sanitizer cuobjdump ncu; do
+      echo "$tool: $(command -v "$tool" || echo MISSING)"
+    done
+    timeout 60 "$PY" -m pip list 2>/dev/null |
+      grep -iE "^(hypothesis|pytest|pytest-benchmark|matplotlib|numpy|pybind11|cmake|ninja) "
   } 2>&1 | tee "$SESSION/env.txt"
   has_gpu
 }
 
 step_build() {
-  SMLP_BUILD_CUDA=1 SMLP_REQUIRE_CUDA_BUILD=1 MAX_JOBS=$(nproc) \
+  SMLP_BUILD_CUDA=1 SMLP_BUILD_JOBS=$(nproc) \
     bounded 400 "$PY" -m pip install --no-build-isolation --no-deps -e . \
     >"$SESSION/build.log" 2>&1 || { tail -30 "$SESSION/build.log"; return 1; }
   "$PY" -m smlp_kernels.info 2>&1 | tee "$SESSION/info.txt"
+  # The build must have its CUDA part: without it the cuda backend is silently absent.
+  "$PY" -c "import smlp_kernels._C as m, sys; sys.exit(0 if m.build_info()['with_cuda'] else 1)" ||
+    { note "build: smlp_kernels._C was built without its CUDA part"; return 1; }
 }
 
-# GPU-heavy files first, so a deadline cuts the least useful ones.
-TEST_FILES=(
+# GPU-heavy files first, so a deadline cuts the least useful ones; then every other file.
+FIRST_TESTS=(
   tests/test_cuda_backend.py tests/test_triton.py tests/test_ops.py tests/test_cuda_graphs.py
   tests/test_autocast.py tests/test_memory.py tests/test_compile_export.py tests/test_fuzz.py
   tests/test_flops.py tests/test_nn.py tests/test_models.py tests/test_bench.py benchmarks
@@ -116,17 +133,22 @@ TEST_FILES=(
 )
 
 step_test() {
-  local f name rc failed=0
+  local f name rc failed=0 files=("${FIRST_TESTS[@]}")
+  for f in tests/test_*.py; do
+    [[ " ${FIRST_TESTS[*]} " == *" $f "* ]] || files+=("$f")
+  done
+  # As in CI: a missing extension, CUDA part or nvcc fails the tests instead of skipping them.
+  export SMLP_REQUIRE_EXTENSION=1 SMLP_REQUIRE_CUDA_BUILD=1 SMLP_REQUIRE_NVCC=1
   mkdir -p "$SESSION/test"
-  for f in "${TEST_FILES[@]}"; do
+  for f in "${files[@]}"; do
     name=$(basename "$f" .py)
     bounded 300 "$PY" -m pytest -q -p no:cacheprovider -rfEs "$f" \
       --junitxml="$SESSION/test/$name.xml" >"$SESSION/test/$name.log" 2>&1
     rc=$?
     case $rc in
-      0 | 5) note "test $f: $(tail -1 "$SESSION/test/$name.log")" ;;
-      124) note "test $f: STOPPED at its time limit"; failed=1 ;;
-      125) note "test $f: not run (deadline)"; failed=1 ;;
+      0) note "test $f: $(tail -1 "$SESSION/test/$name.log")" ;;
+      124 | 137) note "test $f: STOPPED at its time limit"; failed=1 ;;
+      "$NOT_RUN") note "test $f: not run (deadline)"; failed=1 ;;
       *) note "test $f: FAILED (exit $rc): $(tail -1 "$SESSION/test/$name.log")"; failed=1 ;;
     esac
   done
@@ -139,20 +161,28 @@ step_sanitize() {
     note "sanitize: compute-sanitizer is not on the PATH"
     return 1
   fi
+  # Without PyTorch's caching allocator every tensor is its own allocation, so memcheck
+  # sees an access past a tensor's end instead of it landing in a cached neighbour.
+  export PYTORCH_NO_CUDA_MEMORY_CACHING=1
   bounded 300 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$PY" scripts/gpu_sanitize.py >"$SESSION/memcheck.log" 2>&1 || rc=$?
-  note "sanitize memcheck: exit $rc; $(grep -c '^=========  *Invalid' "$SESSION/memcheck.log") invalid accesses; $(tail -1 "$SESSION/memcheck.log")"
+  note "sanitize memcheck: exit $rc; $(grep -c '^=========  *Invalid' "$SESSION/memcheck.log") invalid accesses; $(grep -m1 'ERROR SUMMARY' "$SESSION/memcheck.log")"
   local rc2=0
   bounded 240 compute-sanitizer --tool racecheck --error-exitcode 9 \
     "$PY" scripts/gpu_sanitize.py --quick >"$SESSION/racecheck.log" 2>&1 || rc2=$?
-  note "sanitize racecheck: exit $rc2; $(grep -ciE 'hazard' "$SESSION/racecheck.log") hazard lines; $(tail -1 "$SESSION/racecheck.log")"
+  note "sanitize racecheck: exit $rc2; $(grep -m1 'RACECHECK SUMMARY' "$SESSION/racecheck.log")"
+  unset PYTORCH_NO_CUDA_MEMORY_CACHING
   ((rc == 0 && rc2 == 0))
 }
 
 step_sass() {
-  local so
+  local so dump
   so=$("$PY" -c "import smlp_kernels._C as m; print(m.__file__)") || return 1
-  cuobjdump --dump-sass "$so" >"$SESSION/sass.txt" 2>&1 || return 1
+  # The CUDA toolkit's cuobjdump, else the one Triton ships.
+  dump=$(command -v cuobjdump ||
+    "$PY" -c "import triton; print(triton.knobs.nvidia.cuobjdump.path)" 2>/dev/null) ||
+    { note "sass: no cuobjdump"; return 1; }
+  bounded 120 "$dump" --dump-sass "$so" >"$SESSION/sass.txt" 2>&1 || return 1
   # Per arch and kernel: how many of each instruction class appear in the code.
   awk '
     /arch = sm_/ { arch = $NF }
@@ -185,18 +215,38 @@ step_bench() {
       continue
     fi
     # smlp-bench writes what it has when stopped (SIGTERM); --time-budget stops it sooner.
-    bounded 570 smlp-bench --suite gpu --shapes "$g" --time-budget $(($(left) - 90)) \
-      --out "$SESSION/bench" --name "gpu-$g" >"$SESSION/bench/gpu-$g.log" 2>&1
+    rm -f "$SESSION/bench/gpu-$g.partial.json"
+    bounded 570 "$PY" -m smlp_kernels.bench --suite gpu --shapes "$g" \
+      --time-budget $(($(left) - 90)) --out "$SESSION/bench" --name "gpu-$g" \
+      >"$SESSION/bench/gpu-$g.log" 2>&1
     rc=$?
-    note "bench $g: exit $rc; $(tail -1 "$SESSION/bench/gpu-$g.log")"
-    ((rc == 0)) || failed=1
+    if [[ -f "$SESSION/bench/gpu-$g.json" ]] && ! complete "$SESSION/bench/gpu-$g.json"; then
+      mv "$SESSION/bench/gpu-$g.json" "$SESSION/bench/gpu-$g.partial.json"
+      note "bench $g: cut short (exit $rc), kept as gpu-$g.partial.json; call again to redo it"
+      failed=1
+    else
+      note "bench $g: exit $rc; $(tail -1 "$SESSION/bench/gpu-$g.log")"
+      ((rc == 0)) || failed=1
+    fi
   done
   return $failed
 }
 
+# complete FILE: whether an smlp-bench JSON holds a whole run (not interrupted, no case left
+# out by the time budget).
+complete() {
+  "$PY" - "$1" <<'EOF'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+cut = {"time budget exhausted", "interrupted"}
+partial = doc["meta"].get("interrupted") or any(r.get("error") in cut for r in doc["results"])
+sys.exit(1 if partial else 0)
+EOF
+}
+
 note "== gpu_session.sh ${steps[*]} ($(date -u +%FT%TZ), deadline ${DEADLINE}s, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
 for s in "${steps[@]}"; do
-  if [[ $s != env ]] && ! has_gpu; then
+  if [[ $s != env && $s != sass ]] && ! has_gpu; then
     note "$s: no CUDA device; this script is for the GPU machines"
     status=1
     break
@@ -211,10 +261,13 @@ for s in "${steps[@]}"; do
   note "step $s: $verdict in $(($(date +%s) - t0)) s"
 done
 
-note "== done in $(($(date +%s) - START)) s, exit $status"
 if [[ -n "${OUT:-}" ]]; then
   tag=$(IFS=-; echo "${steps[*]}")
-  tar czf "$OUT/gpu-session-$tag.tar.gz" "$SESSION" || { echo "packing failed" >&2; status=1; }
-  cp "$SUMMARY" "$OUT/summary.txt"
+  tar czf "$OUT/gpu-session-$tag.tar.gz" -C "$(dirname "$SESSION")" "$(basename "$SESSION")" ||
+    { note "packing failed"; status=1; }
+fi
+note "== done in $(($(date +%s) - START)) s, exit $status"
+if [[ -n "${OUT:-}" ]]; then
+  cp "$SUMMARY" "$OUT/summary.txt" || status=1
 fi
 exit $status

@@ -55,6 +55,47 @@ def test_gpu_session_refuses_without_cuda(tmp_path):
                                                      "summary.txt"]  # fmt: skip
 
 
+def test_gpu_session_deadline_leaves_steps_unrun(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _session(tmp_path, "--deadline", "39", "env", OUT=str(out))
+    assert proc.returncode == 1
+    summary = (tmp_path / "s" / "summary.txt").read_text()
+    assert "env: not run (deadline)" in summary
+    assert "step env" not in summary
+    assert (out / "gpu-session-env.tar.gz").is_file()
+
+
+def _cuda_sass_tools() -> str | None:
+    """Why the sass step cannot run here (None: it can)."""
+    try:
+        from smlp_kernels import _C
+    except ImportError as exc:
+        return f"no extension: {exc}"
+    if not _C.build_info()["with_cuda"]:
+        return "the extension was built without CUDA"
+    try:
+        import triton
+
+        if not Path(triton.knobs.nvidia.cuobjdump.path).is_file():
+            return "Triton ships no cuobjdump here"
+    except Exception as exc:  # no Triton, or one without the knob
+        return f"no cuobjdump from Triton: {exc}"
+    return None
+
+
+@pytest.mark.skipif(_cuda_sass_tools() is not None, reason=str(_cuda_sass_tools()))
+def test_gpu_session_sass_counts_instructions(tmp_path):
+    """The sass step needs no GPU: it dumps the built extension's SASS and counts classes."""
+    proc = _session(tmp_path, "sass")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in (tmp_path / "s" / "sass-summary.txt").read_text().splitlines()]
+    assert all(len(r) == 4 and int(r[3]) > 0 for r in rows), rows
+    classes = {(arch, op) for arch, kernel, op, _ in rows if "mix_fwd_kernel" in kernel}
+    # 16-bit forward kernels on the tensor cores, on both architectures.
+    assert {("sm_80", "HMMA"), ("sm_90a", "HMMA")} <= classes, classes
+
+
 def _sanitize_module():
     spec = importlib.util.spec_from_file_location(
         "gpu_sanitize", ROOT / "scripts" / "gpu_sanitize.py"
@@ -89,6 +130,28 @@ def test_gpu_sanitize_check_fails_wrong_answers(monkeypatch, corrupt, expect):
     gen = torch.Generator().manual_seed(0)
     why = mod.check("reference", mod.SHAPES[0], "fp32", "cpu", gen)
     assert why is not None and why.startswith(expect), why
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.01
+
+
+def test_gpu_sanitize_check_fails_wrong_gradients(monkeypatch):
+    mod = _sanitize_module()
+
+    def wrong(*args, **kwargs):  # right forward, every gradient 1% off
+        return _ScaleGrad.apply(smlp_kernels.smlp_mix(*args, **kwargs))
+
+    monkeypatch.setattr(mod, "smlp_kernels", types.SimpleNamespace(smlp_mix=wrong))
+    gen = torch.Generator().manual_seed(0)
+    why = mod.check("reference", mod.SHAPES[0], "fp32", "cpu", gen)
+    assert why is not None and why.startswith("dx: error"), why
 
 
 def test_gpu_sanitize_cli_on_cpu():
