@@ -84,7 +84,10 @@ def _cuda_sass_tools() -> str | None:
     return None
 
 
-@pytest.mark.skipif(_cuda_sass_tools() is not None, reason=str(_cuda_sass_tools()))
+_NO_SASS = _cuda_sass_tools()
+
+
+@pytest.mark.skipif(_NO_SASS is not None, reason=str(_NO_SASS))
 def test_gpu_session_sass_counts_instructions(tmp_path):
     """The sass step needs no GPU: it dumps the built extension's SASS and counts classes."""
     proc = _session(tmp_path, "sass")
