@@ -3,9 +3,12 @@
 Every call goes through here, whatever the backend::
 
     smlp_mix(...)                      checks the arguments, picks a backend
-      -> SMLPMixFunction.apply(...)    autograd: saves x and the parameters, nothing else
-        -> torch.ops.smlp.mix_fwd      custom op: empty batches, dtype and memory format,
-           torch.ops.smlp.mix_bwd      then the backend's computation
+      -> torch.ops.smlp.mix_fwd        custom op: empty batches, dtype and memory format,
+         (torch.ops.smlp.mix_bwd)      then the backend's computation; its autograd
+                                       formula saves x and the parameters, nothing else
+
+``SMLPMixFunction`` (and ``RowMixFunction``, ``ColMixFunction``) wrap the same ops and the
+same formulas as ``torch.autograd.Function`` classes, for callers that want one.
 
 The custom ops have fake (meta) implementations, autograd formulas and FLOP formulas, so
 they work under ``torch.compile(fullgraph=True)``, ``torch.export`` and ``FlopCounterMode``.
@@ -395,7 +398,10 @@ def smlp_mix(
         )
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
-    return SMLPMixFunction.apply(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
+    # The registered op, not SMLPMixFunction.apply: its autograd formula is the same, it is
+    # one Python layer shorter, and torch.jit.trace records it (a Python Function call
+    # cannot be saved in a TorchScript file).
+    return torch.ops.smlp.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
 
 
 def row_mix(
@@ -411,7 +417,7 @@ def row_mix(
         x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
     check_axis_mix_args("row_mix", x, weight, bias)
     name = resolve_backend(backend, "row_mix", x, x.shape[1])
-    return RowMixFunction.apply(x, weight, bias, name)
+    return torch.ops.smlp.row_mix_fwd(x, weight, bias, name)
 
 
 def col_mix(
@@ -427,4 +433,4 @@ def col_mix(
         x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
     check_axis_mix_args("col_mix", x, weight, bias)
     name = resolve_backend(backend, "col_mix", x, x.shape[1])
-    return ColMixFunction.apply(x, weight, bias, name)
+    return torch.ops.smlp.col_mix_fwd(x, weight, bias, name)

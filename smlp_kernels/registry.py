@@ -20,6 +20,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from . import reference
@@ -161,11 +162,32 @@ def _availability(name: str) -> tuple[bool, str]:
     return _AVAILABILITY[name]
 
 
+# The first availability check of a process may run while torch.compile or torch.export is
+# tracing the caller (a model compiled before anything else ran). The checks import modules
+# (the extension, triton) through importlib, which dynamo refuses to trace. Marked as a
+# constant, they run as plain Python at trace time and their answer is baked into the graph,
+# which is right: availability is fixed for the life of a process (it is cached above).
+@torch.compiler.assume_constant_result
+def _is_available(name: str) -> bool:
+    return _availability(name)[0]
+
+
+@torch.compiler.assume_constant_result
+def _unavailable_reason(name: str) -> str:
+    return _availability(name)[1]
+
+
 def get_backend(name: str, *, source: str = "backend=") -> Backend:
     """The registered backend called ``name``; ValueError listing the known names otherwise.
 
-    ``source`` says in the message where the name came from.
+    ``source`` says in the message where the name came from. TypeError if ``name`` is not
+    a string.
     """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{source}{name!r}: the backend must be a str naming a registered backend or None, "
+            f"got {type(name).__name__}"
+        )
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -193,15 +215,16 @@ def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int
 
     ``requested`` (or, when it is None, the ``SMLP_BACKEND`` environment variable) forces a
     backend: ValueError if it is unknown or cannot run this device or shape, RuntimeError if it
-    is unavailable here. With neither, the best available backend that can run the call.
+    is unavailable here, TypeError if it is not a string. With neither, the best available
+    backend that can run the call.
     """
     forced = requested if requested is not None else (os.environ.get(ENV_VAR) or None)
     device_type = x.device.type
     if forced is not None:
         source = "backend=" if requested is not None else f"the environment variable {ENV_VAR}="
         b = get_backend(forced, source=source)
-        available, reason = _availability(forced)
-        if not available:
+        if not _is_available(forced):
+            reason = _unavailable_reason(forced)
             raise RuntimeError(f"{source}{forced!r} is unavailable here: {reason}")
         if not _runs_on(b, device_type):
             raise ValueError(
@@ -215,7 +238,7 @@ def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int
     for name, b in sorted(_REGISTRY.items(), key=lambda kv: -kv[1].priority):
         if (
             b.auto_select
-            and _availability(name)[0]
+            and _is_available(name)
             and _runs_on(b, device_type)
             and b.unsupported_reason(op, x, out_channels) is None
         ):

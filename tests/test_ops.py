@@ -334,6 +334,23 @@ def test_forced_backend_errors(registry):
         smlp_kernels.smlp_mix(*[t.to("meta") for t in args], backend="narrow")
 
 
+@pytest.mark.parametrize("bad", [3, b"cpu", ["cpu"], True])
+def test_backend_of_the_wrong_type_raises_type_error(bad):
+    """A backend that is not a str (or None) is a wrong type: TypeError naming it, from every
+    public function and the module, before anything runs."""
+    args = make_args(1, 2, 2, 3, 4, dtype=torch.float32)
+    x, rw, rb, cw, cb, _ = args
+    calls = [
+        lambda: smlp_kernels.smlp_mix(*args, backend=bad),
+        lambda: smlp_kernels.row_mix(x, rw, rb, backend=bad),
+        lambda: smlp_kernels.col_mix(x, cw, cb, backend=bad),
+        lambda: smlp_kernels.SparseMLP(2, 3, 4, backend=bad),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"backend=.*must be a str naming a registered"):
+            call()
+
+
 def test_environment_variable_forces_backend(registry, monkeypatch):
     counting = _CountingBackend("counting", priority=-5)  # never chosen automatically
     registry.register_backend(counting)
