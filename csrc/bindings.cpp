@@ -763,6 +763,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("deterministic") = false, py::arg("stream") = 0,
         "Weight and bias gradients of the row mix (axis=3) or column mix (axis=2); "
         "overwrites d_weight and d_bias. Always deterministic.");
+  m.def("cpu_last_launch_threads", &smlp::cpu::last_launch_threads,
+        "How many threads the calling thread's latest cpu_* launch ran on (launches of little "
+        "work run on fewer threads than torch.get_num_threads()).");
   // ---- END CPU launcher defs ----
 
   // ---- BEGIN CUDA launcher defs ----

@@ -257,13 +257,17 @@ def test_channels_last_output_keeps_layout():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 threads to compare with 1")
 def test_deterministic_and_thread_count_independent():
-    args = make_args(3, 37, 20, 14, 14, dtype=torch.float32)
-    grad = randn(3, 20, 14, 14, dtype=torch.float32)
+    # Big enough that every launch of the forward and backward runs on 2 threads (launches of
+    # little work run on fewer: test_small_launches_run_on_one_thread).
+    args = make_args(6, 40, 24, 14, 14, dtype=torch.float32)
+    grad = randn(6, 24, 14, 14, dtype=torch.float32)
     threads = torch.get_num_threads()
     try:
         with smlp_kernels.deterministic(True):
             first = _forward_backward(args, grad, "cpu", torch.float32)
+            assert _C.cpu_last_launch_threads() >= 2
             again = _forward_backward(args, grad, "cpu", torch.float32)
         loose = _forward_backward(args, grad, "cpu", torch.float32)
         torch.set_num_threads(1)
@@ -274,6 +278,70 @@ def test_deterministic_and_thread_count_independent():
         for a, b, name in zip(first, other, NAMES, strict=True):
             if a is not None:
                 assert torch.equal(a, b), name
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 threads to see a choice")
+def test_small_launches_run_on_one_thread():
+    """A launch of little work runs on the calling thread alone (a parallel region costs more
+    than the work, and on a loaded machine far more); a big one on the team."""
+    tiny = make_args(2, 2, 2, 3, 4, dtype=torch.float32)
+    big = make_args(8, 64, 64, 14, 14, dtype=torch.float32)
+    for args, expect in ((tiny, 1), (big, 2)):
+        x, rw, rb, cw, cb, fw = args
+        g = torch.ones(x.shape[0], fw.shape[0], *x.shape[2:])
+        calls = {
+            "mix_fwd": (torch.ops.smlp.mix_fwd, (x, rw, rb, cw, cb, fw)),
+            # its last launch is the weight gradients (the input gradient runs before)
+            "mix_bwd": (torch.ops.smlp.mix_bwd, (g, x, rw, rb, cw, cb, fw)),
+            "row_mix_fwd": (torch.ops.smlp.row_mix_fwd, (x, rw, rb)),
+            "col_mix_bwd": (torch.ops.smlp.col_mix_bwd, (x, x, cw, cb)),
+        }
+        if expect == 2:
+            # the axis mixes of this shape are a few MFLOP: one thread is right for them
+            calls = {k: v for k, v in calls.items() if k.startswith("mix")}
+        for name, (op, op_args) in calls.items():
+            op(*op_args, "cpu")
+            assert _C.cpu_last_launch_threads() == expect, (name, tuple(x.shape))
+
+
+def _busy_loop() -> None:  # a process that holds one core
+    while True:
+        pass
+
+
+@pytest.mark.slow
+def test_tiny_call_on_a_loaded_machine_costs_what_the_reference_costs():
+    """With every core busy in other processes, a tiny call of the cpu backend costs about
+    what the reference's costs (before launches were sized, it waited for a descheduled
+    thread at its barriers: 47 ms against 0.3 ms)."""
+    import multiprocessing
+    import time
+
+    x, rw, rb, cw, cb, fw = make_args(2, 2, 2, 3, 4, dtype=torch.float32)
+
+    def median_s(backend: str) -> float:
+        times = []
+        for _ in range(100):
+            start = time.perf_counter()
+            smlp_kernels.smlp_mix(x, rw, rb, cw, cb, fw, backend=backend)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    ctx = multiprocessing.get_context("spawn")
+    load = [ctx.Process(target=_busy_loop, daemon=True) for _ in range(os.cpu_count() or 1)]
+    for p in load:
+        p.start()
+    try:
+        time.sleep(0.5)  # let the load processes start spinning
+        median_s("cpu"), median_s("reference")  # warm-up
+        cpu, ref = median_s("cpu"), median_s("reference")
+    finally:
+        for p in load:
+            p.kill()
+            p.join()
+    # The reference is a few einsums (~0.2 ms); 3x it and a millisecond of slack keep
+    # scheduler noise out while a barrier wait (tens of milliseconds) still fails.
+    assert cpu <= max(3 * ref, 1e-3), f"cpu {cpu * 1e3:.3f} ms, reference {ref * 1e3:.3f} ms"
 
 
 def test_nan_in_x_propagates():

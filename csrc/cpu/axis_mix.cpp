@@ -32,12 +32,12 @@ void axis_mix_fwd(const AxisMixFwdParams<T>& p) {
   const SpatialPlan<T> sp = row ? pack_spatial(p.weight, p.bias, none2, none1, H, W, storage)
                                 : pack_spatial(none2, none1, p.weight, p.bias, H, W, storage);
 
-  const int n_threads = max_threads();
+  const int n_threads = threads_for(2 * B * C * P * (row ? W : H));
   ScratchLayout layout;
   const size_t o_img = layout.add<T>(n_threads * (P + L));
   char* base = thread_arena(layout.bytes());
 
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
     T* img = at<T>(base, o_img) + thread_id() * (P + L);
     std::fill(img + P, img + P + L, T(0));
@@ -71,7 +71,7 @@ void axis_mix_wgrad(const AxisMixWgradParams<T>& p) {
   const int64_t batch = std::clamp<int64_t>(kBatchPixels / P, 1, chunk);  // images per pack
   const int64_t part_size = S * lds;
 
-  const int n_threads = max_threads();
+  const int n_threads = threads_for(2 * B * C * P * (row ? W : H));
   ScratchLayout layout;
   const size_t o_part = layout.add<T>(n_chunks * part_size);
   const size_t o_bias = layout.add<double>(n_chunks * S);
@@ -82,7 +82,7 @@ void axis_mix_wgrad(const AxisMixWgradParams<T>& p) {
   double* bias_parts = at<double>(base, o_bias);
   std::fill(bias_parts, bias_parts + n_chunks * S, 0.0);
 
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
     T* gb = at<T>(base, o_buf) + thread_id() * 2 * (batch * P + L);
     T* xb = gb + batch * P + L;

@@ -63,6 +63,28 @@ inline int team_size() {
 #endif
 }
 
+// Floating-point operations per thread below which a launch gets fewer threads: about 4
+// MFLOP, tens of microseconds of work on one core. Opening a parallel region costs a few
+// microseconds on an idle machine, but when another process holds a core the team waits
+// at its barriers for a descheduled thread, up to a scheduler time slice (milliseconds): a
+// tiny call on all threads then took 100x what the same call takes on one.
+constexpr int64_t kGrainFlops = int64_t{1} << 22;
+
+// The calling thread's team size of its latest launch (what threads_for chose), for tests.
+inline int& last_launch_threads_slot() {
+  static thread_local int n = 0;
+  return n;
+}
+
+// Threads for a launch of about `flops` operations: one per kGrainFlops, at least one, at
+// most OpenMP's team size (torch.set_num_threads sets it). Results do not depend on it.
+inline int threads_for(int64_t flops) {
+  const int64_t want = std::max<int64_t>(1, flops / kGrainFlops);
+  const int n = static_cast<int>(std::min<int64_t>(max_threads(), want));
+  last_launch_threads_slot() = n;
+  return n;
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 

@@ -169,7 +169,8 @@ void mix_fwd(const MixFwdParams<T>& p) {
   ob = std::min(ob, round_up(Co, MR));
   const int64_t n_blocks = ceil_div(Co, ob), rows = 3 * ob, m_tiles = rows / MR;
 
-  const int n_threads = max_threads();
+  // The spatial mixes and the fuse GEMM, 2 FLOPs a multiply-add.
+  const int n_threads = threads_for(2 * B * P * (C * (H + W) + 3 * C * Co));
   ScratchLayout layout;
   const int64_t block_size = m_tiles * Sh::panel_size(C);  // packed rows of one block
   const size_t o_ap = layout.add<T>(n_threads * block_size);
@@ -180,7 +181,7 @@ void mix_fwd(const MixFwdParams<T>& p) {
   const View<const T, 2>* parts[3] = {&p.f_id, &p.f_row, &p.f_col};
   ItemQueues queues(n_threads);
 
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
     const int tid = thread_id();
     // The block's rows are packed by the thread that uses them, just before, so they are
@@ -278,7 +279,8 @@ void mix_wgrad(const MixWgradParams<T>& p) {
   const int64_t ldwp = round_up(W, L), ldhp = round_up(H, L);
   const int64_t part_size = W * ldwp + H * ldhp;  // d_row_weight, d_col_weight partials
 
-  const int n_threads = max_threads();
+  // Recomputing r and k, F^T g for gr and gk, g z^T for d_fuse, the spatial weight gradients.
+  const int n_threads = threads_for(2 * B * P * (2 * C * (H + W) + 5 * C * Co));
   ScratchLayout layout;
   const size_t o_gp = layout.add<T>(Co * ld);                           // g, row-major
   const int64_t af_size = grk_tiles * Sh::panel_size(Co);
@@ -300,7 +302,7 @@ void mix_wgrad(const MixWgradParams<T>& p) {
   double* bias_parts = at<double>(base, o_bias);
   std::fill(bias_parts, bias_parts + n_cblk * (W + H), 0.0);
 
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < n_cblk; ++blk) {
@@ -461,6 +463,8 @@ void mix_wgrad(const MixWgradParams<T>& p) {
   write_vector(p.d_row_bias, t + part_size);
   write_vector(p.d_col_bias, t + part_size + W);
 }
+
+int last_launch_threads() { return last_launch_threads_slot(); }
 
 template void mix_fwd<float>(const MixFwdParams<float>&);
 template void mix_fwd<double>(const MixFwdParams<double>&);

@@ -84,6 +84,10 @@ void axis_mix_fwd(const AxisMixFwdParams<T>& p);
 template <typename T>
 void axis_mix_wgrad(const AxisMixWgradParams<T>& p);
 
+// How many threads the calling thread's latest launch ran on: small launches run on fewer
+// threads than OpenMP's team size (see threads_for in kernels.h).
+int last_launch_threads();
+
 // The largest H and W the kernels take (the size of their packed spatial weights).
 inline constexpr int64_t kMaxSide = 128;
 
