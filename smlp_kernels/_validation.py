@@ -17,11 +17,18 @@ such as a stage depth: >= 0); see :func:`check_size`.
 
 Wrong types and dtypes raise TypeError; wrong ranks, shapes, devices and sizes raise
 ValueError. Each message names the argument and what was expected.
+
+The command-line numbers and lists of ``smlp-bench`` and the demo are checked by the argparse
+types at the end (:func:`int_arg`, :func:`float_arg`, ...), so a bad one stops the command
+with argparse's message and exit status 2 before anything runs.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import operator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -194,3 +201,87 @@ def check_probability(value: object, name: str, where: str) -> float:
     if not 0.0 <= p <= 1.0:  # NaN fails both comparisons
         raise ValueError(f"{where}: {name} must be in [0, 1], got {p}")
     return p
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line numbers (smlp-bench, the demo): argparse ``type=`` functions. They raise
+# argparse.ArgumentTypeError, so argparse prints "PROG: error: argument --NAME: expected ..."
+# and exits with status 2 before anything runs.
+# --------------------------------------------------------------------------------------------
+
+
+def _int_range_text(minimum: int, maximum: int | None) -> str:
+    if maximum is None:
+        return f"an integer >= {minimum}"
+    return f"an integer from {minimum} to {maximum}"
+
+
+def int_arg(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum] (no maximum when None)."""
+    allowed = _int_range_text(minimum, maximum)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_list_arg(minimum: int) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated integers >= minimum, at least one, without repeats."""
+    allowed = f"comma-separated integers >= {minimum}"
+
+    def parse(text: str) -> list[int]:
+        values: list[int] = []
+        for item in csv_arg(text):
+            try:
+                value = int(item)
+            except ValueError:
+                value = None
+            if value is None or value < minimum:
+                where = "" if item == text.strip() else f" in {text!r}"
+                raise argparse.ArgumentTypeError(f"expected {allowed}, got {item!r}{where}")
+            if value not in values:
+                values.append(value)
+        return values
+
+    return parse
+
+
+def float_arg(minimum: float, *, strict: bool = False, unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number >= minimum (> minimum when ``strict``). NaN and
+    infinities are refused: every comparison with NaN is false, so it would slip past the
+    checks of the code it reaches."""
+    allowed = f"a finite number {'>' if strict else '>='} {minimum:g}"
+    if unit:
+        allowed += f" ({unit})"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def csv_arg(text: str) -> list[str]:
+    """An argparse type: comma-separated names, at least one, blanks dropped, without repeats.
+
+    An empty list is refused: ``--shapes ""`` (say, an unset shell variable) would otherwise
+    mean "no filter" and run everything."""
+    items: list[str] = []
+    for item in (t.strip() for t in text.split(",")):
+        if item and item not in items:
+            items.append(item)
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
