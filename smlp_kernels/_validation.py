@@ -1,6 +1,6 @@
-"""Argument checks for every op: the one place where bad input becomes a clear exception.
+"""Argument checks: the one place where bad input becomes a clear exception.
 
-Rules (documented in the README):
+Rules of the ops (documented in the README):
 
 * ``x`` is a 4-D floating tensor (float16, bfloat16, float32 or float64) of shape
   (B, C, H, W) with B >= 0 and C, H, W >= 1; any strides.
@@ -11,11 +11,24 @@ Rules (documented in the README):
 * Shapes: row_weight (W, W), row_bias (W,) or None, col_weight (H, H), col_bias (H,) or None,
   fuse_weight (C_out, 3C) with C_out >= 1.
 
-Wrong types and dtypes raise TypeError; wrong ranks, shapes and devices raise ValueError.
-Each message names the argument and what was expected.
+Sizes given to constructors (channels, height, image_size, ...): any integral number that
+``operator.index`` accepts (int, numpy and torch integers), never a bool, and >= 1 (counts
+such as a stage depth: >= 0); see :func:`check_size`.
+
+Wrong types and dtypes raise TypeError; wrong ranks, shapes, devices and sizes raise
+ValueError. Each message names the argument and what was expected.
+
+The command-line numbers and lists of ``smlp-bench`` and the demo are checked by the argparse
+types at the end (:func:`int_arg`, :func:`float_arg`, ...), so a bad one stops the command
+with argparse's message and exit status 2 before anything runs.
 """
 
 from __future__ import annotations
+
+import argparse
+import math
+import operator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -122,3 +135,153 @@ def check_axis_mix_args(op: str, x: object, weight: object, bias: object) -> Non
     axis = "W" if op == "row_mix" else "H"
     _check_param(weight, "weight", (n, n), f"({axis}, {axis})", x, op)
     _check_param(bias, "bias", (n,), f"({axis},)", x, op, optional=True)
+
+
+def _is_bool(value: object) -> bool:
+    # bool is an int subclass and a bool tensor has __index__, so operator.index would pass
+    # True as 1: a flag given where a size belongs is a bug to report, not a size of one.
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
+        return True
+    return isinstance(value, Tensor) and value.dtype == torch.bool
+
+
+def check_size(value: object, name: str, where: str, *, minimum: int = 1) -> int:
+    """``value`` as a plain int, if it is an integral number (``operator.index``: int, numpy
+    and torch integers) other than a bool, and >= ``minimum``.
+
+    Raises TypeError (not integral, or a bool) or ValueError (too small), naming ``where``
+    (the class or function) and ``name`` (the argument).
+    """
+    if _is_bool(value):
+        raise TypeError(f"{where}: {name} must be an int, got bool {value!r}")
+    try:
+        size = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{where}: {name} must be an int, got {type(value).__name__} {value!r}"
+        ) from None
+    if size < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{where}: {name} must be {what}, got {size}")
+    return size
+
+
+def check_sizes(values: object, name: str, where: str, *, minimum: int = 1) -> tuple[int, ...]:
+    """A non-empty sequence of sizes (list, tuple, numpy array, 1-D tensor; each checked as by
+    :func:`check_size`), as a tuple of ints."""
+    # A string is iterable too, but its characters are never sizes.
+    items = None if isinstance(values, (str, bytes)) else _as_list(values)
+    if items is None:
+        raise TypeError(f"{where}: {name} must be a sequence of ints, got {type(values).__name__}")
+    if not items:
+        raise ValueError(f"{where}: {name} must hold at least one int, got {values!r}")
+    return tuple(check_size(v, f"{name}[{i}]", where, minimum=minimum) for i, v in enumerate(items))
+
+
+def _as_list(values: object) -> list | None:
+    try:
+        return list(values)  # type: ignore[call-overload]
+    except TypeError:  # not iterable (an int, a 0-d tensor or array)
+        return None
+
+
+def check_probability(value: object, name: str, where: str) -> float:
+    """``value`` as a float in [0, 1]: a real number (not a bool, not NaN)."""
+    if _is_bool(value):
+        raise TypeError(f"{where}: {name} must be a float in [0, 1], got bool {value!r}")
+    # float() would parse a string: only numbers are taken.
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{where}: {name} must be a float in [0, 1], got str {value!r}")
+    try:
+        p = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{where}: {name} must be a float in [0, 1], got {type(value).__name__}"
+        ) from None
+    if not 0.0 <= p <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"{where}: {name} must be in [0, 1], got {p}")
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line numbers (smlp-bench, the demo): argparse ``type=`` functions. They raise
+# argparse.ArgumentTypeError, so argparse prints "PROG: error: argument --NAME: expected ..."
+# and exits with status 2 before anything runs.
+# --------------------------------------------------------------------------------------------
+
+
+def _int_range_text(minimum: int, maximum: int | None) -> str:
+    if maximum is None:
+        return f"an integer >= {minimum}"
+    return f"an integer from {minimum} to {maximum}"
+
+
+def int_arg(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum] (no maximum when None)."""
+    allowed = _int_range_text(minimum, maximum)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_list_arg(minimum: int) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated integers >= minimum, at least one, without repeats."""
+    allowed = f"comma-separated integers >= {minimum}"
+
+    def parse(text: str) -> list[int]:
+        values: list[int] = []
+        for item in csv_arg(text):
+            try:
+                value = int(item)
+            except ValueError:
+                value = None
+            if value is None or value < minimum:
+                where = "" if item == text.strip() else f" in {text!r}"
+                raise argparse.ArgumentTypeError(f"expected {allowed}, got {item!r}{where}")
+            if value not in values:
+                values.append(value)
+        return values
+
+    return parse
+
+
+def float_arg(minimum: float, *, strict: bool = False, unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number >= minimum (> minimum when ``strict``). NaN and
+    infinities are refused: every comparison with NaN is false, so it would slip past the
+    checks of the code it reaches."""
+    allowed = f"a finite number {'>' if strict else '>='} {minimum:g}"
+    if unit:
+        allowed += f" ({unit})"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected {allowed}, got {text!r}")
+        return value
+
+    return parse
+
+
+def csv_arg(text: str) -> list[str]:
+    """An argparse type: comma-separated names, at least one, blanks dropped, without repeats.
+
+    An empty list is refused: ``--shapes ""`` (say, an unset shell variable) would otherwise
+    mean "no filter" and run everything."""
+    items: list[str] = []
+    for item in (t.strip() for t in text.split(",")):
+        if item and item not in items:
+            items.append(item)
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items

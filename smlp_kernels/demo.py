@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import SparseMLP, backends, convert_spach, smlp_mix
+from ._validation import int_arg
 from .reference import SpachStyleSMLPBlock, smlp_mix_ref
 
 # sMLPNet-T stages at 224x224: (channels, height = width).
@@ -45,9 +46,15 @@ class _SpachStyleNet(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
+    parser = argparse.ArgumentParser(
+        prog="python -m smlp_kernels.demo", description=__doc__.splitlines()[0]
+    )
+    # Both >= 1: batch 0 leaves no element to compare (the error ratio is 0/0), and 0
+    # repeats leaves no time to take the median of.
+    parser.add_argument("--batch", type=int_arg(1), default=2, help="batch size, >= 1 (default 2)")
+    parser.add_argument(
+        "--repeats", type=int_arg(1), default=5, help="timed repeats, >= 1 (default 5)"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"

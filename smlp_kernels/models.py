@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from ._validation import check_probability, check_size, check_sizes
 from .nn import SparseMLP
 
 __all__ = ["SMLPNet", "smlpnet_base", "smlpnet_small", "smlpnet_tiny"]
@@ -38,7 +39,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float) -> None:
         super().__init__()
-        self.p = p
+        self.p = check_probability(p, "p", "DropPath")
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
@@ -71,6 +72,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
+        dim = check_size(dim, "dim", "FeedForward")
+        hidden_dim = check_size(hidden_dim, "hidden_dim", "FeedForward")
+        dropout = check_probability(dropout, "dropout", "FeedForward")
         self.net = nn.Sequential(
             nn.Linear(dim, hidden_dim),
             nn.GELU(),
@@ -94,6 +98,9 @@ class BNActConv(nn.Module):
         groups: int = 1,
     ) -> None:
         super().__init__()
+        channels = check_size(channels, "channels", "BNActConv")
+        kernel_size = check_size(kernel_size, "kernel_size", "BNActConv")
+        groups = check_size(groups, "groups", "BNActConv")
         self.BN = nn.BatchNorm2d(channels)
         self.Activation = activation
         self.Conv = nn.Conv2d(
@@ -114,6 +121,7 @@ class DWConvBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        channels = check_size(channels, "channels", "DWConvBlock")
         self.conv_merge = BNActConv(channels, nn.GELU(), 3, groups=channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -128,7 +136,10 @@ class SMLPNet(nn.Module):
 
     Args:
         in_chans, dim, alpha (MLP ratio), num_classes, patch_size, image_size, depths, dp_rate
-            (maximum stochastic-depth rate): as in SPACH's ``sMLPNet``.
+            (maximum stochastic-depth rate): as in SPACH's ``sMLPNet``. Sizes are integral
+            numbers >= 1 (int, numpy or torch integers; not bool), ``depths`` a non-empty
+            sequence of them (a stage may have depth 0), ``dp_rate`` in [0, 1]; a wrong type
+            raises TypeError, a wrong value ValueError, naming the argument.
         backend: passed to every :class:`SparseMLP`.
         smlp_block: builds the sMLP blocks instead of SparseMLP, e.g.
             :class:`smlp_kernels.reference.SpachStyleSMLPBlock` for the eager SPACH model.
@@ -149,9 +160,26 @@ class SMLPNet(nn.Module):
         smlp_block: BlockFactory | None = None,
     ) -> None:
         super().__init__()
+        in_chans = check_size(in_chans, "in_chans", "SMLPNet")
+        dim = check_size(dim, "dim", "SMLPNet")
+        alpha = check_size(alpha, "alpha", "SMLPNet")
+        num_classes = check_size(num_classes, "num_classes", "SMLPNet")
+        patch_size = check_size(patch_size, "patch_size", "SMLPNet")
+        image_size = check_size(image_size, "image_size", "SMLPNet")
+        # A stage of depth 0 is only its downsampling conv: a valid (ablation) network.
+        depths = check_sizes(depths, "depths", "SMLPNet", minimum=0)
+        dp_rate = check_probability(dp_rate, "dp_rate", "SMLPNet")
         if image_size % patch_size != 0:
             raise ValueError(
                 f"SMLPNet: image_size ({image_size}) must be divisible by patch_size ({patch_size})"
+            )
+        # Each stage after the first halves the side: the last one needs a side of >= 1.
+        stages = len(depths)
+        if image_size // patch_size < 2 ** (stages - 1):
+            raise ValueError(
+                f"SMLPNet: image_size ({image_size}) must be at least patch_size * "
+                f"2**(len(depths) - 1) = {patch_size * 2 ** (stages - 1)}, so that each of the "
+                f"{stages} stages keeps a side of at least 1"
             )
         if smlp_block is None:
 

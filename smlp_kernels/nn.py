@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from ._validation import check_size
 from .ops import smlp_mix
 from .registry import get_backend
 
@@ -32,6 +33,8 @@ class SparseMLP(nn.Module):
         channels: C.
         height: H, the number of rows.
         width: W, the number of columns; defaults to ``height``.
+            Sizes are integral numbers >= 1 (int, numpy or torch integers; not bool): another
+            type raises TypeError, a size < 1 ValueError.
         backend: passed to :func:`smlp_kernels.smlp_mix` (None: automatic).
         device, dtype: for the parameters, as in ``torch.nn`` modules.
     """
@@ -47,10 +50,11 @@ class SparseMLP(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        width = height if width is None else width
-        for name, value in (("channels", channels), ("height", height), ("width", width)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SparseMLP: {name} must be a positive int, got {value!r}")
+        # Plain ints from here on: numpy/torch integers would otherwise reach the modules,
+        # extra_repr and the state_dict checks as foreign types.
+        channels = check_size(channels, "channels", "SparseMLP")
+        height = check_size(height, "height", "SparseMLP")
+        width = height if width is None else check_size(width, "width", "SparseMLP")
         if backend is not None:
             get_backend(backend)  # an unknown name fails here, not at the first forward
         kw = {"device": device, "dtype": dtype}

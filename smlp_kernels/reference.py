@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._validation import check_size
+
 __all__ = [
     "AxisMixGrads",
     "SMLPMixGrads",
@@ -220,7 +222,10 @@ class SpachStyleSMLPBlock(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        width = height if width is None else width
+        where = "SpachStyleSMLPBlock"
+        channels = check_size(channels, "channels", where)
+        height = check_size(height, "height", where)
+        width = height if width is None else check_size(width, "width", where)
         kw = {"device": device, "dtype": dtype}
         self.channels = channels
         self.activation = nn.GELU()

@@ -516,14 +516,127 @@ def test_cli_smoke_run_writes_every_output(tmp_path):
     assert any(e.get("name", "").startswith("smlp_mix[cpu]") for e in events)
 
 
-def test_cli_list_and_argument_errors(capsys):
+def test_cli_list(capsys):
     assert main(["--list"]) == 0
     listing = capsys.readouterr().out
     assert "spach-compile-max-autotune" in listing and "smoke" in listing
-    assert main(["--suite", "nope"]) == 2
-    assert main(["--suite", "smoke", "--shapes", "Z9"]) == 2
-    assert main(["--suite", "smoke", "--providers", "nope"]) == 2
-    assert "unknown provider" in capsys.readouterr().err
+
+
+# Bad arguments: (argv, the argument the message must name, words it must hold: the bad value
+# and what is allowed). Each must stop with exit status 2 before anything is measured.
+BAD_ARGUMENTS = [
+    (["--batch", "-1"], "--batch", ["'-1'", ">= 1"]),
+    (["--batch", "0"], "--batch", ["'0'", ">= 1"]),
+    (["--batch", "8,0"], "--batch", ["'0'", ">= 1"]),
+    (["--batch", "eight"], "--batch", ["'eight'", ">= 1"]),
+    (["--batch", ","], "--batch", ["comma-separated"]),
+    (["--threads", "0"], "--threads", ["'0'", ">= 1"]),
+    (["--threads", "-2"], "--threads", ["'-2'", ">= 1"]),
+    (["--min-reps", "0", "--rep-ms", "0"], "--min-reps", ["--rep-ms 0", ">= 1"]),
+    (["--min-reps", "-1"], "--min-reps", ["'-1'", "0 to 10000"]),
+    (["--min-reps", "10001"], "--min-reps", ["'10001'", "0 to 10000"]),
+    (["--rep-ms", "-5"], "--rep-ms", ["'-5'", ">= 0"]),
+    (["--rep-ms", "nan"], "--rep-ms", ["'nan'", "finite"]),
+    (["--warmup-ms", "-1"], "--warmup-ms", ["'-1'", ">= 0"]),
+    (["--warmup-ms", "inf"], "--warmup-ms", ["'inf'", "finite"]),
+    (["--time-budget", "-3"], "--time-budget", ["'-3'", "> 0"]),
+    (["--time-budget", "0"], "--time-budget", ["'0'", "> 0"]),
+    (["--time-budget", "nan"], "--time-budget", ["'nan'", "finite"]),
+    (["--seed", "-1"], "--seed", ["'-1'", "0 to 18446744073709551615"]),
+    (["--seed", str(2**64)], "--seed", ["0 to 18446744073709551615"]),
+    (["--suite", "nope"], "--suite", ["'nope'", "cpu", "smoke"]),
+    (["--suite", ""], "--suite", ["comma-separated"]),
+    (["--shapes", "X9"], "--shapes", ["'X9'", "T1", "B4", "smlpnet_base", "tiny1"]),
+    (["--shapes", ""], "--shapes", ["comma-separated"]),
+    (["--suite", "cpu", "--shapes", "B1"], "--shapes", ["B1", "suite cpu", "T1, T2, T3, T4"]),
+    (["--suite", "cpu", "--shapes", "T1,smlpnet_base"], "--shapes", ["smlpnet_base", "cpu"]),
+    (["--suite", "cpu", "--modes", "bwd"], "--modes", ["bwd", "suite cpu", "fwd, fwd+bwd"]),
+    (["--suite", "cpu", "--modes", "nope"], "--modes", ["'nope'", "fwd, bwd, fwd+bwd, train"]),
+    (["--suite", "stages", "--batch", "1,7"], "--batch", ["7", "stages", "1, 32, 128"]),
+    (["--suite", "cpu", "--dtype", "fp8"], "--dtype", ["'fp8'", "bf16", "fp32"]),
+    (["--suite", "cpu", "-k", "*nothing*"], "-k/--filter", ["'*nothing*'", "smlp_mix-B8-"]),
+    (["--suite", "smoke", "--shapes", "smlpnet_micro", "--modes", "bwd"], None, ["together"]),
+    (["--suite", "smoke", "--providers", "nope"], "--providers", ["nope", "reference"]),
+    (
+        ["--suite", "smoke", "-k", "smlp_mix*", "--providers", "cpu-compile"],
+        "--providers",
+        ["cpu-compile", "op cases"],
+    ),
+    (["--suite", "smoke", "--providers", "cpu-compile"], "--providers", ["cpu-compile", "op"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "argument", "words"),
+    [pytest.param(*case, id=" ".join(case[0]) or "empty") for case in BAD_ARGUMENTS],
+)
+def test_cli_bad_arguments_exit_2_before_anything_is_measured(
+    argv, argument, words, tmp_path, monkeypatch, capsys
+):
+    from smlp_kernels.bench import cli
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("measured something despite a bad argument")
+
+    monkeypatch.setattr(cli, "measure_ceilings", must_not_run)
+    monkeypatch.setattr(cli.Runner, "run", must_not_run)
+    threads = torch.get_num_threads()
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["--device", "cpu", *argv, "--out", str(out), "--quiet"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    # argparse's own format: the usage, then one line naming the argument.
+    prefix = "smlp-bench: error: " + (f"argument {argument}: " if argument else "")
+    assert last.startswith(prefix), err
+    for word in words:
+        assert word in last, (word, last)
+    assert not out.exists()  # no file written, no profile folder made
+    assert torch.get_num_threads() == threads  # --threads is applied only once all is checked
+
+
+def test_cli_bad_argument_through_the_real_entry_point(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "smlp_kernels.bench", "--batch", "0", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "smlp-bench: error: argument --batch: expected comma-separated integers >= 1, got '0'"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["--suite", "stages", "--batch", "7"], {7}, id="one-new-size-replaces"),
+        pytest.param(["--suite", "stages", "--batch", "32,1,32"], {1, 32}, id="sizes-kept"),
+    ],
+)
+def test_cli_batch_selection(argv, expected, monkeypatch):
+    # The checks above must not refuse what filter_cases documents: one size that is not in
+    # the suite replaces them all.
+    from smlp_kernels.bench import cli
+
+    args = cli.build_parser().parse_args(argv)
+    cases = cli._select_cases(cli.build_parser(), args)
+    assert cases and {c.batch for c in cases} == expected
+    assert {c.label for c in cases} == set(STAGE_SHAPES)
+
+
+def test_cli_numbers_in_range_are_accepted():
+    from smlp_kernels.bench import cli
+
+    args = cli.build_parser().parse_args(
+        ["--rep-ms", "0", "--min-reps", "1", "--warmup-ms", "0", "--time-budget", "0.5",
+         "--seed", str(2**64 - 1), "--threads", "1", "--batch", "1"]
+    )  # fmt: skip
+    assert (args.rep_ms, args.min_reps, args.warmup_ms, args.time_budget) == (0.0, 1, 0.0, 0.5)
+    assert (args.seed, args.threads, args.batch) == (2**64 - 1, 1, [1])
 
 
 def test_cli_reports_a_provider_that_cannot_run_as_skipped(tmp_path, capsys):

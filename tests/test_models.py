@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -368,3 +369,95 @@ def test_smlpnet_tiny_has_no_drop_path() -> None:
 def test_image_size_not_divisible_by_patch_size_raises(image_size: int, patch_size: int):
     with pytest.raises(ValueError, match="divisible"):
         SMLPNet(image_size=image_size, patch_size=patch_size, dim=8, depths=(1, 1, 1, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Size arguments: integral numbers only (numpy and torch integers too), never bool, >= 1
+# --------------------------------------------------------------------------------------------
+
+# A network small enough to build in milliseconds; each test overrides one argument.
+MICRO = dict(dim=8, depths=(1, 1, 1, 1), image_size=32, num_classes=10)
+
+SIZE_ARGS = ["in_chans", "dim", "alpha", "num_classes", "patch_size", "image_size"]
+
+
+@pytest.mark.parametrize("name", SIZE_ARGS)
+@pytest.mark.parametrize("bad", [True, False, 4.0, np.float32(4), "4", None], ids=repr)
+def test_smlpnet_non_integral_size_raises_type_error_naming_it(name: str, bad) -> None:
+    with pytest.raises(TypeError, match=rf"^SMLPNet: {name} must be an int"):
+        SMLPNet(**{**MICRO, name: bad})
+
+
+@pytest.mark.parametrize("name", SIZE_ARGS)
+@pytest.mark.parametrize("bad", [0, -1, np.int64(-8)], ids=repr)
+def test_smlpnet_non_positive_size_raises_value_error_naming_it(name: str, bad) -> None:
+    with pytest.raises(ValueError, match=rf"^SMLPNet: {name} must be a positive int"):
+        SMLPNet(**{**MICRO, name: bad})
+
+
+@pytest.mark.parametrize(
+    ("depths", "error", "match"),
+    [
+        pytest.param((1, True, 1, 1), TypeError, r"depths\[1\] must be an int", id="bool"),
+        pytest.param((1, 1.0, 1, 1), TypeError, r"depths\[1\] must be an int", id="float"),
+        pytest.param((1, 1, -1, 1), ValueError, r"depths\[2\] must be an int >= 0", id="neg"),
+        pytest.param((), ValueError, "depths must hold at least one int", id="empty"),
+        pytest.param(2, TypeError, "depths must be a sequence of ints", id="int"),
+        pytest.param("1111", TypeError, "depths must be a sequence of ints", id="str"),
+    ],
+)
+def test_smlpnet_bad_depths_raise_naming_them(depths, error, match) -> None:
+    with pytest.raises(error, match=rf"^SMLPNet: {match}"):
+        SMLPNet(**{**MICRO, "depths": depths})
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")], ids=repr)
+def test_smlpnet_dp_rate_outside_0_1_raises(bad) -> None:
+    with pytest.raises(ValueError, match=r"^SMLPNet: dp_rate must be in \[0, 1\]"):
+        SMLPNet(**{**MICRO, "dp_rate": bad})
+    with pytest.raises(ValueError, match=r"^DropPath: p must be in \[0, 1\]"):
+        DropPath(bad)
+
+
+def test_smlpnet_bool_dp_rate_raises_type_error() -> None:
+    with pytest.raises(TypeError, match=r"^SMLPNet: dp_rate must be a float"):
+        SMLPNet(**{**MICRO, "dp_rate": True})
+
+
+def test_smlpnet_image_too_small_for_its_stages_names_image_size() -> None:
+    # 16 / 4 = 4 patches: stage 4 would have a side of 4 // 8 = 0.
+    with pytest.raises(ValueError, match=r"^SMLPNet: image_size \(16\) must be at least"):
+        SMLPNet(**{**MICRO, "image_size": 16})
+
+
+def test_smlpnet_accepts_numpy_and_torch_integers() -> None:
+    model = SMLPNet(
+        in_chans=np.int64(3),
+        dim=torch.tensor(8),
+        alpha=np.int32(2),
+        num_classes=np.uint16(10),
+        patch_size=torch.tensor(4, dtype=torch.int16),
+        image_size=np.int64(32),
+        depths=np.array([1, 0, 1, 1]),  # a stage of depth 0 is allowed
+        dp_rate=np.float32(0.25),
+    ).eval()
+    assert model.depths == [1, 0, 1, 1] and all(type(d) is int for d in model.depths)
+    assert model.num_patch == 8 and type(model.num_patch) is int
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    blocks = [m for m in model.modules() if isinstance(m, SparseMLP)]
+    assert [(b.channels, b.height) for b in blocks] == [(8, 8), (32, 2), (64, 1)]
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base"])
+def test_zoo_factories_check_num_classes(name: str) -> None:
+    factory = ZOO[name][0]
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        factory(num_classes=True)
+    with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        factory(num_classes=0)
+    with pytest.raises(TypeError, match="image_size must be an int"):
+        factory(image_size=224.0)
+    with torch.device("meta"):
+        model = factory(num_classes=np.int64(7))
+    assert model.mlp_head[0].out_features == 7

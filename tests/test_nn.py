@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -280,18 +281,73 @@ def test_wrong_spatial_size_names_the_weight(shape, param: str, mode: str) -> No
         m(torch.randn(shape))
 
 
+# SparseMLP and the reference block take their sizes through one checker.
+SIZED_BLOCKS = [
+    pytest.param(SparseMLP, id="SparseMLP"),
+    pytest.param(SpachStyleSMLPBlock, id="SpachStyleSMLPBlock"),
+]
+
+
+@pytest.mark.parametrize("cls", SIZED_BLOCKS)
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        pytest.param((0, 4), "channels", id="C0"),
+        pytest.param((4, 0), "height", id="H0"),
+        pytest.param((4, 4, 0), "width", id="W0"),
+        pytest.param((-1, 4), "channels", id="C-1"),
+        pytest.param((4, -3, 5), "height", id="H-3"),
+    ],
+)
+def test_non_positive_sizes_raise_value_error_naming_the_argument(cls, args, name) -> None:
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: {name} must be a positive int"):
+        cls(*args)
+
+
+@pytest.mark.parametrize("cls", SIZED_BLOCKS)
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        # bool is an int subclass: True used to pass as a size of 1.
+        pytest.param((4, True, 6), "height", id="H-True"),
+        pytest.param((False, 5), "channels", id="C-False"),
+        pytest.param((4, 5, np.bool_(True)), "width", id="W-numpy-bool"),
+        pytest.param((4, torch.tensor(True)), "height", id="H-bool-tensor"),
+        pytest.param((4, 5.0), "height", id="H-float"),
+        pytest.param((4, 5, np.float64(6)), "width", id="W-numpy-float"),
+        pytest.param((4, torch.tensor(5.0)), "height", id="H-float-tensor"),
+        pytest.param(("4", 5), "channels", id="C-str"),
+        pytest.param((4, None), "height", id="H-None"),
+    ],
+)
+def test_non_integral_sizes_raise_type_error_naming_the_argument(cls, args, name) -> None:
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}: {name} must be an int"):
+        cls(*args)
+
+
+@pytest.mark.parametrize("cls", SIZED_BLOCKS)
 @pytest.mark.parametrize(
     "args",
     [
-        pytest.param((0, 4), id="C0"),
-        pytest.param((4, 0), id="H0"),
-        pytest.param((4, 4, 0), id="W0"),
-        pytest.param((-1, 4), id="C-1"),
+        pytest.param((np.int64(4), np.int64(5), np.int64(6)), id="numpy-int64"),
+        pytest.param((np.int32(4), np.uint8(5), np.int16(6)), id="numpy-mixed"),
+        pytest.param((torch.tensor(4), torch.tensor(5), torch.tensor(6)), id="torch-int"),
+        pytest.param((4, 5, torch.tensor(6, dtype=torch.int8)), id="torch-int8"),
     ],
 )
-def test_non_positive_sizes_raise(args) -> None:
-    with pytest.raises(ValueError, match="positive"):
-        SparseMLP(*args)
+def test_integral_sizes_of_numpy_and_torch_are_accepted(cls, args) -> None:
+    m = cls(*args)
+    assert tuple(m.fuse.weight.shape) == (4, 12, 1, 1)
+    assert tuple(m.proh_w.weight.shape[:2]) == (5, 5)
+    assert tuple(m.proj_h.weight.shape[:2]) == (6, 6)
+    # Stored as plain ints, so repr, state and comparisons never see numpy/torch scalars.
+    assert type(m.channels) is int
+    if cls is SparseMLP:
+        assert (m.channels, m.height, m.width) == (4, 5, 6)
+        assert all(type(v) is int for v in (m.height, m.width))
+        assert "channels=4, height=5, width=6" in repr(m)
+        x = torch.randn(2, 4, 5, 6)
+        assert m(x).shape == (2, 4, 5, 6)
 
 
 def test_empty_batch_in_eval_mode() -> None:

@@ -13,13 +13,25 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from .._validation import csv_arg, float_arg, int_arg, int_list_arg
 from .analysis import add_comparisons, summarize_results
-from .cases import DTYPES, SUITES, filter_cases, suite_cases, suite_providers
+from .cases import (
+    DTYPES,
+    MODEL_MODES,
+    MODEL_SPECS,
+    OP_MODES,
+    STAGE_SHAPES,
+    SUITES,
+    Case,
+    filter_cases,
+    suite_cases,
+    suite_providers,
+)
 from .meta import collect_metadata, device_name
 from .providers import all_providers, select_providers
 from .report import (
@@ -37,12 +49,34 @@ from .timing import TimingConfig
 __all__ = ["build_parser", "main"]
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+# The largest seed torch.Generator.manual_seed takes; a negative one wraps around to
+# 2**64 + seed (so -1 and 2**64 - 1 would give the same inputs under two names).
+_MAX_SEED = 2**64 - 1
 
 
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in _csv(text)]
+def _names(kind: str, known: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names, each one of ``known``."""
+
+    def parse(text: str) -> list[str]:
+        names = csv_arg(text)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {kind} {', '.join(map(repr, unknown))}; known: {', '.join(known)}"
+            )
+        return names
+
+    return parse
+
+
+def _known_labels() -> list[str]:
+    """Every label a case of any suite can have: stage shapes, models, the smoke shapes."""
+    labels = [*STAGE_SHAPES, *MODEL_SPECS]
+    for suite in SUITES.values():
+        for case in suite.cases:
+            if case.label not in labels:
+                labels.append(case.label)
+    return labels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,32 +90,36 @@ def build_parser() -> argparse.ArgumentParser:
     sel = p.add_argument_group("what to run")
     sel.add_argument(
         "--suite",
-        type=_csv,
+        type=_names("suite", list(SUITES)),
         default=None,
         help="comma-separated suite names (default: gpu with CUDA, cpu without)",
     )
     sel.add_argument(
         "--providers",
-        type=_csv,
+        type=csv_arg,
         default=None,
         help="comma-separated providers, instead of the suite's (one that cannot run is "
         "reported as skipped)",
     )
     sel.add_argument(
-        "--modes", type=_csv, default=None, help="keep these modes: fwd,bwd,fwd+bwd,train"
+        "--modes",
+        type=_names("mode", [*OP_MODES, *(m for m in MODEL_MODES if m not in OP_MODES)]),
+        default=None,
+        help="keep these modes: fwd,bwd,fwd+bwd,train",
     )
     sel.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None, help="run every case in this dtype"
     )
     sel.add_argument(
         "--batch",
-        type=_ints,
+        type=int_list_arg(1),
         default=None,
-        help="keep these batch sizes (one size that is not in the suite replaces them all)",
+        help="keep these batch sizes, each >= 1 (one size that is not in the suite replaces "
+        "them all)",
     )
     sel.add_argument(
         "--shapes",
-        type=_csv,
+        type=_names("label", _known_labels()),
         default=None,
         help="keep these stage labels (T1..T4, B1..B4) or models",
     )
@@ -95,14 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     tim = p.add_argument_group("how to time")
     tim.add_argument(
-        "--warmup-ms", type=float, default=None, help="warm-up per provider (CUDA 25, CPU 0)"
+        "--warmup-ms",
+        type=float_arg(0.0, unit="milliseconds"),
+        default=None,
+        help="warm-up per provider, >= 0 (CUDA 25, CPU 0)",
     )
     tim.add_argument(
-        "--rep-ms", type=float, default=None, help="timed ms per provider (CUDA 100, CPU 300)"
+        "--rep-ms",
+        type=float_arg(0.0, unit="milliseconds"),
+        default=None,
+        help="timed ms per provider, >= 0 (CUDA 100, CPU 300)",
     )
-    tim.add_argument("--min-reps", type=int, default=5, help="CPU: at least this many timed calls")
+    tim.add_argument(
+        "--min-reps",
+        type=int_arg(0, TimingConfig.max_reps),
+        default=5,
+        help=f"CPU: at least this many timed calls, 0 to {TimingConfig.max_reps} (at least 1 "
+        "with --rep-ms 0)",
+    )
     tim.add_argument("--cuda-graph", action="store_true", help="CUDA: time CUDA-graph replays")
-    tim.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    tim.add_argument(
+        "--threads", type=int_arg(1), default=None, help="torch.set_num_threads (CPU), >= 1"
+    )
     tim.add_argument(
         "--ceilings",
         choices=["full", "quick", "none"],
@@ -112,12 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tim.add_argument(
         "--time-budget",
-        type=float,
+        type=float_arg(0.0, strict=True, unit="seconds"),
         default=None,
         metavar="SECONDS",
-        help="start no new provider or timing after this; the rest is reported as skipped",
+        help="start no new provider or timing after this (> 0); the rest is reported as skipped",
     )
-    tim.add_argument("--seed", type=int, default=0)
+    tim.add_argument(
+        "--seed",
+        type=int_arg(0, _MAX_SEED),
+        default=0,
+        help="seed of the inputs and weights, 0 to 2**64 - 1 (default 0)",
+    )
 
     out = p.add_argument_group("output")
     out.add_argument(
@@ -180,57 +237,155 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # a timeout's SIGTERM: stop, and write what was measured
 
 
+def _join(values: Sequence[object]) -> str:
+    return ", ".join(map(str, values))
+
+
+def _unique(values) -> list:
+    out: list = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _select_cases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Case]:
+    """The suites' cases narrowed by the options; every value asked for must select something.
+
+    A label, mode or batch size that the suites do not have, or filters that leave nothing,
+    are argument errors (exit 2, before anything is measured): dropping them silently would
+    make a run look complete while it measured less than was asked.
+    """
+    suites = args.suite
+    where = f"suite {suites[0]}" if len(suites) == 1 else f"suites {_join(suites)}"
+    base = suite_cases(suites)
+    if args.batch and len(args.batch) > 1:
+        # One size not in the suite replaces every case's batch (filter_cases); among
+        # several sizes, one the suite lacks would just select nothing.
+        have = sorted({c.batch for c in base})
+        missing = [b for b in args.batch if b not in have]
+        if missing:
+            parser.error(
+                f"argument --batch: {_join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                f"not a batch size of {where} (its sizes: {_join(have)}); a single size that "
+                "is not in the suite replaces them all"
+            )
+    for flag, values, attr in (("--shapes", args.shapes, "label"), ("--modes", args.modes, "mode")):
+        if not values:
+            continue
+        have = _unique(getattr(c, attr) for c in base)
+        missing = [v for v in values if v not in have]
+        if missing:
+            parser.error(
+                f"argument {flag}: {_join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                f"in {where} (its {attr}s: {_join(have)})"
+            )
+    cases = filter_cases(
+        base, shapes=args.shapes, batches=args.batch, modes=args.modes, dtype=args.dtype
+    )
+    if not cases:  # each value is in the suite, but not together with the others
+        given = [
+            f"{flag} {','.join(map(str, values))}"
+            for flag, values in (
+                ("--batch", args.batch),
+                ("--shapes", args.shapes),
+                ("--modes", args.modes),
+            )
+            if values
+        ]
+        parser.error(f"no case of {where} has {' and '.join(given)} together")
+    if args.filter:
+        kept = filter_cases(cases, pattern=args.filter)
+        if not kept:
+            parser.error(
+                f"argument -k/--filter: {args.filter!r} matches none of the {len(cases)} case "
+                f"ids selected (such as {cases[0].id})"
+            )
+        cases = kept
+    return cases
+
+
+def _check_providers(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    cases: Sequence[Case],
+    names: dict[str, list[str]],
+    device: torch.device,
+) -> None:
+    """Every provider asked for runs some case, and every case has a provider."""
+    kinds = _unique(c.kind for c in cases)
+    if args.providers:
+        used = {n for k in kinds for n in names[k]}
+        idle = [n for n in args.providers if n not in used]
+        if idle:
+            parser.error(
+                f"argument --providers: {_join(idle)} cannot run any of the selected cases "
+                f"(they are {' and '.join(kinds)} cases; --list says which provider runs what)"
+            )
+    for kind in kinds:
+        if names[kind]:
+            continue
+        count = sum(c.kind == kind for c in cases)
+        if args.providers:
+            parser.error(
+                f"argument --providers: none of {_join(args.providers)} runs {kind} cases, and "
+                f"{count} of the selected cases are {kind} cases (leave them out with "
+                "--shapes, --modes or -k, or add a provider for them)"
+            )
+        parser.error(
+            f"no provider of suite(s) {_join(args.suite)} can run {kind} cases on "
+            f"{device.type} ({count} selected; see --list)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.from_json:
         return _merge(args)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("smlp-bench: --device cuda, but torch sees no CUDA device", file=sys.stderr)
-        return 2
+        parser.error("argument --device: cuda, but torch sees no CUDA device")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.list:
         print(_list(device))
         return 0
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    suites = args.suite or (["gpu"] if device.type == "cuda" else ["cpu"])
+    # Everything below is checked before any ceiling or case is measured.
+    if args.min_reps == 0 and args.rep_ms == 0:
+        parser.error(
+            "argument --min-reps: 0 with --rep-ms 0 leaves no timed call; give --min-reps >= 1 "
+            "or --rep-ms > 0"
+        )
+    args.suite = args.suite or (["gpu"] if device.type == "cuda" else ["cpu"])
+    suites = args.suite
+    cases = _select_cases(parser, args)
+    timing = TimingConfig(
+        warmup_ms=args.warmup_ms,
+        rep_ms=args.rep_ms,
+        min_reps=args.min_reps,
+        cuda_graph=args.cuda_graph,
+    )
+    stem = args.name or file_stem(suites, device_name(device), device.type)
+    config = RunConfig(
+        device=device,
+        timing=timing,
+        providers=args.providers,
+        op_providers=suite_providers(suites, "op"),
+        model_providers=suite_providers(suites, "model"),
+        time_budget_s=args.time_budget,
+        profile_dir=args.out / f"profile-{stem}" if args.profile else None,
+        seed=args.seed,
+    )
+    runner = Runner(config)
     try:
-        cases = filter_cases(
-            suite_cases(suites),
-            shapes=args.shapes,
-            batches=args.batch,
-            modes=args.modes,
-            dtype=args.dtype,
-            pattern=args.filter,
-        )
-        timing = TimingConfig(
-            warmup_ms=args.warmup_ms,
-            rep_ms=args.rep_ms,
-            min_reps=args.min_reps,
-            cuda_graph=args.cuda_graph,
-        )
-        stem = args.name or file_stem(suites, device_name(device), device.type)
-        config = RunConfig(
-            device=device,
-            timing=timing,
-            providers=args.providers,
-            op_providers=suite_providers(suites, "op"),
-            model_providers=suite_providers(suites, "model"),
-            time_budget_s=args.time_budget,
-            profile_dir=args.out / f"profile-{stem}" if args.profile else None,
-            seed=args.seed,
-        )
-        runner = Runner(config)
         names = {k: runner.providers_for(k) for k in ("op", "model")}
-    except ValueError as exc:
-        print(f"smlp-bench: {exc}", file=sys.stderr)
-        return 2
-    if not cases:
-        print("smlp-bench: no case is left after the filters", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # an unknown provider name
+        parser.error(f"argument --providers: {exc}")
+    _check_providers(parser, args, cases, names, device)
     if args.plot and not _matplotlib_ok():
         return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
     meta = collect_metadata(device)
