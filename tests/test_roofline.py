@@ -9,6 +9,7 @@ loop cannot have run. The instruction-level tests read the built module with obj
 from __future__ import annotations
 
 import csv
+import os
 import platform
 import re
 import shutil
@@ -98,6 +99,15 @@ def test_fp32_peak_is_at_least_what_torch_matmul_reaches():
     # Quick: each trial is about 10 ms of one thread's CPU time.
     assert r["trials"] * r["cpu_seconds"] < 0.2, r
     assert took < 10, took  # wall time, generous for a machine shared with other jobs
+
+
+@needs_ext
+def test_no_more_threads_than_logical_cpus():
+    """More threads would count time-shared cores twice (each thread's work over its CPU
+    time is added up)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    r = measure_fma_peak("fp32", threads=4 * cpus, size="quick")
+    assert r["threads"] == cpus
 
 
 @needs_ext

@@ -48,6 +48,7 @@ For an op case (x: (B, C, H, W), y: (B, C_out, H, W), all tensors in the case's 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -173,7 +174,8 @@ def measure_fma_peak(
     kind: str, *, threads: int | None = None, isa: str = "auto", size: str = "quick"
 ) -> dict:
     """The CPU's peak multiply-add rate for ``kind`` (fp32, fp64 or bf16) on ``threads``
-    threads (default: ``torch.get_num_threads()``), from ``smlp_kernels._C.cpu_fma_peak``.
+    threads (default: ``torch.get_num_threads()``; at most the logical CPUs), from
+    ``smlp_kernels._C.cpu_fma_peak``.
 
     A dict with ``flop_per_s`` and how it was measured (``isa``, ``instruction``,
     ``threads``, ``chains``, ``lanes``, ...). FLOPs: an FMA lane is 2; a ``vdpbf16ps`` fp32
@@ -187,7 +189,18 @@ def measure_fma_peak(
     if not hasattr(ext, "cpu_fma_peak"):
         raise RuntimeError("smlp_kernels._C has no cpu_fma_peak: it predates it; rebuild it")
     seconds, trials = _FMA_TRIALS[size]
-    return dict(ext.cpu_fma_peak(kind, threads or torch.get_num_threads(), isa, seconds, trials))
+    # More threads than logical CPUs would count time-shared cores twice (the rate adds up
+    # each thread's work over its own CPU time), and cannot raise the peak anyway.
+    threads = min(threads or torch.get_num_threads(), _logical_cpus())
+    return dict(ext.cpu_fma_peak(kind, threads, isa, seconds, trials))
+
+
+def _logical_cpus() -> int:
+    """The logical CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # Sizes: big enough to reach the ceiling, small enough for the time budget. "quick" is for
