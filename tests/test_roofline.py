@@ -347,7 +347,7 @@ def test_floor_pct_over_100_is_flagged_in_table_json_and_csv(tmp_path):
     ref_line = next(line for line in lines if " reference " in line)
     assert "172.6!" in cpu_line and "40.0" in ref_line and "!" not in ref_line
     assert any(
-        line.startswith("! floor% over 100 is a measurement error") and "1 rows" in line
+        line.startswith("! floor% over 100 is a measurement error") and "(1 row;" in line
         for line in lines
     )
     path = tmp_path / "r.csv"

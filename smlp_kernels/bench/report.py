@@ -390,7 +390,8 @@ def format_tables(doc: dict) -> str:
         out += ["", "smlp_mix (one call; shape B=batch C H W)", _render(columns, ops)]
         flagged = sum(r["status"] == "ok" and roofline_warning(r["roofline_pct"]) for r in ops)
         if flagged:
-            out.append(f"! {ROOFLINE_WARNING} ({flagged} rows; listed in the JSON's warnings)")
+            rows = "1 row" if flagged == 1 else f"{flagged} rows"
+            out.append(f"! {ROOFLINE_WARNING} ({rows}; listed in the JSON's warnings)")
     if models:
         columns = [
             ("model", -14, lambda r: r["name"]),
