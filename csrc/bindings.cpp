@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/fma_peak.h"
 #include "cpu/smlp_cpu.h"
 
 #if SMLP_WITH_CUDA
@@ -84,6 +85,45 @@ int cuda_probe(int value, std::uintptr_t stream) {
   (void)stream;
   throw std::runtime_error(kBuiltWithoutCuda);
 #endif
+}
+
+// ---- The CPU's peak multiply-add rate (csrc/cpu/fma_peak.h), for smlp-bench's roofline ----
+smlp::cpu::PeakKind peak_kind(const std::string& dtype) {
+  if (dtype == "fp32") return smlp::cpu::PeakKind::kFloat32;
+  if (dtype == "fp64") return smlp::cpu::PeakKind::kFloat64;
+  if (dtype == "bf16") return smlp::cpu::PeakKind::kBFloat16Dot;
+  throw std::invalid_argument("cpu_fma_peak: dtype must be fp32, fp64 or bf16, got '" + dtype +
+                              "'");
+}
+
+py::dict cpu_fma_peak(const std::string& dtype, int threads, const std::string& isa,
+                      double min_seconds, int trials) {
+  const smlp::cpu::PeakKind kind = peak_kind(dtype);
+  smlp::cpu::FmaPeakResult r;
+  {
+    py::gil_scoped_release release;  // the threads run for a while; Python need not wait
+    r = smlp::cpu::fma_peak(kind, isa, threads, min_seconds, trials);
+  }
+  py::dict out;
+  out["dtype"] = dtype;
+  out["flop_per_s"] = r.flop_per_s;
+  out["isa"] = r.isa;
+  out["instruction"] = r.instruction;
+  out["threads"] = r.threads;
+  out["lanes"] = r.lanes;
+  out["chains"] = r.chains;
+  out["flops_per_step"] = r.flops_per_step;
+  out["iterations"] = r.iterations;
+  out["trials"] = r.trials;
+  out["cpu_seconds"] = r.cpu_seconds;
+  out["flop_per_s_wall"] = r.flop_per_s_wall;
+  out["wall_seconds"] = r.wall_seconds;
+  out["checksum"] = r.checksum;
+  return out;
+}
+
+std::vector<std::string> cpu_fma_peak_isas(const std::string& dtype) {
+  return smlp::cpu::fma_peak_isas(peak_kind(dtype));
 }
 
 // ---- The launcher ABI, shared by the cpu_* and cuda_* launchers ----
@@ -739,6 +779,21 @@ PYBIND11_MODULE(_C, m) {
         "Run a one-thread kernel on `stream` (a cudaStream_t as an int, e.g. "
         "torch.cuda.current_stream().cuda_stream) that returns value + 1. Raises "
         "RuntimeError with the CUDA error string when there is no usable device.");
+
+  m.def("cpu_fma_peak", &cpu_fma_peak, py::arg("dtype"), py::arg("threads") = 0,
+        py::arg("isa") = "auto", py::arg("min_seconds") = 0.05, py::arg("trials") = 3,
+        "The CPU's peak multiply-add rate on `threads` OpenMP threads (0: OpenMP's default): "
+        "every thread runs independent FMA chains on vector registers, no memory traffic. "
+        "dtype 'fp32' or 'fp64' (vector FMA, 2 FLOPs per lane) or 'bf16' (AVX512-BF16 "
+        "vdpbf16ps, 2 bf16 products per fp32 lane: 4 FLOPs per lane). isa 'auto' (the widest "
+        "the CPU has) or one of cpu_fma_peak_isas(dtype) (ValueError for one it lacks). "
+        "Returns a dict: flop_per_s (the best of `trials` trials of about min_seconds, each "
+        "thread's work over its own CPU time, summed), flop_per_s_wall (the best team rate "
+        "by the wall clock), isa, instruction, threads, lanes, chains, flops_per_step, "
+        "iterations, trials, cpu_seconds, wall_seconds, checksum.");
+  m.def("cpu_fma_peak_isas", &cpu_fma_peak_isas, py::arg("dtype"),
+        "The instruction sets cpu_fma_peak can use for dtype on this CPU, widest first "
+        "(x86: avx512, avx2, sse; bf16: avx512bf16 or none).");
 
   // ---- BEGIN CPU launcher defs ----
   m.def("cpu_mix_fwd", &cpu_launch::mix_fwd, py::arg("x"), py::arg("row_weight"),

@@ -504,8 +504,15 @@ def test_cli_smoke_run_writes_every_output(tmp_path):
     assert validate_report(doc) == []
     assert doc["meta"]["command"][:5] == ["smlp-bench", "--device", "cpu", "--suite", "smoke"]
     assert doc["meta"]["suites"] == ["smoke"] and doc["ceilings"]["copy_bytes_per_s"] > 0
+    # torch's matmul rate is kept, labelled, beside the compute ceiling (the FMA peak on CPU
+    # with the extension, torch's matmul as a labelled lower bound without).
+    ceilings = doc["ceilings"]
+    assert ceilings["matmul_flop_per_s"]["fp32"] > 0 and ceilings["compute_flop_per_s"]["fp32"] > 0
+    assert ceilings["compute_source"]["fp32"] in ("fma_peak_fp32", "torch_matmul_lower_bound")
+    assert "torch matmul" in proc.stdout and isinstance(doc["warnings"], list)
     assert doc["meta"]["git_commit"] is None or len(doc["meta"]["git_commit"]) == 40
     assert (out / "run.csv").read_text().startswith("case_id,")
+    assert "torch_matmul_flop_per_s" in (out / "run.csv").read_text().splitlines()[0]
     assert (out / "run-speedup.png").stat().st_size > 0
     assert (out / "run-roofline.png").stat().st_size > 0
     traces = {t.name for t in (out / "profile-run").glob("*.json")}

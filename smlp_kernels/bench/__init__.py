@@ -10,7 +10,7 @@ Modules, one concern each:
   CUDA-graph replay, interleaved ``perf_counter`` timing on CPU;
 * :mod:`.roofline`: FLOPs, the fewest bytes, the measured ceilings and the roofline floor;
 * :mod:`.runner`: runs cases and providers into result rows, failures included;
-* :mod:`.analysis`: speed-ups, memory ratios, geometric means;
+* :mod:`.analysis`: speed-ups, memory ratios, geometric means, floor% warnings;
 * :mod:`.report`: the terminal table and the JSON and CSV files; :mod:`.plots`: the figures;
 * :mod:`.cli`: the ``smlp-bench`` command.
 

@@ -12,7 +12,21 @@ from collections.abc import Iterable
 
 from .providers import BASELINES
 
-__all__ = ["add_comparisons", "geomean", "summarize_results"]
+__all__ = [
+    "ROOFLINE_WARNING",
+    "add_comparisons",
+    "geomean",
+    "roofline_warning",
+    "roofline_warnings",
+    "summarize_results",
+]
+
+# Why a floor% above 100 is an error, not a result: nothing beats a true floor.
+ROOFLINE_WARNING = (
+    "floor% over 100 is a measurement error: the run beat its roofline floor, so a ceiling "
+    "was measured too low for this case (the compute peak, or the copy bandwidth when the "
+    "data stays in cache)"
+)
 
 
 def geomean(values: Iterable[float]) -> float | None:
@@ -47,6 +61,26 @@ def add_comparisons(results: list[dict]) -> None:
                     row["mem_ratio_vs_spach_eager"] = (
                         row["peak_mem_bytes"] / eager["peak_mem_bytes"]
                     )
+
+
+def roofline_warning(pct: float | None) -> bool:
+    """True for a floor% that no correct roofline allows (above 100)."""
+    return pct is not None and pct > 100.0
+
+
+def roofline_warnings(results: list[dict]) -> list[dict]:
+    """One entry per timed row whose floor% is above 100: ``case_id``, ``provider``,
+    ``roofline_pct`` and ``message`` (:data:`ROOFLINE_WARNING`)."""
+    return [
+        {
+            "case_id": row["case_id"],
+            "provider": row["provider"],
+            "roofline_pct": row["roofline_pct"],
+            "message": ROOFLINE_WARNING,
+        }
+        for row in results
+        if row["status"] == "ok" and roofline_warning(row["roofline_pct"])
+    ]
 
 
 def summarize_results(results: list[dict]) -> list[dict]:

@@ -4,8 +4,8 @@
   per shape (bars, log scale). The baseline is the strongest SPACH-style provider that ran:
   ``spach-compile-max-autotune``, else ``spach-compile``, else ``spach-eager``.
 * :func:`plot_roofline`: achieved FLOP/s against arithmetic intensity (FLOPs per byte of
-  the fewest-bytes count), log-log, under the roofs ``min(matmul rate, intensity * copy
-  bandwidth)`` measured in the same run.
+  the fewest-bytes count), log-log, under the roofs ``min(compute ceiling, intensity * copy
+  bandwidth)`` measured in the same run (the compute ceiling: see :mod:`.roofline`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .providers import BASELINES
+from .roofline import compute_ceilings
 
 __all__ = ["plot_roofline", "plot_speedups", "require_matplotlib"]
 
@@ -107,8 +108,9 @@ def plot_roofline(doc: dict, path: Path) -> Path | None:
     intensities = [r["flops"] / r["bytes"] for r in rows]
     lo, hi = min(intensities) / 2, max(intensities) * 2
     bandwidth = ceilings["copy_bytes_per_s"]
+    compute, _ = compute_ceilings(ceilings)
     for dtype in sorted({r["dtype"] for r in rows}):
-        peak = ceilings["matmul_flop_per_s"].get(dtype)
+        peak = compute.get(dtype)
         if not peak:
             continue
         knee = peak / bandwidth

@@ -8,13 +8,24 @@ The JSON file (``SCHEMA_VERSION`` 1) is one object::
                     device {type, name, ...}, versions {smlp_kernels, python, torch, triton,
                     cuda, cudnn, platform}, settings {...}, load_average, suites, timing,
                     duration_s, interrupted
-    ceilings        device, copy_bytes_per_s, matmul_flop_per_s {dtype: FLOP/s}, details
+    ceilings        device, copy_bytes_per_s, compute_flop_per_s {dtype: FLOP/s} (the
+                    roofline's compute ceiling), compute_source {dtype: fma_peak_fp32 |
+                    fma_peak_fp64 | fma_peak_bf16 | torch_matmul | torch_matmul_lower_bound},
+                    matmul_flop_per_s {dtype: FLOP/s} (torch.mm's rate; on CPU an achieved
+                    rate, not a ceiling), fma_peak_flop_per_s {fp32|fp64|bf16: FLOP/s} (CPU),
+                    notes, details (see :mod:`.roofline`); files from before the FMA peak
+                    have only matmul_flop_per_s, which was their ceiling
     providers       {name: description}
     results         one object per (case, provider) with exactly the keys of RESULT_FIELDS
     summary         geometric means per (kind, dtype, batch, mode, provider)
+    warnings        one object per result with a floor% above 100, a measurement error:
+                    case_id, provider, roofline_pct, message (optional in older files)
 
 The CSV file has one row per result: the RESULT_FIELDS columns and then ``suite``, ``torch``,
-``git_commit`` and ``date``, so files from several runs can be concatenated.
+``git_commit``, ``date`` (so files from several runs can be concatenated), and the row
+dtype's ``compute_ceiling_flop_per_s``, ``compute_ceiling`` (its source),
+``torch_matmul_flop_per_s`` and ``roofline_warning`` (non-empty for a floor% above 100).
+The ceiling columns are the file's ``ceilings`` (a merged file's are its last run's).
 """
 
 from __future__ import annotations
@@ -26,6 +37,8 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .analysis import ROOFLINE_WARNING, roofline_warning, roofline_warnings
+from .roofline import FMA_PEAK, TORCH_MATMUL, TORCH_MATMUL_LOWER_BOUND, compute_ceilings
 from .runner import RESULT_FIELDS
 
 __all__ = [
@@ -41,7 +54,16 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-CSV_EXTRA_FIELDS = ("suite", "torch", "git_commit", "date")
+CSV_EXTRA_FIELDS = (
+    "suite",
+    "torch",
+    "git_commit",
+    "date",
+    "compute_ceiling_flop_per_s",
+    "compute_ceiling",
+    "torch_matmul_flop_per_s",
+    "roofline_warning",
+)
 
 _TOP_KEYS = {
     "schema_version": int,
@@ -96,6 +118,7 @@ def build_report(
             "providers": providers,
             "results": results,
             "summary": summary,
+            "warnings": roofline_warnings(results),
         }
     )
 
@@ -113,6 +136,8 @@ def validate_report(doc: dict) -> list[str]:
     if doc["schema_version"] != SCHEMA_VERSION:
         problems.append(f"schema_version {doc['schema_version']} != {SCHEMA_VERSION}")
     problems += [f"meta lacks {k!r}" for k in _META_KEYS if k not in doc["meta"]]
+    if not isinstance(doc.get("warnings", []), list):
+        problems.append("'warnings' is not a list")
     for i, row in enumerate(doc["results"]):
         if list(row) != list(RESULT_FIELDS):
             problems.append(f"results[{i}] keys differ from RESULT_FIELDS")
@@ -188,12 +213,22 @@ def write_csv(doc: dict, path: Path) -> None:
         "git_commit": meta["git_commit"],
         "date": meta["date"],
     }
+    ceilings = doc.get("ceilings") or {}
+    compute, source = compute_ceilings(ceilings) if ceilings else ({}, {})
+    matmul = ceilings.get("matmul_flop_per_s") or {}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*RESULT_FIELDS, *CSV_EXTRA_FIELDS])
         writer.writeheader()
         for row in doc["results"]:
-            writer.writerow({**row, **extra})
+            flagged = row["status"] == "ok" and roofline_warning(row["roofline_pct"])
+            per_row = {
+                "compute_ceiling_flop_per_s": compute.get(row["dtype"]),
+                "compute_ceiling": source.get(row["dtype"]),
+                "torch_matmul_flop_per_s": matmul.get(row["dtype"]),
+                "roofline_warning": ROOFLINE_WARNING if flagged else "",
+            }
+            writer.writerow({**row, **extra, **per_row})
 
 
 def file_stem(suites: Sequence[str], device_name: str, device_type: str) -> str:
@@ -262,6 +297,54 @@ def _mib(v) -> str:
     return "-" if v is None else f"{v / 2**20:.1f}"
 
 
+def _rate(v: float, gpu: bool) -> str:
+    return f"{v / 1e12:.1f} TFLOP/s" if gpu else f"{v / 1e9:.1f} GFLOP/s"
+
+
+def _ceilings_line(ceilings: dict, gpu: bool) -> str:
+    """The measured ceilings, and torch's matmul rate wherever it is not the ceiling."""
+    compute, source = compute_ceilings(ceilings)
+    peaks = ceilings.get("fma_peak_flop_per_s") or {}
+    parts = [f"copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"]
+    if peaks:
+        parts.append(
+            "FMA peak " + ", ".join(f"{k} {_rate(v, gpu)}" for k, v in sorted(peaks.items()))
+        )
+    others = []
+    for dtype, rate in sorted(compute.items()):
+        src = source.get(dtype, "")
+        if rate is None or src == f"{FMA_PEAK}_{dtype}":
+            continue  # no ceiling, or its own FMA peak, shown above
+        if src.startswith(FMA_PEAK):
+            others.append(f"{dtype} {_rate(rate, gpu)} (the {src[len(FMA_PEAK) + 1 :]} peak)")
+        elif src == TORCH_MATMUL_LOWER_BOUND:
+            others.append(f"{dtype} {_rate(rate, gpu)} (torch matmul: a lower bound)")
+        elif src == TORCH_MATMUL:
+            others.append(f"{dtype} {_rate(rate, gpu)} (torch matmul)")
+        else:
+            others.append(f"{dtype} {_rate(rate, gpu)}")
+    if others:
+        parts.append("compute " + ", ".join(others))
+    line = "measured ceilings: " + ", ".join(parts)
+    # torch's matmul rate, labelled as such, for every dtype whose ceiling it is not.
+    matmul = {
+        k: v
+        for k, v in sorted((ceilings.get("matmul_flop_per_s") or {}).items())
+        if v is not None and not source.get(k, "").startswith(TORCH_MATMUL)
+    }
+    if matmul:
+        rates = ", ".join(f"{k} {_rate(v, gpu)}" for k, v in matmul.items())
+        line += f"; torch matmul {rates} (an achieved rate, not a ceiling)"
+    return line
+
+
+def _floor_pct(pct) -> str:
+    """floor% with a "!" when above 100 (a measurement error, see the footnote)."""
+    if pct is None:
+        return "-"
+    return f"{pct:.1f}!" if roofline_warning(pct) else f"{pct:.1f}"
+
+
 def format_tables(doc: dict) -> str:
     """The run as readable text: header, ceilings, op table, model table, summary."""
     meta, ceilings = doc["meta"], doc["ceilings"]
@@ -276,14 +359,8 @@ def format_tables(doc: dict) -> str:
         f"{commit}, {meta['date']}",
     ]
     if ceilings:
-        rates = ", ".join(
-            f"{k} {v / 1e12 * flop_scale:.1f} {flop_unit}"
-            for k, v in ceilings["matmul_flop_per_s"].items()
-        )
-        out.append(
-            f"measured ceilings: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + "
-            f"write), matmul {rates}"
-        )
+        out.append(_ceilings_line(ceilings, gpu))
+        out += [f"  note: {note}" for note in ceilings.get("notes") or []]
     t = meta["timing"]
     out.append(
         f"times: median and 20%-80% quantiles of {t['method_note']}; speed-up = baseline "
@@ -303,7 +380,7 @@ def format_tables(doc: dict) -> str:
             ("p20-p80 ms", 15, _range),
             (flop_unit, 8, lambda r: rate(r["tflop_per_s"] and r["tflop_per_s"] * flop_scale)),
             ("GB/s", 7, lambda r: rate(r["gb_per_s"])),
-            ("floor%", 6, lambda r: rate(r["roofline_pct"])),
+            ("floor%", 7, lambda r: _floor_pct(r["roofline_pct"])),
             ("x eager", 7, lambda r: _speedup(r["speedup_vs_spach_eager"])),
             ("x compile", 9, lambda r: _speedup(r["speedup_vs_spach_compile"])),
             ("x max-at", 8, lambda r: _speedup(r["speedup_vs_spach_compile_max_autotune"])),
@@ -311,6 +388,10 @@ def format_tables(doc: dict) -> str:
             ("note", -20, _note),
         ]
         out += ["", "smlp_mix (one call; shape B=batch C H W)", _render(columns, ops)]
+        flagged = sum(r["status"] == "ok" and roofline_warning(r["roofline_pct"]) for r in ops)
+        if flagged:
+            rows = "1 row" if flagged == 1 else f"{flagged} rows"
+            out.append(f"! {ROOFLINE_WARNING} ({rows}; listed in the JSON's warnings)")
     if models:
         columns = [
             ("model", -14, lambda r: r["name"]),
@@ -351,7 +432,7 @@ def format_tables(doc: dict) -> str:
             ("min", 6, lambda s: _speedup(s["min_speedup_vs_spach_compile"])),
             ("x max-at", 8, lambda s: _speedup(s["geomean_speedup_vs_spach_compile_max_autotune"])),
             ("min", 6, lambda s: _speedup(s["min_speedup_vs_spach_compile_max_autotune"])),
-            ("min floor%", 10, lambda s: rate(s["min_roofline_pct"])),
+            ("min floor%", 10, lambda s: _floor_pct(s["min_roofline_pct"])),
             ("mem/eager", 9, lambda s: _num(".2f")(s["geomean_mem_ratio_vs_spach_eager"])),
             ("max", 5, lambda s: _num(".2f")(s["max_mem_ratio_vs_spach_eager"])),
         ]
