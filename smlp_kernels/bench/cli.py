@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ceilings",
         choices=["full", "quick", "none"],
         default="full",
-        help="measure the copy and matmul ceilings at full size (default), small (quick; "
-        "not for figures) or not at all (no roofline)",
+        help="measure the ceilings (copy bandwidth; compute: the FMA peak on CPU, a large "
+        "matmul on CUDA) at full size (default), small (quick; not for figures) or not at "
+        "all (no roofline)",
     )
     tim.add_argument(
         "--time-budget",
