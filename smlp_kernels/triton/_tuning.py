@@ -94,31 +94,43 @@ def mix_fwd_configs(c_in: int, c_out: int, h: int, w: int) -> list[Config]:
     64-pixel row) made K(x)'s operand 32 x 2048 and spilled; 16 x 8 boxes and 8-warp
     variants still spilled in float32 on sm_80 (tests/test_triton_aot.py), so the set is
     two output-channel tile sizes on one box.
+
+    The 16-channel output tile (only when c_out <= 16) runs on 8 warps with one stage. In
+    float32 on sm_80, 4 warps with 2 stages spilled 4 to 8 bytes with Triton 3.7.1 to 3.9.0,
+    8 warps with 2 stages 8 bytes with 3.9.0 (and 20 on sm_90 with 3.6.0), 4 warps with 1
+    stage 16 bytes with 3.8.0 and 3.9.0; 8 warps with 1 stage spilled with none of 3.6.0 to
+    3.9.0 (float32 on sm_80 and sm_90, 16-bit on both).
     """
     bh, bw = _box(h, w, 64, 8)
     bo = min(64, max(16, _np2(c_out)))
-    return _dedup(
-        [
-            _cfg(4, 2, BLOCK_O=o, BLOCK_C=16, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=16, BLOCK_V=16)
-            for o in (bo, min(bo, 32))
-        ]
-    )
+    configs = []
+    for o in (bo, min(bo, 32)):
+        warps, stages = (8, 1) if o == 16 else (4, 2)
+        configs.append(
+            _cfg(warps, stages, BLOCK_O=o, BLOCK_C=16, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=16,
+                 BLOCK_V=16)
+        )  # fmt: skip
+    return _dedup(configs)
 
 
 def mix_wgrad_fuse_configs(c_in: int, c_out: int, h: int, w: int) -> list[Config]:
     """Tiles of mix_wgrad_fuse_kernel (x has c_in channels, g has c_out).
 
     Three (BLOCK_O, BLOCK_C) float32 accumulators live through the loop; BLOCK_O = 64
-    spilled on sm_80, so output-channel tiles are 32 or 16.
+    spilled on sm_80, so output-channel tiles are 32 or 16. The 16-channel tile runs on 8
+    warps: on 4 it spilled 8 bytes in float32 on sm_80 with Triton 3.7.1 (2 stages; with 1
+    stage, 8 bytes with 3.8.0 and 3.9.0).
     """
     bh, bw = _box(h, w, 64, 8)
     bo = min(32, max(16, _np2(c_out)))
-    return _dedup(
-        [
-            _cfg(4, 2, BLOCK_O=o, BLOCK_C=16, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=16, BLOCK_V=16)
-            for o in (bo, 16)
-        ]
-    )
+    configs = []
+    for o in (bo, 16):
+        warps = 8 if o == 16 else 4
+        configs.append(
+            _cfg(warps, 2, BLOCK_O=o, BLOCK_C=16, BLOCK_H=bh, BLOCK_W=bw, BLOCK_U=16,
+                 BLOCK_V=16)
+        )  # fmt: skip
+    return _dedup(configs)
 
 
 def axis_wgrad_configs(s: int, length: int, has_f: bool) -> list[Config]:
@@ -126,6 +138,12 @@ def axis_wgrad_configs(s: int, length: int, has_f: bool) -> list[Config]:
 
     Each program owns BLOCK_LA rows of the (L, L) gradient, so its accumulator stays at
     most 32 x 128.
+
+    The 32-row tile (BLOCK_S = 2) with BLOCK_L >= 64 runs with one stage. With 2 stages it
+    spilled in float32 on sm_80: BLOCK_L = 128 without F 200 bytes with Triton 3.8.0 and
+    3.9.0, with F 8 to 12 bytes with 3.7.1 to 3.9.0; BLOCK_L = 64 with F 8 bytes with 3.7.1.
+    8 warps with 2 stages still spilled 52 bytes (BLOCK_L = 128 without F, 3.8.0 and 3.9.0).
+    The 16-row default keeps 2 stages.
     """
     bl = max(16, _np2(length))
     bla = min(bl, 32)
@@ -133,7 +151,8 @@ def axis_wgrad_configs(s: int, length: int, has_f: bool) -> list[Config]:
     for rows in (16, 32):
         bs = max(1, min(_np2(s), rows // 16))
         bo = 32 if has_f else 16
-        out.append(_cfg(4, 2, BLOCK_C=16, BLOCK_S=bs, BLOCK_L=bl, BLOCK_LA=bla, BLOCK_O=bo))
+        stages = 1 if bs == 2 and bl >= 64 else 2
+        out.append(_cfg(4, stages, BLOCK_C=16, BLOCK_S=bs, BLOCK_L=bl, BLOCK_LA=bla, BLOCK_O=bo))
     return _dedup(out)
 
 
