@@ -143,14 +143,19 @@ class ReferenceBackend(Backend):
 
 _REGISTRY: dict[str, Backend] = {}
 _AVAILABILITY: dict[str, tuple[bool, str]] = {}
+# Bumped by every registration: traced code reads it, so a compiled graph that baked in an
+# availability answer is guarded on it and traced again after a backend is (re)registered.
+_GENERATION = 0
 
 
 def register_backend(backend: Backend) -> None:
     """Add (or replace) a backend under ``backend.name``."""
+    global _GENERATION
     if not backend.name:
         raise ValueError("register_backend: the backend needs a non-empty name")
     _REGISTRY[backend.name] = backend
     _AVAILABILITY.pop(backend.name, None)
+    _GENERATION += 1
 
 
 def _availability(name: str) -> tuple[bool, str]:
@@ -165,15 +170,16 @@ def _availability(name: str) -> tuple[bool, str]:
 # The first availability check of a process may run while torch.compile or torch.export is
 # tracing the caller (a model compiled before anything else ran). The checks import modules
 # (the extension, triton) through importlib, which dynamo refuses to trace. Marked as a
-# constant, they run as plain Python at trace time and their answer is baked into the graph,
-# which is right: availability is fixed for the life of a process (it is cached above).
+# constant, they run as plain Python at trace time and their answer is baked into the graph.
+# A backend's availability is cached for the process; only a new registration changes it,
+# and the generation argument makes dynamo guard on that.
 @torch.compiler.assume_constant_result
-def _is_available(name: str) -> bool:
+def _is_available(name: str, generation: int) -> bool:
     return _availability(name)[0]
 
 
 @torch.compiler.assume_constant_result
-def _unavailable_reason(name: str) -> str:
+def _unavailable_reason(name: str, generation: int) -> str:
     return _availability(name)[1]
 
 
@@ -223,8 +229,8 @@ def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int
     if forced is not None:
         source = "backend=" if requested is not None else f"the environment variable {ENV_VAR}="
         b = get_backend(forced, source=source)
-        if not _is_available(forced):
-            reason = _unavailable_reason(forced)
+        if not _is_available(forced, _GENERATION):
+            reason = _unavailable_reason(forced, _GENERATION)
             raise RuntimeError(f"{source}{forced!r} is unavailable here: {reason}")
         if not _runs_on(b, device_type):
             raise ValueError(
@@ -238,7 +244,7 @@ def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int
     for name, b in sorted(_REGISTRY.items(), key=lambda kv: -kv[1].priority):
         if (
             b.auto_select
-            and _is_available(name)
+            and _is_available(name, _GENERATION)
             and _runs_on(b, device_type)
             and b.unsupported_reason(op, x, out_channels) is None
         ):

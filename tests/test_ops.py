@@ -284,7 +284,28 @@ def registry(monkeypatch):
     monkeypatch.setattr(B, "_REGISTRY", dict(B._REGISTRY))
     monkeypatch.setattr(B, "_AVAILABILITY", {})
     monkeypatch.delenv(B.ENV_VAR, raising=False)
-    return B
+    yield B
+    monkeypatch.undo()
+    B._GENERATION += 1  # graphs compiled against the test's backends must not be reused
+
+
+def test_compiled_call_sees_a_backend_registered_after_it(registry):
+    """Availability is a constant in traced code, guarded on the registry's generation: a
+    backend re-registered as unavailable makes the compiled call trace again and raise, as
+    the eager call does."""
+    registry.register_backend(_CountingBackend("flaky"))
+    args = make_args(1, 2, 2, 3, 4, dtype=torch.float32)
+
+    def forced(*a):
+        return smlp_kernels.smlp_mix(*a, backend="flaky")
+
+    compiled = torch.compile(forced, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(*args), R.smlp_mix_ref(*args))
+    registry.register_backend(_CountingBackend("flaky", available=False))
+    with pytest.raises(RuntimeError, match="'flaky' is unavailable here"):
+        forced(*args)
+    with pytest.raises(Exception, match="'flaky' is unavailable here"):
+        compiled(*args)
 
 
 def test_backends_reports_reference():
