@@ -145,13 +145,13 @@ def test_narrower_instruction_sets_are_slower_or_equal_but_positive():
     if "avx512f" in FLAGS:
         assert isas[0] == "avx512"
     rates = {isa: measure_fma_peak("fp32", isa=isa, size="quick") for isa in isas}
-    widest = rates[isas[0]]["flop_per_s"]
+    # Not necessarily the widest: AVX2 may beat AVX-512 where one 512-bit port runs slower.
+    fastest = max(r["flop_per_s"] for r in rates.values())
     for isa, r in rates.items():
         assert r["isa"] == isa and r["flop_per_s"] > 0
-        assert r["flop_per_s"] <= 1.15 * widest, (isa, r["flop_per_s"], widest)
     if "sse" in rates and len(rates) > 1:
         # 4 lanes and no FMA: well below any FMA path.
-        assert rates["sse"]["flop_per_s"] < 0.75 * widest
+        assert rates["sse"]["flop_per_s"] < 0.75 * fastest
     with pytest.raises(ValueError, match="unknown instruction set"):
         measure_fma_peak("fp32", isa="avx9000", size="quick")
     with pytest.raises(ValueError, match="dtype"):
@@ -275,6 +275,39 @@ def test_cpu_ceilings_use_the_fma_peak_and_keep_the_matmul_rate():
     assert c.matmul_flop_per_s["fp32"] > 0 and c.matmul_flop_per_s["fp64"] > 0
     assert "vfmadd" in c.details["fma_peak_fp32"] or "mul" in c.details["fma_peak_fp32"]
     assert set(c.fma_peak_flop_per_s) == {"fp32", "fp64"}
+
+
+def test_cpu_peak_is_the_fastest_instruction_set_and_a_shared_machine_is_noted(monkeypatch):
+    """Every instruction set is measured and the fastest is the peak (here a fake CPU whose
+    AVX2 path beats its AVX-512 one); a wall-clock rate far below the per-CPU-time rate
+    adds a note."""
+
+    class FakeExtension:
+        def cpu_fma_peak_isas(self, kind):
+            return ["avx512", "avx2", "sse"]
+
+        def cpu_fma_peak(self, kind, threads, isa, seconds, trials):
+            rate = {"avx512": 100e9, "avx2": 130e9, "sse": 40e9}[isa]
+            return dict(
+                flop_per_s=rate, flop_per_s_wall=0.5 * rate, isa=isa, instruction=f"{isa} fma",
+                threads=threads, lanes=8, chains=12, flops_per_step=16, iterations=1, trials=1,
+            )  # fmt: skip
+
+    fake = FakeExtension()
+    monkeypatch.setattr(roofline, "load_extension", lambda: fake)
+    monkeypatch.setattr(roofline, "require_extension", lambda: fake)
+    peaks, details, reason, notes = roofline._cpu_fma_peaks({"fp32"}, "quick")
+    assert peaks == {"fp32": 130e9} and reason == ""
+    assert details["fma_peak_fp32"].startswith("avx2: avx2 fma")
+    assert len(notes) == 1 and "50% of its per-CPU-time rate" in notes[0]
+
+
+def test_threads_are_capped_by_the_cgroup_quota(monkeypatch):
+    monkeypatch.setattr(roofline, "_cgroup_cpu_quota", lambda: 1.5)
+    monkeypatch.setattr(roofline.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert roofline._logical_cpus() == 2
+    monkeypatch.setattr(roofline, "_cgroup_cpu_quota", lambda: None)
+    assert roofline._logical_cpus() == 64
 
 
 def test_cpu_ceilings_without_the_extension_are_a_labelled_lower_bound(monkeypatch):
