@@ -487,7 +487,7 @@ void axis_mix_wgrad(const TensorArg& g_, const TensorArg& x_, const TensorArg& d
 // ---- END CPU launcher helpers ----
 
 // ---- BEGIN CUDA launcher helpers (csrc/cuda) ----
-// The cuda_* launchers: check the TensorArg tuples of the launcher ABI (abi_issue4.md), fill
+// The cuda_* launchers: check the TensorArg tuples of the launcher ABI (namespace abi), fill
 // the params structs of csrc/cuda/launchers.h and run with the GIL released. Every error
 // names the launcher and the argument. Without CUDA the launchers exist and raise.
 #if SMLP_WITH_CUDA

@@ -45,7 +45,7 @@ def _args(b, c, co, h, w, dtype, device, gen):
 def check(backend: str, shape, dtype_name: str, device: str, gen) -> str | None:
     """None when the forward and every gradient pass the test suite's rule; else why not.
 
-    The rule (STYLE.md, as in tests/test_cuda_backend.py): the error against the float64
+    The rule (as in tests/test_cuda_backend.py): the error against the float64
     truth is at most 2x PyTorch's own error in the same dtype (the reference evaluated in
     that dtype) plus 1e-5 (fp32) or 1e-3 (16-bit) of max|truth|; NaN and inf fail."""
     dtype = DTYPES[dtype_name]

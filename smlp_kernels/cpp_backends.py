@@ -10,7 +10,7 @@ int (0 for the CPU). The launchers write into outputs allocated here:
   casts them to each parameter's dtype).
 
 The input gradient of every op is its forward launcher applied to the upstream gradient
-with transposed weight views and no biases (BRIEF section 2). Nothing here imports
+with transposed weight views and no biases (the README's Design notes). Nothing here imports
 ``_C`` at import time: availability is checked on first use.
 """
 

@@ -1,4 +1,4 @@
-"""Work counts of the ops, a multiply-add counted as 2 FLOPs (BRIEF section 1).
+"""Work counts of the ops, a multiply-add counted as 2 FLOPs (README, The op).
 
 These are the counts of the algorithm, not of a particular backend, and they are what
 ``torch.utils.flop_counter.FlopCounterMode`` reports for the custom ops (see

@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of the sMLP token mixing: the ground truth for every backend.
 
-Shapes (BRIEF section 1), for ``x`` of shape ``(B, C, H, W)``:
+Shapes (README, The op), for ``x`` of shape ``(B, C, H, W)``:
 
 * ``row_weight`` ``(W, W)``, ``row_bias`` ``(W,)``: the row mix, along W (SPACH's ``proj_h``);
 * ``col_weight`` ``(H, H)``, ``col_bias`` ``(H,)``: the column mix, along H (SPACH's ``proh_w``);
@@ -15,7 +15,8 @@ Shapes (BRIEF section 1), for ``x`` of shape ``(B, C, H, W)``:
 
 These functions compute in ``x``'s dtype (parameters are cast to it), accept any layout and
 device, and do no argument checking: the public API in :mod:`smlp_kernels.ops` validates.
-The explicit backward follows BRIEF section 2 and recomputes ``r`` and ``k`` from ``x``.
+The explicit backward follows the identities of the README's Design notes and recomputes
+``r`` and ``k`` from ``x``.
 
 :func:`smlp_mix_spach_style` and :class:`SpachStyleSMLPBlock` compute the same thing the way
 SPACH's ``sMLPBlock`` does (permute + 1x1 conv + cat + 1x1 conv); they are the independent
@@ -147,7 +148,7 @@ def smlp_mix_bwd_ref(
     col_bias: Tensor | None,
     fuse_weight: Tensor,
 ) -> SMLPMixGrads:
-    """Explicit backward of :func:`smlp_mix_ref` (BRIEF section 2), given ``grad = dL/dy``.
+    """Explicit backward of :func:`smlp_mix_ref`, given ``grad = dL/dy``.
 
     grad: (B, C_out, H, W); the other arguments as in :func:`smlp_mix_ref`. The biases are
     needed because ``r`` and ``k`` are recomputed for the fuse-weight gradient. Every gradient

@@ -87,7 +87,7 @@ def _check_like_linear(backend, device, dtype):
     )
 
     # Accuracy against the float64 truth on the same (rounded) x: within 2x PyTorch's own
-    # error in that dtype (the reference computed in it) plus a small atol (STYLE.md).
+    # error in that dtype (the reference computed in it) plus a small atol.
     x_low = args[0].to(dtype)
     truth = R.smlp_mix_ref(x_low.double(), *[None if t is None else t.double() for t in args[1:]])
     pytorch = R.smlp_mix_ref(x_low, *args[1:])

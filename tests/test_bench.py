@@ -79,7 +79,7 @@ def test_flops_of_t1_at_batch_128_match_the_hand_count():
     # B=128, C=C_out=80, H=W=56: 2*B*C*H*W*(W+H) = 2*128*80*3136*112 = 7_193_231_360 for the
     # two mixes; 2*B*H*W*3C*C_out = 2*128*3136*240*80 = 15_414_067_200 for the fuse.
     fwd = op_case("T1", 128, "bf16", "fwd")
-    assert op_flops(fwd) == 22_607_298_560  # BRIEF section 4: 22.6 GFLOP
+    assert op_flops(fwd) == 22_607_298_560  # 22.6 GFLOP
     # Backward: twice the forward plus recomputing r and k (7_193_231_360 again).
     assert op_flops(fwd.with_mode("bwd")) == 2 * 22_607_298_560 + 7_193_231_360
     assert op_flops(fwd.with_mode("fwd+bwd")) == 3 * 22_607_298_560 + 7_193_231_360
@@ -97,7 +97,7 @@ def test_fewest_bytes_of_t1_at_batch_128_in_bf16():
     # x and y: 128*80*56*56 = 32_112_640 elements each; parameters 56*56*2 + 56*2 + 80*240 =
     # 25_584 elements; 2 bytes each.
     case = op_case("T1", 128, "bf16", "fwd")
-    assert op_bytes(case) == 2 * (2 * 32_112_640 + 25_584)  # BRIEF: "128 MB"
+    assert op_bytes(case) == 2 * (2 * 32_112_640 + 25_584)  # about 128 MB
     # Backward: read g and x, write dx; read the parameters, write their gradients.
     assert op_bytes(case.with_mode("bwd")) == 2 * (3 * 32_112_640 + 2 * 25_584)
     fwd_bwd = op_bytes(case.with_mode("fwd+bwd"))
@@ -106,7 +106,7 @@ def test_fewest_bytes_of_t1_at_batch_128_in_bf16():
 
 
 def test_roofline_floor_matches_the_brief_example():
-    # BRIEF section 4: T1, batch 128, bf16 on an H100 (3.0 TB/s, 790 TFLOP/s): about 43 us,
+    # T1, batch 128, bf16 on an H100 (3.0 TB/s, 790 TFLOP/s): about 43 us,
     # set by the bytes.
     ceilings = Ceilings("cuda", 3.0e12, {"bf16": 790e12})
     case = op_case("T1", 128, "bf16", "fwd")

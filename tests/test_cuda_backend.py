@@ -1,7 +1,7 @@
 """The CUDA kernels (csrc/cuda) on a GPU: the raw ``_C.cuda_*`` launchers and the public ops
 with ``backend="cuda"``, against the float64 reference.
 
-Tolerances follow STYLE.md: the kernel's max error against the float64 truth may be at most
+Tolerances, the project's rule: the kernel's max error against the float64 truth may be at most
 2x PyTorch's own error in the same dtype (the reference computed in that dtype) plus a small
 atol. Every raw-launcher output is poisoned with NaN first, so an element the kernels never
 write fails the test, and NaN never passes a comparison.

@@ -3,7 +3,8 @@
 Each kernel source is compiled once per architecture with the build's flags (two compiles at
 a time), and the test asserts that no kernel spills or has a stack frame, except the entries
 of ALLOWED_SPILLS, each with its reason, whose byte counts are asserted exactly. sm_90a is
-compiled with an explicit ``-gencode=arch=compute_90a,code=sm_90a`` (BRIEF section 5).
+compiled with an explicit ``-gencode=arch=compute_90a,code=sm_90a`` (``-arch=sm_90a`` also runs
+a plain sm_90 pass, which rejects wgmma and TMA).
 
 Without nvcc the tests skip, unless SMLP_REQUIRE_NVCC=1, where that is a failure.
 """

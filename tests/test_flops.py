@@ -1,4 +1,4 @@
-"""FLOP formulas of the custom ops: ``FlopCounterMode`` reports BRIEF section 1's counts for
+"""FLOP formulas of the custom ops: ``FlopCounterMode`` reports the README's counts for
 every op and backward op, whichever backend runs (the formula belongs to the op, and the
 backend's own work inside it is not counted twice), and the whole-model counts of
 sMLPNet-T/S/B at 224x224 (4.99G, 10.31G, 13.99G multiply-adds), forward and backward.
@@ -29,7 +29,7 @@ def test_smlp_mix_forward_and_backward(backend, device):
     skip_unless_supported(backend, "mix", args[0], c_out)
     with FlopCounterMode(display=False) as counter:
         y = smlp_kernels.smlp_mix(*args, backend=backend)
-    # BRIEF section 1, written out: the row and column mixes, then the (C_out x 3C) fuse.
+    # The README's count, written out: the row and column mixes, then the (C_out x 3C) fuse.
     forward = 2 * b * c * h * w * (w + h) + 2 * b * h * w * 3 * c * c_out
     assert _by_op(counter) == {"smlp.mix_fwd": forward}
     with FlopCounterMode(display=False) as counter:

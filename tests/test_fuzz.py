@@ -8,7 +8,7 @@ biases or none, and x contiguous, channels_last or a sliced view. The Triton int
 bfloat16 (see ``_dtypes``).
 
 Truth: the reference in float64 on the very inputs the backend got (x and parameters
-already rounded to their dtypes) and one shared upstream gradient. Tolerances (STYLE.md):
+already rounded to their dtypes) and one shared upstream gradient. Tolerances:
 
 * float64: 1e-10 relative to the largest true value (float32 gradients of the float32
   parameters of a float64 x: float32's bound);

@@ -222,7 +222,7 @@ def _peak_bytes(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) ->
     "b, c, side", [pytest.param(128, 80, 56, id="T-stage1"), pytest.param(128, 640, 7, id="T-s4")]
 )
 def test_gpu_peak_memory_against_spach_style(backend, device, b, c, side):
-    """bfloat16 modules, sMLPNet-T stage shapes at batch 128. BRIEF section 4's goal is at
+    """bfloat16 modules, sMLPNet-T stage shapes at batch 128. Our goal is at
     most 0.4x of the SPACH-style module; this test prints the ratio and asserts only that
     ours is lower."""
     torch.manual_seed(0)

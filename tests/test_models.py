@@ -1,6 +1,6 @@
 """Tests of smlp_kernels.models: sMLPNet-T/S/B against the paper's and SPACH's numbers.
 
-Parameter counts and multiply-adds are those of the paper's table (BRIEF section 3); the
+Parameter counts and multiply-adds are those of the paper's table (also in the README); the
 state_dict layout is SPACH's ``sMLPNet``, generated here from its naming rules; the zoo model
 (SparseMLP blocks) and the SPACH-style eager model exchange checkpoints and agree in float64.
 """
@@ -135,7 +135,7 @@ def test_tiny_flops_match_hand_count() -> None:
 
 
 def test_hand_count_matches_the_brief_per_stage() -> None:
-    """The sMLP op's share at stage 1 of sMLPNet-T, from BRIEF section 1's formula."""
+    """The sMLP op's share at stage 1 of sMLPNet-T, from the README's formula (The op)."""
     stage1 = hand_flops(80, (1, 0, 0, 0), num_classes=0)["smlp.mix_fwd"]
     b, c, h, w = 1, 80, 56, 56
     assert stage1 == 2 * b * c * h * w * (w + h) + 2 * b * h * w * 3 * c * c

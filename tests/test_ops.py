@@ -120,8 +120,8 @@ def test_zero_strides_expanded_x_and_sum_backward():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_low_precision_error_within_twice_pytorch(dtype):
-    """STYLE.md's rule: error vs the fp64 truth at most 2x PyTorch's own low-precision error
-    (here SPACH's conv formulation in the same dtype) plus a small atol."""
+    """The project's tolerance rule: error vs the fp64 truth at most 2x PyTorch's own
+    low-precision error (here SPACH's conv formulation in the same dtype) plus a small atol."""
     args = make_args(2, 8, 6, 7, 9, requires_grad=True)
     truth = R.smlp_mix_ref(*detached(args))
     low = [t.detach().to(dtype).requires_grad_() for t in args]

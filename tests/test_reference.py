@@ -34,7 +34,7 @@ def make_args(b, c, c_out, h, w, dtype=torch.float64, bias=True, seed=0):
 
 
 def smlp_mix_loops(x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-    """BRIEF section 1 written as explicit sums over the mixed index, one output at a time."""
+    """The op (README, The op) as explicit sums over the mixed index, one output at a time."""
     h_, w_ = x.shape[2:]
     r = torch.zeros_like(x)
     k = torch.zeros_like(x)

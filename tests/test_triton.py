@@ -3,10 +3,10 @@ row and column mixes, layouts, awkward sizes, determinism, 64-bit offsets and ba
 
 Runs on the GPU when there is one, and otherwise on the Triton interpreter (CPU tensors;
 tests/conftest.py sets TRITON_INTERPRET=1). On the interpreter bfloat16 takes the
-float32-upcast path (the interpreter gets bfloat16 products wrong, BRIEF section 5), so
-bfloat16 proper is tested only on a GPU.
+float32-upcast path (the interpreter gets bfloat16 products wrong: it multiplies their bit
+patterns), so bfloat16 proper is tested only on a GPU.
 
-Tolerances (STYLE.md): float32 against the float64 reference with a tight relative bound;
+Tolerances: float32 against the float64 reference with a tight relative bound;
 float16 and bfloat16 at most 2x PyTorch's own error in the same dtype (the reference
 computed in that dtype, against float64) plus a small atol scaled to the output.
 """
@@ -98,7 +98,7 @@ def run_fwd_bwd(args, backend, grad):
 
 
 def check_low_precision(got, got_pt, truth, atol=1e-3):
-    """STYLE.md's rule: at most 2x PyTorch's own error in the same dtype, plus atol."""
+    """The project's tolerance rule: at most 2x PyTorch's own error in the same dtype, plus atol."""
     assert max_rel_err(got, truth) <= 2 * max_rel_err(got_pt, truth) + atol
 
 

@@ -1,7 +1,7 @@
 // The fused sMLP token mixing on the CPU: forward (also the input gradient) and the weight
 // gradients.
 //
-// Forward, by the identity of BRIEF section 2 (channel and spatial mixing commute):
+// Forward, by the identity in the README's Design notes (channel and spatial mixing commute):
 //
 //   y[o] = T_id[o] + R(T_row[o]) + K(T_col[o]) + s_row[o] rb + s_col[o] cb,
 //   [T_id; T_row; T_col] = [F_id; F_row; F_col] x        (one GEMM, 3 C_out x C by C x pixels)

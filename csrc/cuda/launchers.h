@@ -11,7 +11,7 @@
 
 namespace smlp::cuda {
 
-// dtype codes of the launcher ABI (abi_issue4.md).
+// dtype codes of the launcher ABI (csrc/bindings.cpp, smlp_kernels/cpp_backends.py).
 enum DTypeCode : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 // H and W of the kernels' tiles are bounded by shared memory: 1 <= H, W <= kMaxSpatial.
@@ -24,7 +24,7 @@ struct TensorRef {
   std::int64_t strides[4] = {0, 0, 0, 0};
 };
 
-// y = F_id x + F_row (R x + row_bias) + F_col (K x + col_bias); see abi_issue4.md.
+// y = F_id x + F_row (R x + row_bias) + F_col (K x + col_bias).
 struct MixFwdParams {
   int dtype = kFloat32;  // of x, the parameters and y
   std::int64_t batch = 0, channels = 0, out_channels = 0, height = 0, width = 0;

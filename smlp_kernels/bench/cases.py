@@ -60,7 +60,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp64": torch.float64,
 }
 
-# sMLPNet at 224x224 (BRIEF section 3): label -> (C, H = W). C_out = C in the model.
+# sMLPNet at 224x224 (the paper's table): label -> (C, H = W). C_out = C in the model.
 STAGE_SHAPES: dict[str, tuple[int, int]] = {
     "T1": (80, 56),
     "T2": (160, 28),

@@ -1,6 +1,6 @@
 """Inputs of the cases, and the check that every provider's answer is right before it is timed.
 
-The rule (STYLE.md, "tolerance with a reason"): a provider's output or gradient may differ
+The rule (a tolerance with a reason): a provider's output or gradient may differ
 from the float64 reference by at most ``2 * e_torch + rel_atol * max|ref|``, where
 ``e_torch`` is the error of the pure-PyTorch reference computed in the case's own dtype
 (PyTorch's own low-precision error on these inputs) and ``rel_atol`` a small per-dtype

@@ -1,4 +1,4 @@
-"""Work, traffic and the roofline floor (BRIEF sections 1 and 4).
+"""Work, traffic and the roofline floor (the README's Benchmarks section).
 
 For an op case (x: (B, C, H, W), y: (B, C_out, H, W), all tensors in the case's dtype of
 ``s`` bytes per element, ``P = W*W + W + H*H + H + C_out*3C`` parameter elements):

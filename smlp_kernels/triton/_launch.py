@@ -24,7 +24,7 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat
 
 def _compute_dtype(dtype: torch.dtype):
     """The dtype of the matrix-unit operands. Under the interpreter bfloat16 is computed in
-    float32: the interpreter multiplies bfloat16 bit patterns as integers (BRIEF section 5)."""
+    float32: the interpreter multiplies bfloat16 bit patterns as integers."""
     if INTERPRETED and dtype == torch.bfloat16:
         return tl.float32
     return _TL_DTYPES[dtype]

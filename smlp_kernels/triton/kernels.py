@@ -1,6 +1,6 @@
 """The Triton kernels of the ``triton`` backend.
 
-Notation (BRIEF section 2): R = row mix (along W) and K = column mix (along H), both
+Notation (the README's Design notes): R = row mix (along W) and K = column mix (along H), both
 without bias; F_id, F_row, F_col = the three (C_out, C) blocks of fuse_weight. Because the
 channel mix and the spatial mixes act on different axes, they commute, and
 
