@@ -246,9 +246,8 @@ def int_list_arg(minimum: int) -> Callable[[str], list[int]]:
             if value is None or value < minimum:
                 where = "" if item == text.strip() else f" in {text!r}"
                 raise argparse.ArgumentTypeError(f"expected {allowed}, got {item!r}{where}")
-            if value not in values:
-                values.append(value)
-        return values
+            values.append(value)
+        return list(dict.fromkeys(values))  # "8,08" is one size
 
     return parse
 
@@ -278,10 +277,7 @@ def csv_arg(text: str) -> list[str]:
 
     An empty list is refused: ``--shapes ""`` (say, an unset shell variable) would otherwise
     mean "no filter" and run everything."""
-    items: list[str] = []
-    for item in (t.strip() for t in text.split(",")):
-        if item and item not in items:
-            items.append(item)
+    items = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return items

@@ -278,15 +278,19 @@ def test_cpu_ceilings_use_the_fma_peak_and_keep_the_matmul_rate():
 
 
 def test_cpu_peak_is_the_fastest_instruction_set_and_a_shared_machine_is_noted(monkeypatch):
-    """Every instruction set is measured and the fastest is the peak (here a fake CPU whose
-    AVX2 path beats its AVX-512 one); a wall-clock rate far below the per-CPU-time rate
-    adds a note."""
+    """Every FMA instruction set is measured and the fastest is the peak (here a fake CPU
+    whose AVX2 path beats its AVX-512 one; SSE only counts without an FMA path); a
+    wall-clock rate far below the per-CPU-time rate adds a note."""
 
     class FakeExtension:
         def cpu_fma_peak_isas(self, kind):
             return ["avx512", "avx2", "sse"]
 
+        def __init__(self):
+            self.measured: list[str] = []
+
         def cpu_fma_peak(self, kind, threads, isa, seconds, trials):
+            self.measured.append(isa)
             rate = {"avx512": 100e9, "avx2": 130e9, "sse": 40e9}[isa]
             return dict(
                 flop_per_s=rate, flop_per_s_wall=0.5 * rate, isa=isa, instruction=f"{isa} fma",
@@ -298,6 +302,7 @@ def test_cpu_peak_is_the_fastest_instruction_set_and_a_shared_machine_is_noted(m
     monkeypatch.setattr(roofline, "require_extension", lambda: fake)
     peaks, details, reason, notes = roofline._cpu_fma_peaks({"fp32"}, "quick")
     assert peaks == {"fp32": 130e9} and reason == ""
+    assert fake.measured == ["avx512", "avx2"]  # SSE (no FMA) is not worth measuring here
     assert details["fma_peak_fp32"].startswith("avx2: avx2 fma")
     assert len(notes) == 1 and "50% of its per-CPU-time rate" in notes[0]
 

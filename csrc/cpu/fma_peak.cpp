@@ -357,8 +357,8 @@ FmaPeakResult fma_peak(PeakKind kind, const std::string& isa, int threads, doubl
   // The rate counts each thread's work over its own CPU time and adds them up: what the
   // cores do while the threads run, which is the ceiling a roofline needs, whatever else
   // the machine runs. (With more threads than logical CPUs this would count time-shared
-  // cores twice; the caller passes at most torch's thread count.) The wall-clock rate of
-  // the team is kept too: on an idle machine the two agree.
+  // cores twice; the caller passes at most the CPUs of its affinity mask and cgroup quota.)
+  // The wall-clock rate of the team is kept too: on an idle machine the two agree.
   FmaPeakResult r;
   r.isa = chosen->isa;
   r.instruction = chosen->instruction;

@@ -243,11 +243,7 @@ def _join(values: Sequence[object]) -> str:
 
 
 def _unique(values) -> list:
-    out: list = []
-    for v in values:
-        if v not in out:
-            out.append(v)
-    return out
+    return list(dict.fromkeys(values))  # in first-seen order
 
 
 def _select_cases(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Case]:

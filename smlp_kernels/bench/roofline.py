@@ -19,25 +19,23 @@ For an op case (x: (B, C, H, W), y: (B, C_out, H, W), all tensors in the case's 
     call;
   - compute ceiling on CUDA: the rate of a large square ``torch.mm`` in the case's dtype (its
     fastest call), which reaches the GPU's matrix peak;
-  - compute ceiling on CPU: the peak multiply-add rate of the cores
-    (:func:`measure_fma_peak`, ``csrc/cpu/fma_peak.cpp``): every thread of the run
-    (``torch.get_num_threads()``) runs independent FMA chains on vector registers with no
-    memory traffic, in every instruction set the CPU has (picked at run time), the fastest
-    winning; the rate adds up each thread's work over its own CPU time, so time slices
-    other jobs take do not lower it (a busy sibling hyperthread or a lower clock still
-    would), and the threads are at most the CPUs of the affinity mask and the cgroup's
-    quota. When the team's wall-clock rate falls below 80% of that, the notes say the
-    machine was shared (floor% then reads low). fp32 and fp16 cases get the fp32 peak
-    (fp16 is computed in fp32 on CPU), fp64 the fp64 peak, bf16 the AVX512-BF16
-    ``vdpbf16ps`` peak where the CPU has it (4 FLOPs per fp32 lane and instruction: two
-    bf16 products, each a multiply and an add; should the fp32 peak be larger, that one),
-    else the fp32 peak. A library
-    matmul is an achieved rate, not a peak (on one AMD EPYC torch's fp32 matmul reached 191
-    GFLOP/s and our ``cpu`` backend 330), so torch's matmul rate is measured and reported
-    next to the ceiling as ``matmul_flop_per_s``, never used as the ceiling while the peak
-    is known. Should it still exceed the measured peak (a matrix unit such as AMX, or a
-    peak measured low), the ceiling is the matmul rate, with a note: a ceiling is never
-    below a rate the device was seen to reach.
+  - compute ceiling on CPU: the peak multiply-add rate of the cores (:func:`measure_fma_peak`,
+    ``csrc/cpu/fma_peak.cpp``): every thread of the run (``torch.get_num_threads()``) runs
+    independent FMA chains on vector registers with no memory traffic, in every FMA instruction set
+    the CPU has (picked at run time; SSE, which has no FMA, only where there is none), the fastest
+    winning; the rate adds up each thread's work over its own CPU time, so time slices other jobs
+    take do not lower it (a busy sibling hyperthread or a lower clock still would), and the threads
+    are at most the CPUs of the affinity mask and the cgroup's quota. When the team's wall-clock
+    rate falls below 80% of that, the notes say the machine was shared (floor% then reads low). fp32
+    and fp16 cases get the fp32 peak (fp16 is computed in fp32 on CPU), fp64 the fp64 peak, bf16 the
+    AVX512-BF16 ``vdpbf16ps`` peak where the CPU has it (4 FLOPs per fp32 lane and instruction: two
+    bf16 products, each a multiply and an add; should the fp32 peak be larger, that one), else the
+    fp32 peak. A library matmul is an achieved rate, not a peak (on one AMD EPYC torch's fp32 matmul
+    reached 191 GFLOP/s and our ``cpu`` backend 330), so torch's matmul rate is measured and
+    reported next to the ceiling as ``matmul_flop_per_s``, never used as the ceiling while the peak
+    is known. Should it still exceed the measured peak (a matrix unit such as AMX, or a peak
+    measured low), the ceiling is the matmul rate, with a note: a ceiling is never below a rate the
+    device was seen to reach.
   - without the compiled extension (``SMLP_SKIP_EXTENSION=1``, an unbuilt tree) the CPU has
     no peak: the compute ceiling falls back to torch's matmul rate, labelled a lower bound
     (``compute_source`` ``torch_matmul_lower_bound``); its floors are then too long and
@@ -326,10 +324,13 @@ def _cpu_fma_peaks(dtypes: set[str], size: str) -> tuple[dict[str, float], dict,
         kinds.discard("bf16")
     peaks, details, notes = {}, {}, []
     for kind in sorted(kinds):
-        # Every instruction set, the fastest wins: where one 512-bit FMA port runs at a lower
-        # clock than two 256-bit ones, AVX2 is the peak, not AVX-512.
+        # Every FMA instruction set, the fastest wins: where one 512-bit FMA port runs at a
+        # lower clock than two 256-bit ones, AVX2 is the peak, not AVX-512. SSE (no FMA: half
+        # the FLOPs per lane and step, on narrower vectors) only where it is all there is.
+        isas = fma_peak_isas(kind)
+        isas = [i for i in isas if i != "sse"] or isas
         r = max(
-            (measure_fma_peak(kind, size=size, isa=isa) for isa in fma_peak_isas(kind)),
+            (measure_fma_peak(kind, size=size, isa=isa) for isa in isas),
             key=lambda m: m["flop_per_s"],
         )
         peaks[kind] = r["flop_per_s"]
