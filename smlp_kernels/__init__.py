@@ -10,21 +10,24 @@ Public API:
 * :mod:`smlp_kernels.reference`: the pure-PyTorch reference every backend is tested against.
 """
 
-from . import cpp_backends  # noqa: F401 (importing it registers the "cpu" and "cuda" backends)
 from ._config import deterministic, is_deterministic, set_deterministic
 from ._version import __version__
+from .cpp_backends import CpuBackend, CudaBackend
 from .nn import SparseMLP, convert_spach
-from .ops import ColMixFunction, RowMixFunction, SMLPMixFunction, col_mix, row_mix, smlp_mix
-from .registry import BackendStatus, backends, register_backend
-from .triton import TritonBackend as _TritonBackend
+from .ops import col_mix, row_mix, smlp_mix
+from .reference import ReferenceBackend
+from .registry import Backend, BackendStatus, backends, register_backend
+from .triton import TritonBackend
 
-register_backend(_TritonBackend())
+# The built-in backends, registered here and nowhere else. None of them imports its
+# compiled code or Triton before its first call.
+for _backend in (ReferenceBackend(), CpuBackend(), CudaBackend(), TritonBackend()):
+    register_backend(_backend)
+del _backend
 
 __all__ = [
+    "Backend",
     "BackendStatus",
-    "ColMixFunction",
-    "RowMixFunction",
-    "SMLPMixFunction",
     "SparseMLP",
     "__version__",
     "backends",

@@ -1,19 +1,21 @@
-"""The op layer: public functions, autograd Functions and the torch.library custom ops.
+"""The op layer: the public functions and the torch.library custom ops behind them.
 
 Every call goes through here, whatever the backend::
 
     smlp_mix(...)                      checks the arguments, picks a backend
       -> torch.ops.smlp.mix_fwd        custom op: empty batches, dtype and memory format,
-         (torch.ops.smlp.mix_bwd)      then the backend's computation; its autograd
-                                       formula saves x and the parameters, nothing else
+         (torch.ops.smlp.mix_bwd)      the device guard, then the backend's primitives; its
+                                       autograd formula saves x and the parameters only
 
-``SMLPMixFunction`` (and ``RowMixFunction``, ``ColMixFunction``) wrap the same ops and the
-same formulas as ``torch.autograd.Function`` classes, for callers that want one.
+Each backend implements four primitives (:class:`smlp_kernels.registry.Backend`); every
+backward is composed here, once, from them: the input gradient is the forward primitive
+applied to the upstream gradient with transposed weights and no biases, the weight
+gradients are the backend's reductions.
 
 The custom ops have fake (meta) implementations, autograd formulas and FLOP formulas, so
-they work under ``torch.compile(fullgraph=True)``, ``torch.export`` and ``FlopCounterMode``.
-The backend is an argument of the custom op, chosen before the op is called, so a traced
-graph records which backend runs.
+they work under ``torch.compile(fullgraph=True)``, ``torch.export``, ``torch.jit.trace`` and
+``FlopCounterMode``. The backend is an argument of the custom op, chosen before the op is
+called, so a traced graph records which backend runs.
 
 Outputs: ``y`` and ``dx`` are channels_last when x is channels_last (and not also
 contiguous), contiguous otherwise; parameter gradients are contiguous, in each parameter's
@@ -24,30 +26,23 @@ float32 parameters are not copied: under autocast for x's device (CPU or CUDA), 
 float64) is cast to the autocast dtype and the op computes in it, with float32 parameters
 as they are (the backends take float32 parameters with a float16/bfloat16 x). The cast is
 an ordinary differentiable ``x.to(dtype)``, so x's gradient comes back in x's own dtype and
-each parameter's gradient in the parameter's dtype. The custom ops and the autograd
-Functions called directly have no autocast policy: they compute in the dtypes they are
-given, and autocast is switched off inside them so that a backend's own PyTorch calls
-(the reference's einsums) are never recast.
+each parameter's gradient in the parameter's dtype. The custom ops called directly have no
+autocast policy: they compute in the dtypes they are given, and autocast is switched off
+inside them so that a backend's own PyTorch calls (the reference's einsums) are never recast.
 """
 
-# No `from __future__ import annotations` here: torch.library.custom_op infers each op's
-# schema from the annotation objects, and torch before 2.5 rejects annotations as strings.
 import contextlib
-from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from . import flops
+from ._config import is_deterministic
 from ._validation import check_axis_mix_args, check_smlp_mix_args
-from .reference import AxisMixGrads, SMLPMixGrads
-from .registry import get_backend, resolve_backend
+from .registry import Backend, get_backend, resolve_backend
 
 __all__ = [
-    "ColMixFunction",
-    "RowMixFunction",
-    "SMLPMixFunction",
     "col_mix",
     "row_mix",
     "smlp_mix",
@@ -107,14 +102,31 @@ def _autocast_param(t: object, dtype: torch.dtype) -> object:
     return t
 
 
-def _without_autocast(x: Tensor):
-    """A context in which x's device has autocast off: the backends compute in the dtypes
-    the op layer hands them, even when the caller (or the backward pass) runs under
-    autocast."""
+@contextlib.contextmanager
+def _backend_call(x: Tensor):
+    """The context every backend primitive runs in: x's GPU is the current device (the one
+    device guard of the package: Triton and the CUDA launchers launch on the current device
+    and its current stream), and autocast is off for x's device, so the backends compute in
+    the dtypes the op layer hands them even when the caller (or the backward pass) runs
+    under autocast."""
     device_type = x.device.type
-    if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+    with contextlib.ExitStack() as stack:
+        if device_type == "cuda":
+            stack.enter_context(torch.cuda.device(x.device))
+        if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        yield
+
+
+def _fuse_blocks(fuse_weight: Tensor, channels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """F_id, F_row, F_col: the (C_out, C) column blocks of fuse_weight, as views."""
+    return fuse_weight.split(channels, dim=1)
+
+
+def _mix_input_grad(be: Backend, g: Tensor, row_weight, col_weight, f_blocks) -> Tensor:
+    """dx of the fused mix: the forward applied to g with transposed weights, no biases."""
+    f_id, f_row, f_col = f_blocks
+    return be.mix(g, row_weight.t(), None, col_weight.t(), None, f_id.t(), f_row.t(), f_col.t())
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,9 +138,9 @@ def _without_autocast(x: Tensor):
 def _mix_fwd(
     x: Tensor,
     row_weight: Tensor,
-    row_bias: Optional[Tensor],  # noqa: UP045 (see the import)
+    row_bias: Tensor | None,
     col_weight: Tensor,
-    col_bias: Optional[Tensor],  # noqa: UP045
+    col_bias: Tensor | None,
     fuse_weight: Tensor,
     backend: str,
 ) -> Tensor:
@@ -137,8 +149,10 @@ def _mix_fwd(
     fmt = _memory_format(x)
     if b == 0:
         return _empty((0, fuse_weight.shape[0], h, w), x, x.dtype, fmt)
-    with _without_autocast(x):
-        y = get_backend(backend).mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    with _backend_call(x):
+        y = get_backend(backend).mix(
+            x, row_weight, row_bias, col_weight, col_bias, *_fuse_blocks(fuse_weight, x.shape[1])
+        )
         return _finish(y, x.dtype, fmt)
 
 
@@ -154,41 +168,34 @@ def _mix_bwd(
     grad: Tensor,
     x: Tensor,
     row_weight: Tensor,
-    row_bias: Optional[Tensor],  # noqa: UP045
+    row_bias: Tensor | None,
     col_weight: Tensor,
-    col_bias: Optional[Tensor],  # noqa: UP045
+    col_bias: Tensor | None,
     fuse_weight: Tensor,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     fmt = _memory_format(x)
-    if x.shape[0] == 0:
-        g = _mix_bwd_zeros(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    if x.shape[0] == 0:  # an empty dx and all-zero parameter gradients
+        dx = torch.zeros_like(x)
+        d_fuse, d_rw, d_cw = map(torch.zeros_like, (fuse_weight, row_weight, col_weight))
+        d_rb, d_cb = row_weight.new_zeros(row_weight.shape[0]), col_weight.new_zeros(x.shape[2])
     else:
-        with _without_autocast(x):
-            g = get_backend(backend).mix_bwd(
-                grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight
+        be = get_backend(backend)
+        f_blocks = _fuse_blocks(fuse_weight, x.shape[1])
+        with _backend_call(x):
+            g = grad.to(x.dtype)
+            dx = _mix_input_grad(be, g, row_weight, col_weight, f_blocks)
+            d_fuse, d_rw, d_rb, d_cw, d_cb = be.mix_wgrad(
+                g, x, row_weight, row_bias, col_weight, col_bias, *f_blocks, is_deterministic()
             )
     return (
-        _finish(g.x, x.dtype, fmt),
-        _finish(g.row_weight, row_weight.dtype),
-        _finish(g.row_bias, _grad_dtype(row_bias, row_weight)),
-        _finish(g.col_weight, col_weight.dtype),
-        _finish(g.col_bias, _grad_dtype(col_bias, col_weight)),
-        _finish(g.fuse_weight, fuse_weight.dtype),
-    )
-
-
-def _mix_bwd_zeros(x, row_weight, row_bias, col_weight, col_bias, fuse_weight) -> SMLPMixGrads:
-    """Gradients of an empty batch: an empty dx and all-zero parameter gradients."""
-    w, h = row_weight.shape[0], col_weight.shape[0]
-    return SMLPMixGrads(
-        x=torch.zeros_like(x),
-        row_weight=torch.zeros_like(row_weight),
-        row_bias=row_weight.new_zeros(w),
-        col_weight=torch.zeros_like(col_weight),
-        col_bias=col_weight.new_zeros(h),
-        fuse_weight=torch.zeros_like(fuse_weight),
+        _finish(dx, x.dtype, fmt),
+        _finish(d_rw, row_weight.dtype),
+        _finish(d_rb, _grad_dtype(row_bias, row_weight)),
+        _finish(d_cw, col_weight.dtype),
+        _finish(d_cb, _grad_dtype(col_bias, col_weight)),
+        _finish(d_fuse, fuse_weight.dtype),
     )
 
 
@@ -237,20 +244,6 @@ def _mix_bwd_flop(g_shape, x_shape, rw_shape, rb_shape, cw_shape, cb_shape, fw_s
     return flops.smlp_mix_bwd_flops(b, c, fw_shape[0], h, w)
 
 
-class SMLPMixFunction(torch.autograd.Function):
-    """Autograd Function of :func:`smlp_mix`; ``apply(x, row_weight, row_bias, col_weight,
-    col_bias, fuse_weight, backend)`` with a resolved backend name."""
-
-    @staticmethod
-    def forward(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
-        return torch.ops.smlp.mix_fwd(
-            x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
-        )
-
-    setup_context = staticmethod(_mix_setup_context)
-    backward = staticmethod(_mix_backward)
-
-
 # --------------------------------------------------------------------------------------------
 # smlp::row_mix_fwd/bwd and smlp::col_mix_fwd/bwd
 # --------------------------------------------------------------------------------------------
@@ -258,16 +251,16 @@ class SMLPMixFunction(torch.autograd.Function):
 
 def _define_axis_mix(op: str):
     """Define the forward and backward custom ops of ``op`` ("row_mix" or "col_mix")."""
+    axis = 3 if op == "row_mix" else 2  # the axis the op mixes: W or H
 
     @torch.library.custom_op(f"smlp::{op}_fwd", mutates_args=())
-    def fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], backend: str) -> Tensor:  # noqa: UP045
+    def fwd(x: Tensor, weight: Tensor, bias: Tensor | None, backend: str) -> Tensor:
         check_axis_mix_args(op, x, weight, bias)
         fmt = _memory_format(x)
         if x.shape[0] == 0:
             return _empty(x.shape, x, x.dtype, fmt)
-        with _without_autocast(x):
-            out = getattr(get_backend(backend), f"{op}_fwd")(x, weight, bias)
-            return _finish(out, x.dtype, fmt)
+        with _backend_call(x):
+            return _finish(get_backend(backend).axis_mix(x, weight, bias, axis), x.dtype, fmt)
 
     @fwd.register_fake
     def _(x, weight, bias, backend):
@@ -279,22 +272,24 @@ def _define_axis_mix(op: str):
         grad: Tensor,
         x: Tensor,
         weight: Tensor,
-        bias: Optional[Tensor],  # noqa: UP045 (only its dtype is used: the bias gradient's)
+        bias: Tensor | None,  # only its dtype is used: the bias gradient's
         backend: str,
     ) -> tuple[Tensor, Tensor, Tensor]:
         check_axis_mix_args(op, x, weight, bias)
         fmt = _memory_format(x)
         if x.shape[0] == 0:
-            g = AxisMixGrads(
-                torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
-            )
+            dx, d_w = torch.zeros_like(x), torch.zeros_like(weight)
+            d_b = weight.new_zeros(x.shape[axis])
         else:
-            with _without_autocast(x):
-                g = getattr(get_backend(backend), f"{op}_bwd")(grad, x, weight)
+            be = get_backend(backend)
+            with _backend_call(x):
+                g = grad.to(x.dtype)
+                dx = be.axis_mix(g, weight.t(), None, axis)
+                d_w, d_b = be.axis_wgrad(g, x, axis, is_deterministic())
         return (
-            _finish(g.x, x.dtype, fmt),
-            _finish(g.weight, weight.dtype),
-            _finish(g.bias, _grad_dtype(bias, weight)),
+            _finish(dx, x.dtype, fmt),
+            _finish(d_w, weight.dtype),
+            _finish(d_b, _grad_dtype(bias, weight)),
         )
 
     @bwd.register_fake
@@ -321,34 +316,20 @@ def _define_axis_mix(op: str):
     # Traced code calls the registered ops (torch.ops.smlp.*), which dynamo understands.
     fwd_op = getattr(torch.ops.smlp, f"{op}_fwd")
     bwd_op = getattr(torch.ops.smlp, f"{op}_bwd")
-    mixed_dim = 3 if op == "row_mix" else 2  # the axis the op mixes: W or H
 
     @register_flop_formula(fwd_op)
     def _(x_shape, *args, **kwargs):
         b, c, h, w = x_shape
-        return flops.axis_mix_flops(b, c, h, w, x_shape[mixed_dim])
+        return flops.axis_mix_flops(b, c, h, w, x_shape[axis])
 
     @register_flop_formula(bwd_op)
     def _(g_shape, x_shape, *args, **kwargs):
         b, c, h, w = x_shape
-        return flops.axis_mix_bwd_flops(b, c, h, w, x_shape[mixed_dim])
-
-    class Function(torch.autograd.Function):
-        @staticmethod
-        def forward(x, weight, bias, backend):
-            return fwd_op(x, weight, bias, backend)
-
-    Function.setup_context = staticmethod(setup_context)
-    Function.backward = staticmethod(backward)
-    return Function
+        return flops.axis_mix_bwd_flops(b, c, h, w, x_shape[axis])
 
 
-class RowMixFunction(_define_axis_mix("row_mix")):
-    """Autograd Function of :func:`row_mix`; ``apply(x, weight, bias, backend)``."""
-
-
-class ColMixFunction(_define_axis_mix("col_mix")):
-    """Autograd Function of :func:`col_mix`; ``apply(x, weight, bias, backend)``."""
+_define_axis_mix("row_mix")
+_define_axis_mix("col_mix")
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,9 +379,6 @@ def smlp_mix(
         )
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
-    # The registered op, not SMLPMixFunction.apply: its autograd formula is the same, it is
-    # one Python layer shorter, and torch.jit.trace records it (a Python Function call
-    # cannot be saved in a TorchScript file).
     return torch.ops.smlp.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
 
 

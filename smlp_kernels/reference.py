@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_size
+from .registry import Backend
 
 __all__ = [
     "AxisMixGrads",
+    "ReferenceBackend",
     "SMLPMixGrads",
     "SpachStyleSMLPBlock",
     "col_mix_bwd_ref",
@@ -92,8 +94,16 @@ def col_mix_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     return out
 
 
-def _split_fuse(fuse_weight: Tensor, channels: int, dtype: torch.dtype) -> list[Tensor]:
-    return list(fuse_weight.to(dtype).split(channels, dim=1))
+def _mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col) -> Tensor:
+    """``F_id x + F_row r + F_col k`` with f_* (C_out, C), in x's dtype."""
+    dt = x.dtype
+    r = row_mix_ref(x, row_weight, row_bias)
+    k = col_mix_ref(x, col_weight, col_bias)
+    return (
+        torch.einsum("oc,bchw->bohw", f_id.to(dt), x)
+        + torch.einsum("oc,bchw->bohw", f_row.to(dt), r)
+        + torch.einsum("oc,bchw->bohw", f_col.to(dt), k)
+    )
 
 
 def smlp_mix_ref(
@@ -109,34 +119,41 @@ def smlp_mix_ref(
     x: (B, C, H, W); row_weight: (W, W); row_bias: (W,) or None; col_weight: (H, H);
     col_bias: (H,) or None; fuse_weight: (C_out, 3C). Returns (B, C_out, H, W) in x's dtype.
     """
-    f_id, f_row, f_col = _split_fuse(fuse_weight, x.shape[1], x.dtype)
-    r = row_mix_ref(x, row_weight, row_bias)
-    k = col_mix_ref(x, col_weight, col_bias)
-    return (
-        torch.einsum("oc,bchw->bohw", f_id, x)
-        + torch.einsum("oc,bchw->bohw", f_row, r)
-        + torch.einsum("oc,bchw->bohw", f_col, k)
-    )
+    return _mix(x, row_weight, row_bias, col_weight, col_bias, *fuse_weight.split(x.shape[1], 1))
+
+
+def _axis_wgrad(g: Tensor, x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    """(d_weight, d_bias) of the row mix (axis 3) or column mix (axis 2), in x's dtype."""
+    g = g.to(x.dtype)
+    if axis == 3:
+        return torch.einsum("bchw,bchv->wv", g, x), g.sum(dim=(0, 1, 2))
+    return torch.einsum("bchw,bcuw->hu", g, x), g.sum(dim=(0, 1, 3))
 
 
 def row_mix_bwd_ref(grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads:
     """Explicit backward of :func:`row_mix_ref`; grad and x: (B, C, H, W), weight: (W, W)."""
-    grad = grad.to(x.dtype)
-    return AxisMixGrads(
-        x=torch.einsum("wv,bchw->bchv", weight.to(x.dtype), grad),
-        weight=torch.einsum("bchw,bchv->wv", grad, x),
-        bias=grad.sum(dim=(0, 1, 2)),
-    )
+    dx = torch.einsum("wv,bchw->bchv", weight.to(x.dtype), grad.to(x.dtype))
+    return AxisMixGrads(dx, *_axis_wgrad(grad, x, 3))
 
 
 def col_mix_bwd_ref(grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads:
     """Explicit backward of :func:`col_mix_ref`; grad and x: (B, C, H, W), weight: (H, H)."""
-    grad = grad.to(x.dtype)
-    return AxisMixGrads(
-        x=torch.einsum("hu,bchw->bcuw", weight.to(x.dtype), grad),
-        weight=torch.einsum("bchw,bcuw->hu", grad, x),
-        bias=grad.sum(dim=(0, 1, 3)),
-    )
+    dx = torch.einsum("hu,bchw->bcuw", weight.to(x.dtype), grad.to(x.dtype))
+    return AxisMixGrads(dx, *_axis_wgrad(grad, x, 2))
+
+
+def _mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
+    """(d_fuse, d_row_weight, d_row_bias, d_col_weight, d_col_bias) of :func:`_mix`."""
+    dt = x.dtype
+    g = g.to(dt)
+    # The gradients reaching the outputs of the row and column mixes, then their weights'.
+    d_rw, d_rb = _axis_wgrad(torch.einsum("oc,bohw->bchw", f_row.to(dt), g), x, 3)
+    d_cw, d_cb = _axis_wgrad(torch.einsum("oc,bohw->bchw", f_col.to(dt), g), x, 2)
+    # r and k recomputed from x.
+    r = row_mix_ref(x, row_weight, row_bias)
+    k = col_mix_ref(x, col_weight, col_bias)
+    d_fuse = torch.cat([torch.einsum("bohw,bchw->oc", g, t) for t in (x, r, k)], dim=1)
+    return d_fuse, d_rw, d_rb, d_cw, d_cb
 
 
 def smlp_mix_bwd_ref(
@@ -154,28 +171,21 @@ def smlp_mix_bwd_ref(
     needed because ``r`` and ``k`` are recomputed for the fuse-weight gradient. Every gradient
     is in x's dtype, the bias gradients are returned even when a bias is None.
     """
-    grad = grad.to(x.dtype)
-    f_id, f_row, f_col = _split_fuse(fuse_weight, x.shape[1], x.dtype)
-    # gr and gk are the gradients reaching the outputs of the row and column mixes.
+    dt = x.dtype
+    grad = grad.to(dt)
+    f_id, f_row, f_col = (f.to(dt) for f in fuse_weight.split(x.shape[1], 1))
+    # dx by the chain rule through each of the three terms.
     gr = torch.einsum("oc,bohw->bchw", f_row, grad)
     gk = torch.einsum("oc,bohw->bchw", f_col, grad)
-    row = row_mix_bwd_ref(gr, x, row_weight)
-    col = col_mix_bwd_ref(gk, x, col_weight)
-    dx = torch.einsum("oc,bohw->bchw", f_id, grad) + row.x + col.x
-    r = row_mix_ref(x, row_weight, row_bias)
-    k = col_mix_ref(x, col_weight, col_bias)
-    d_fuse = torch.cat(
-        [torch.einsum("bohw,bchw->oc", grad, t) for t in (x, r, k)],
-        dim=1,
+    dx = (
+        torch.einsum("oc,bohw->bchw", f_id, grad)
+        + torch.einsum("wv,bchw->bchv", row_weight.to(dt), gr)
+        + torch.einsum("hu,bchw->bcuw", col_weight.to(dt), gk)
     )
-    return SMLPMixGrads(
-        x=dx,
-        row_weight=row.weight,
-        row_bias=row.bias,
-        col_weight=col.weight,
-        col_bias=col.bias,
-        fuse_weight=d_fuse,
+    d_fuse, d_rw, d_rb, d_cw, d_cb = _mix_wgrad(
+        grad, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col
     )
+    return SMLPMixGrads(dx, d_rw, d_rb, d_cw, d_cb, d_fuse)
 
 
 def smlp_mix_spach_style(
@@ -240,3 +250,29 @@ class SpachStyleSMLPBlock(nn.Module):
         x_row = self.proj_h(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x_col = self.proh_w(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
         return self.fuse(torch.cat([x, x_row, x_col], dim=1))
+
+
+class ReferenceBackend(Backend):
+    """The backend made of these functions: any device, any dtype, any size. The oracle of
+    the tests and the fallback of automatic selection."""
+
+    name = "reference"
+    device_types = ("*",)
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    priority = 0
+
+    def availability(self) -> tuple[bool, str]:
+        return True, "pure PyTorch (einsum), runs on every device"
+
+    def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
+        return _mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
+
+    def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                  deterministic):  # fmt: skip
+        return _mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
+
+    def axis_mix(self, x, weight, bias, axis):
+        return (row_mix_ref if axis == 3 else col_mix_ref)(x, weight, bias)
+
+    def axis_wgrad(self, g, x, axis, deterministic):
+        return _axis_wgrad(g, x, axis)

@@ -1,10 +1,12 @@
 """The backend registry: which implementations of the ops exist, which can run, and which runs.
 
-A backend implements the six computations behind the public ops (forward and backward of
-``smlp_mix``, ``row_mix`` and ``col_mix``) for tensors the op layer has already validated.
-The op layer (:mod:`smlp_kernels.ops`) owns everything else: argument checks, empty
-batches, output dtype and memory format, autograd. So a new backend plugs in with
-:func:`register_backend` and nothing in the public API changes.
+A backend implements four primitives (:class:`Backend`: the fused mix, its weight
+gradients, an axis mix and its weight gradients) for tensors the op layer has already
+validated. The op layer (:mod:`smlp_kernels.ops`) owns everything else: argument checks,
+empty batches, output dtype and memory format, the device guard, and every backward, which
+it composes from the primitives. So a new backend plugs in with :func:`register_backend` and
+nothing in the public API changes. The built-in backends are registered in one place, the
+package's ``__init__``.
 
 Choosing a backend for a call: an explicit ``backend=`` argument wins, then the environment
 variable ``SMLP_BACKEND``; either one is *forced* and fails loudly if that backend cannot run
@@ -23,13 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import reference
-from .reference import AxisMixGrads, SMLPMixGrads
-
 __all__ = [
     "Backend",
     "BackendStatus",
-    "ReferenceBackend",
     "backends",
     "get_backend",
     "register_backend",
@@ -51,19 +49,28 @@ class BackendStatus:
 
 
 class Backend(ABC):
-    """One implementation of the ops. Subclasses set the class attributes and the methods.
+    """One implementation of the ops: four primitives, and plain data saying where they run.
 
-    Every method receives arguments that passed :mod:`smlp_kernels._validation` and a
+    The op layer composes every op from the primitives: ``smlp_mix`` is :meth:`mix`, its
+    backward is :meth:`mix` again with transposed weights and no biases (the input gradient)
+    plus :meth:`mix_wgrad`; ``row_mix`` and ``col_mix`` are :meth:`axis_mix` and
+    :meth:`axis_wgrad` the same way. So a backend never writes a backward.
+
+    Every primitive receives arguments that passed :mod:`smlp_kernels._validation` and a
     non-empty batch: dense tensors with **any strides, zero strides included** (an expanded
-    x, or the upstream gradient of ``y.sum()``); a backend that needs dense memory makes its
-    own contiguous copy. Parameters may be float32 while x is float16 or bfloat16. Outputs
-    may have any strides and a wider dtype; the op layer makes their dtype and memory format
-    right. Backward methods return every gradient, the bias ones included.
+    x, the upstream gradient of ``y.sum()``, transposed weight views); a backend that needs
+    dense memory makes its own copy. ``g`` has x's dtype; parameters are in x's dtype or
+    float32. On CUDA, x's device is the current device when a primitive runs (the op layer
+    sets it), and work goes on that device's current stream. Outputs may have any strides;
+    ``y`` and ``dx`` are in x's dtype, weight gradients in x's dtype or wider (float32 for
+    16-bit x); the op layer casts each result to its dtype and memory format.
     """
 
     name: str = ""
-    device_types: tuple[str, ...] = ()
-    priority: int = 0
+    device_types: tuple[str, ...] = ()  # tensor device types it runs on; "*" for any
+    dtypes: tuple[torch.dtype, ...] = ()  # the dtypes of x it computes in
+    max_side: int | None = None  # the largest H and W it takes; None for any
+    priority: int = 0  # higher wins in automatic selection
     auto_select: bool = True  # False: runs only when asked for by name (backend= or env)
 
     def availability(self) -> tuple[bool, str]:
@@ -71,74 +78,70 @@ class Backend(ABC):
         return True, "available"
 
     def unsupported_reason(self, op: str, x: Tensor, out_channels: int) -> str | None:
-        """Why this backend cannot run ``op`` ("mix", "row_mix", "col_mix") on x, or None."""
+        """Why this backend cannot run ``op`` ("mix", "row_mix", "col_mix") on x, or None.
+
+        Answered from :attr:`dtypes` and :attr:`max_side`; a subclass with other limits
+        extends it.
+        """
+        if x.dtype not in self.dtypes:
+            names = ", ".join(dtype_name(d) for d in self.dtypes)
+            return f"the {self.name} kernels compute in {names}, not {dtype_name(x.dtype)}"
+        h, w = x.shape[-2:]
+        if self.max_side is not None and (h > self.max_side or w > self.max_side):
+            return f"H = {h}, W = {w}: the {self.name} kernels take H, W <= {self.max_side}"
         return None
 
     @abstractmethod
-    def mix_fwd(
+    def mix(
         self,
         x: Tensor,
         row_weight: Tensor,
         row_bias: Tensor | None,
         col_weight: Tensor,
         col_bias: Tensor | None,
-        fuse_weight: Tensor,
-    ) -> Tensor: ...
+        f_id: Tensor,
+        f_row: Tensor,
+        f_col: Tensor,
+    ) -> Tensor:
+        """``y = F_id x + F_row R(x) + F_col K(x)``, R and K the row and column mixes with
+        their biases. x (B, C, H, W); row_weight (W, W); col_weight (H, H); biases (W,),
+        (H,) or None; f_id, f_row, f_col (C_out, C): the column blocks of fuse_weight, or
+        their transposes. Returns (B, C_out, H, W)."""
 
     @abstractmethod
-    def mix_bwd(
+    def mix_wgrad(
         self,
-        grad: Tensor,
+        g: Tensor,
         x: Tensor,
         row_weight: Tensor,
         row_bias: Tensor | None,
         col_weight: Tensor,
         col_bias: Tensor | None,
-        fuse_weight: Tensor,
-    ) -> SMLPMixGrads: ...
+        f_id: Tensor,
+        f_row: Tensor,
+        f_col: Tensor,
+        deterministic: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The weight gradients of :meth:`mix` given ``g = dL/dy`` (B, C_out, H, W):
+        ``(d_fuse (C_out, 3C), d_row_weight, d_row_bias, d_col_weight, d_col_bias)``, bias
+        gradients whether or not the biases are None. ``deterministic``: bitwise the same
+        from run to run."""
 
     @abstractmethod
-    def row_mix_fwd(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
+    def axis_mix(self, x: Tensor, weight: Tensor, bias: Tensor | None, axis: int) -> Tensor:
+        """The row mix (axis 3: ``out[b,c,h,w] = sum_v weight[w,v] x[b,c,h,v] + bias[w]``)
+        or the column mix (axis 2: ``out[b,c,h,w] = sum_u weight[h,u] x[b,c,u,w] + bias[h]``)."""
 
     @abstractmethod
-    def row_mix_bwd(self, grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads: ...
-
-    @abstractmethod
-    def col_mix_fwd(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
-
-    @abstractmethod
-    def col_mix_bwd(self, grad: Tensor, x: Tensor, weight: Tensor) -> AxisMixGrads: ...
+    def axis_wgrad(
+        self, g: Tensor, x: Tensor, axis: int, deterministic: bool
+    ) -> tuple[Tensor, Tensor]:
+        """``(d_weight, d_bias)`` of :meth:`axis_mix` given ``g`` (B, C, H, W)."""
 
 
-class ReferenceBackend(Backend):
-    """The pure-PyTorch reference (:mod:`smlp_kernels.reference`): any device, any dtype."""
-
-    name = "reference"
-    device_types = ("*",)
-    priority = 0
-
-    def availability(self) -> tuple[bool, str]:
-        return True, "pure PyTorch (einsum), runs on every device"
-
-    def mix_fwd(self, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-        return reference.smlp_mix_ref(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
-
-    def mix_bwd(self, grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-        return reference.smlp_mix_bwd_ref(
-            grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight
-        )
-
-    def row_mix_fwd(self, x, weight, bias):
-        return reference.row_mix_ref(x, weight, bias)
-
-    def row_mix_bwd(self, grad, x, weight):
-        return reference.row_mix_bwd_ref(grad, x, weight)
-
-    def col_mix_fwd(self, x, weight, bias):
-        return reference.col_mix_ref(x, weight, bias)
-
-    def col_mix_bwd(self, grad, x, weight):
-        return reference.col_mix_bwd_ref(grad, x, weight)
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``, for messages."""
+    return str(dtype).removeprefix("torch.")
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -250,6 +253,3 @@ def resolve_backend(requested: str | None, op: str, x: Tensor, out_channels: int
         ):
             return name
     raise RuntimeError(f"no registered backend can run {op} on {x.device}")
-
-
-register_backend(ReferenceBackend())

@@ -256,26 +256,21 @@ def test_custom_op_validates_when_called_directly():
 # ---------------------------------------------------------------------------------------------
 
 
-class _CountingBackend(B.ReferenceBackend):
+class _CountingBackend(R.ReferenceBackend):
     """The reference under another name, counting calls; optionally unavailable or limited."""
 
     def __init__(self, name, priority=10, available=True, max_width=None):
         self.name, self.priority = name, priority
         self.device_types = ("cpu",)
-        self._available, self._max_width = available, max_width
+        self._available, self.max_side = available, max_width
         self.calls = 0
 
     def availability(self):
         return (True, "test double") if self._available else (False, "missing its compiler")
 
-    def unsupported_reason(self, op, x, out_channels):
-        if self._max_width is not None and x.shape[3] > self._max_width:
-            return f"W = {x.shape[3]} > {self._max_width}"
-        return None
-
-    def mix_fwd(self, *args):
+    def mix(self, *args):
         self.calls += 1
-        return super().mix_fwd(*args)
+        return super().mix(*args)
 
 
 @pytest.fixture
@@ -349,7 +344,10 @@ def test_forced_backend_errors(registry):
         smlp_kernels.smlp_mix(*args, backend="nope")
     with pytest.raises(RuntimeError, match="unavailable here: missing its compiler"):
         smlp_kernels.smlp_mix(*args, backend="broken")
-    with pytest.raises(ValueError, match="cannot run mix on this input: W = 4 > 2"):
+    with pytest.raises(
+        ValueError,
+        match="cannot run mix on this input: H = 3, W = 4: the narrow kernels take H, W <= 2",
+    ):
         smlp_kernels.smlp_mix(*args, backend="narrow")
     with pytest.raises(ValueError, match="runs on cpu tensors, but x is on meta"):
         smlp_kernels.smlp_mix(*[t.to("meta") for t in args], backend="narrow")

@@ -28,14 +28,10 @@ import importlib.util
 import os
 
 import torch
-from torch import Tensor
 
 from ..registry import Backend
 
-__all__ = ["MAX_SIZE", "TritonBackend"]
-
-MAX_SIZE = 128
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+__all__ = ["TritonBackend"]
 
 
 def _interpreting() -> bool:
@@ -53,6 +49,8 @@ class TritonBackend(Backend):
 
     name = "triton"
     priority = 30
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    max_side = 128
 
     @property
     def device_types(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -73,43 +71,26 @@ class TritonBackend(Backend):
 
         return True, f"fused Triton kernels (triton {triton.__version__})"
 
-    def unsupported_reason(self, op: str, x: Tensor, out_channels: int) -> str | None:
-        if x.dtype not in _DTYPES:
-            return f"x has dtype {x.dtype}; the triton backend takes float32, float16, bfloat16"
-        h, w = x.shape[-2:]
-        if h > MAX_SIZE or w > MAX_SIZE:
-            return f"H={h}, W={w}: the triton backend takes 1 <= H, W <= {MAX_SIZE}"
-        return None
-
-    # Every launch runs with x's GPU as the current device (Triton launches there).
-    def mix_fwd(self, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
+    def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
         ops = _ops()
-        with ops.on_device(x):
-            return ops.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+        ops._check_device(x)
+        b, _, h, w = x.shape
+        y = torch.empty((b, f_id.shape[0], h, w), dtype=x.dtype, device=x.device,
+                        memory_format=ops._out_format(x))  # fmt: skip
+        fuse_weight = torch.cat([f_id, f_row, f_col], dim=1)
+        return ops._launch_mix(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, y,
+                               transposed=False)  # fmt: skip
 
-    def mix_bwd(self, grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.mix_bwd(
-                grad.to(x.dtype), x, row_weight, row_bias, col_weight, col_bias, fuse_weight
-            )
+    def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                  deterministic):  # fmt: skip
+        return _ops().mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_row, f_col,
+                                deterministic)  # fmt: skip
 
-    def row_mix_fwd(self, x, weight, bias):
+    def axis_mix(self, x, weight, bias, axis):
         ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_fwd(x, weight, bias, 3)
+        ops._check_device(x)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=ops._out_format(x))
+        return ops._launch_axis_mix(x, weight, bias, axis, y, transposed=False)
 
-    def row_mix_bwd(self, grad, x, weight):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_bwd(grad.to(x.dtype), x, weight, 3)
-
-    def col_mix_fwd(self, x, weight, bias):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_fwd(x, weight, bias, 2)
-
-    def col_mix_bwd(self, grad, x, weight):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_bwd(grad.to(x.dtype), x, weight, 2)
+    def axis_wgrad(self, g, x, axis, deterministic):
+        return _ops()._axis_wgrad(g, x, axis, None, deterministic=deterministic)

@@ -5,15 +5,11 @@ it. Inputs have passed the op layer's validation; any strides are fine (the kern
 every stride), so nothing here copies x or g.
 """
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import _config
-from ..reference import AxisMixGrads, SMLPMixGrads
 from . import _tuning
 from .kernels import axis_mix_kernel, axis_wgrad_kernel, mix_fwd_kernel, mix_wgrad_fuse_kernel
 
@@ -56,13 +52,6 @@ def _out_format(x: Tensor) -> torch.memory_format:
     if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
-
-
-def on_device(x: Tensor):
-    """Launch on x's GPU: Triton launches on the current device and its current stream."""
-    if x.device.type == "cuda":
-        return torch.cuda.device(x.device)
-    return contextlib.nullcontext()
 
 
 def _num_sms(device: torch.device) -> int:
@@ -153,15 +142,6 @@ def _launch_mix(
     return out
 
 
-def mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight) -> Tensor:
-    _check_device(x)
-    b, _, h, w = x.shape
-    y = torch.empty((b, fuse_weight.shape[0], h, w), dtype=x.dtype, device=x.device,
-                    memory_format=_out_format(x))  # fmt: skip
-    return _launch_mix(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, y,
-                       transposed=False)  # fmt: skip
-
-
 def _finish_sum(buf: Tensor, deterministic: bool) -> Tensor:
     """The reduction's result: the buffer itself (atomics) or the sum of its partials, added
     in a fixed order (PyTorch's reductions are run-to-run deterministic)."""
@@ -230,13 +210,10 @@ def _axis_wgrad(
     return _finish_sum(dw, deterministic), _finish_sum(db, deterministic)
 
 
-def mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight) -> SMLPMixGrads:
+def mix_wgrad(grad, x, row_weight, row_bias, col_weight, col_bias, f_row, f_col, deterministic):
     _check_device(x)
-    deterministic = _config.is_deterministic()
     b, c, h, w = x.shape
-    c_out = fuse_weight.shape[0]
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
-    _launch_mix(grad, row_weight, None, col_weight, None, fuse_weight, dx, transposed=True)
+    c_out = f_row.shape[0]
 
     # d fuse_weight: fused reduction over pixels, r and k recomputed with their biases.
     rb_t, srb = _bias_args(row_bias, row_weight)
@@ -281,9 +258,9 @@ def mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight) ->
     d_fuse = _finish_sum(buffers(cfg)[0], deterministic)
 
     # Row and column weights: z = F_row^T g (along W) and F_col^T g (along H).
-    d_rw, d_rb = _axis_wgrad(grad, x, 3, fuse_weight[:, c : 2 * c], deterministic=deterministic)
-    d_cw, d_cb = _axis_wgrad(grad, x, 2, fuse_weight[:, 2 * c :], deterministic=deterministic)
-    return SMLPMixGrads(dx, d_rw, d_rb, d_cw, d_cb, d_fuse)
+    d_rw, d_rb = _axis_wgrad(grad, x, 3, f_row, deterministic=deterministic)
+    d_cw, d_cb = _axis_wgrad(grad, x, 2, f_col, deterministic=deterministic)
+    return d_fuse, d_rw, d_rb, d_cw, d_cb
 
 
 def _launch_axis_mix(x: Tensor, weight: Tensor, bias: Tensor | None, axis: int,
@@ -319,17 +296,3 @@ def _launch_axis_mix(x: Tensor, weight: Tensor, bias: Tensor | None, axis: int,
     key = ("axis_mix_kernel", c, c, h, w, x.dtype, prec, axis, bias is not None)
     run(_tuning.pick(key, configs, x.device, run))
     return out
-
-
-def axis_mix_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, axis: int) -> Tensor:
-    _check_device(x)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
-    return _launch_axis_mix(x, weight, bias, axis, y, transposed=False)
-
-
-def axis_mix_bwd(grad: Tensor, x: Tensor, weight: Tensor, axis: int) -> AxisMixGrads:
-    _check_device(x)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
-    _launch_axis_mix(grad, weight, None, axis, dx, transposed=True)
-    dw, db = _axis_wgrad(grad, x, axis, None, deterministic=_config.is_deterministic())
-    return AxisMixGrads(dx, dw, db)
