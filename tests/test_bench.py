@@ -51,7 +51,7 @@ from smlp_kernels.bench.report import (
     write_csv,
     write_json,
 )
-from smlp_kernels.bench.timing import TimingConfig, quantile, time_cpu
+from smlp_kernels.bench.timing import TimingConfig, quantile, time_calls, time_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -475,6 +475,24 @@ def test_quantiles_and_interleaved_cpu_timing():
     )
     assert timings["a"].n == timings["b"].n == 4 and timings["a"].method == "perf_counter"
     assert calls[:6] == ["a", "b"] * 3  # one call of each per round
+
+
+def test_fixed_count_timing():
+    """time_calls (the demo's and cpu_backend_speed.py's timing): exactly ``warmup`` untimed
+    and ``reps`` timed rounds, interleaved; bad counts are refused by name."""
+    calls: list[str] = []
+    timings = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 2)
+    assert calls == ["a", "b"] * 5
+    assert timings["a"].n == timings["b"].n == 3 and timings["b"].method == "perf_counter"
+    calls.clear()
+    assert time_calls({"a": lambda: calls.append("a")}, 1, warmup=0)["a"].n == 1
+    assert calls == ["a"]
+    with pytest.raises(ValueError, match="time_calls: reps must be a positive int, got 0"):
+        time_calls({"a": lambda: None}, 0)
+    with pytest.raises(ValueError, match="time_calls: warmup must be an int >= 0, got -1"):
+        time_calls({"a": lambda: None}, 1, warmup=-1)
+    with pytest.raises(TypeError, match="time_calls: reps must be an int, got bool"):
+        time_calls({"a": lambda: None}, True)
 
 
 # --------------------------------------------------------------------------------------------
