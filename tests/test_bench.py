@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import bench_report_meta
 
 from smlp_kernels.bench import (
     RESULT_FIELDS,
@@ -105,7 +106,7 @@ def test_fewest_bytes_of_t1_at_batch_128_in_bf16():
     assert op_bytes(op_case("T1", 128, "fp32", "fwd")) == 2 * op_bytes(case)
 
 
-def test_roofline_floor_matches_the_brief_example():
+def test_roofline_floor_of_t1_on_an_h100():
     # T1, batch 128, bf16 on an H100 (3.0 TB/s, 790 TFLOP/s): about 43 us,
     # set by the bytes.
     ceilings = Ceilings("cuda", 3.0e12, {"bf16": 790e12})
@@ -223,16 +224,12 @@ def smoke_doc() -> dict:
     )
     results = runner.run(cases)
     add_comparisons(results)
-    meta = {
-        "date": "2026-01-01T00:00:00+00:00",
-        "git_commit": None,
-        "git_dirty": None,
-        "device": {"type": "cpu", "name": runner.device_name},
-        "versions": {"torch": torch.__version__, "smlp_kernels": "test"},
-        "suites": ["smoke"],
-        "timing": {"method_note": "test"},
-        "duration_s": 1.0,
-    }
+    meta = bench_report_meta(
+        git_dirty=None,
+        device={"type": "cpu", "name": runner.device_name},
+        suites=["smoke"],
+        duration_s=1.0,
+    )
     ceilings = runner.ceilings.as_dict()
     return build_report(meta, ceilings, {}, results, summarize_results(results))
 
@@ -392,20 +389,8 @@ def test_failing_and_wrong_providers_are_recorded_not_raised(monkeypatch):
         assert "max err" in by["wrong", mode]["error"]
         assert by["wrong", mode]["median_ms"] is None  # never timed
         assert by["reference", mode]["status"] == "ok"
-    text = format_tables(build_report(_meta(), None, {}, rows, summarize_results(rows)))
+    text = format_tables(build_report(bench_report_meta(), None, {}, rows, summarize_results(rows)))
     assert "FAILED" in text and "kernel exploded" in text
-
-
-def _meta() -> dict:
-    return {
-        "date": "2026-01-01T00:00:00+00:00",
-        "git_commit": None,
-        "device": {"type": "cpu", "name": "test"},
-        "versions": {"torch": torch.__version__, "smlp_kernels": "test"},
-        "suites": ["test"],
-        "timing": {"method_note": "test"},
-        "duration_s": 0.0,
-    }
 
 
 def test_a_failing_group_setup_fails_its_rows_and_the_run_goes_on(monkeypatch):
