@@ -25,14 +25,13 @@ import argparse
 import functools
 import math
 import os
-import statistics
-import time
 
 import torch
 
 import smlp_kernels
 from smlp_kernels import flops
 from smlp_kernels.bench.meta import cpu_model
+from smlp_kernels.bench.timing import time_calls
 from smlp_kernels.cpp_backends import tensor_arg
 from smlp_kernels.reference import smlp_mix_spach_style
 
@@ -67,18 +66,6 @@ def _launcher_call(inputs: list[torch.Tensor]):
 
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def _time_interleaved(fns: dict, reps: int, warmup: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if i >= warmup:
-                times[name].append(elapsed)
-    return times
 
 
 def main() -> None:
@@ -122,8 +109,8 @@ def main() -> None:
             expected = fns["spach"]()
             torch.testing.assert_close(fns["cpu"](), expected, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(fns["launcher"](), expected, rtol=1e-4, atol=1e-4)
-            times = _time_interleaved(fns, args.reps, args.warmup)
-            ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            timings = time_calls(fns, args.reps, warmup=args.warmup)
+            ms = {name: t.median_s * 1e3 for name, t in timings.items()}
             work = flops.smlp_mix_flops(args.batch, channels, channels, side, side)
             gflops = work / ms["cpu"] / 1e6
             ratios.append(ms["spach"] / ms["cpu"])

@@ -9,14 +9,13 @@ pass of each backend against the SPACH-style eager block on this machine.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 
 from . import SparseMLP, backends, convert_spach, smlp_mix
 from ._validation import int_arg
+from .bench.timing import time_calls
 from .reference import SpachStyleSMLPBlock, smlp_mix_ref
 
 # sMLPNet-T stages at 224x224: (channels, height = width).
@@ -24,13 +23,8 @@ TINY_STAGES = ((80, 56), (160, 28), (320, 14), (640, 7))
 
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of ``repeats`` calls of fn after one warm-up call."""
+    return 1e3 * time_calls({"fn": fn}, repeats, warmup=1)["fn"].median_s
 
 
 class _SpachStyleNet(nn.Module):

@@ -161,3 +161,18 @@ def small_smlpnet(backend: str, device: str, *, dim: int = 4, image_size: int = 
         **kw,
     )
     return model.to(device)
+
+
+def bench_report_meta(**changes) -> dict:
+    """The ``meta`` of a made-up smlp-bench report (for ``bench.report.build_report``), with
+    ``changes`` applied."""
+    meta = {
+        "date": "2026-01-01T00:00:00+00:00",
+        "git_commit": None,
+        "device": {"type": "cpu", "name": "test"},
+        "versions": {"torch": torch.__version__, "smlp_kernels": "test"},
+        "suites": ["test"],
+        "timing": {"method_note": "test"},
+        "duration_s": 0.0,
+    }
+    return {**meta, **changes}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import bench_report_meta
 
 from smlp_kernels.bench import (
     RESULT_FIELDS,
@@ -51,7 +52,7 @@ from smlp_kernels.bench.report import (
     write_csv,
     write_json,
 )
-from smlp_kernels.bench.timing import TimingConfig, quantile, time_cpu
+from smlp_kernels.bench.timing import TimingConfig, quantile, time_calls, time_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_fewest_bytes_of_t1_at_batch_128_in_bf16():
     assert op_bytes(op_case("T1", 128, "fp32", "fwd")) == 2 * op_bytes(case)
 
 
-def test_roofline_floor_matches_the_brief_example():
+def test_roofline_floor_of_t1_on_an_h100():
     # T1, batch 128, bf16 on an H100 (3.0 TB/s, 790 TFLOP/s): about 43 us,
     # set by the bytes.
     ceilings = Ceilings("cuda", 3.0e12, {"bf16": 790e12})
@@ -223,16 +224,12 @@ def smoke_doc() -> dict:
     )
     results = runner.run(cases)
     add_comparisons(results)
-    meta = {
-        "date": "2026-01-01T00:00:00+00:00",
-        "git_commit": None,
-        "git_dirty": None,
-        "device": {"type": "cpu", "name": runner.device_name},
-        "versions": {"torch": torch.__version__, "smlp_kernels": "test"},
-        "suites": ["smoke"],
-        "timing": {"method_note": "test"},
-        "duration_s": 1.0,
-    }
+    meta = bench_report_meta(
+        git_dirty=None,
+        device={"type": "cpu", "name": runner.device_name},
+        suites=["smoke"],
+        duration_s=1.0,
+    )
     ceilings = runner.ceilings.as_dict()
     return build_report(meta, ceilings, {}, results, summarize_results(results))
 
@@ -392,20 +389,8 @@ def test_failing_and_wrong_providers_are_recorded_not_raised(monkeypatch):
         assert "max err" in by["wrong", mode]["error"]
         assert by["wrong", mode]["median_ms"] is None  # never timed
         assert by["reference", mode]["status"] == "ok"
-    text = format_tables(build_report(_meta(), None, {}, rows, summarize_results(rows)))
+    text = format_tables(build_report(bench_report_meta(), None, {}, rows, summarize_results(rows)))
     assert "FAILED" in text and "kernel exploded" in text
-
-
-def _meta() -> dict:
-    return {
-        "date": "2026-01-01T00:00:00+00:00",
-        "git_commit": None,
-        "device": {"type": "cpu", "name": "test"},
-        "versions": {"torch": torch.__version__, "smlp_kernels": "test"},
-        "suites": ["test"],
-        "timing": {"method_note": "test"},
-        "duration_s": 0.0,
-    }
 
 
 def test_a_failing_group_setup_fails_its_rows_and_the_run_goes_on(monkeypatch):
@@ -475,6 +460,24 @@ def test_quantiles_and_interleaved_cpu_timing():
     )
     assert timings["a"].n == timings["b"].n == 4 and timings["a"].method == "perf_counter"
     assert calls[:6] == ["a", "b"] * 3  # one call of each per round
+
+
+def test_fixed_count_timing():
+    """time_calls (the demo's and cpu_backend_speed.py's timing): exactly ``warmup`` untimed
+    and ``reps`` timed rounds, interleaved; bad counts are refused by name."""
+    calls: list[str] = []
+    timings = time_calls({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, 2)
+    assert calls == ["a", "b"] * 5
+    assert timings["a"].n == timings["b"].n == 3 and timings["b"].method == "perf_counter"
+    calls.clear()
+    assert time_calls({"a": lambda: calls.append("a")}, 1, warmup=0)["a"].n == 1
+    assert calls == ["a"]
+    with pytest.raises(ValueError, match="time_calls: reps must be a positive int, got 0"):
+        time_calls({"a": lambda: None}, 0)
+    with pytest.raises(ValueError, match="time_calls: warmup must be an int >= 0, got -1"):
+        time_calls({"a": lambda: None}, 1, warmup=-1)
+    with pytest.raises(TypeError, match="time_calls: reps must be an int, got bool"):
+        time_calls({"a": lambda: None}, True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,13 +114,8 @@ def _run(code: str, args: list[str], cwd: Path, env: dict[str, str]) -> str:
     script.write_text(textwrap.dedent(code))
     proc = subprocess.run(
         [sys.executable, str(script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
+    )  # fmt: skip
     assert proc.returncode == 0, (
         f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
         f"--- stderr\n{proc.stderr[-8000:]}"

@@ -8,6 +8,7 @@ state_dict layout is SPACH's ``sMLPNet``, generated here from its naming rules; 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,11 +20,26 @@ from smlp_kernels import SparseMLP, convert_spach
 from smlp_kernels.models import DropPath, SMLPNet, smlpnet_base, smlpnet_small, smlpnet_tiny
 from smlp_kernels.reference import SpachStyleSMLPBlock
 
-# (factory, dim, depths) of each model in the zoo.
+
+@dataclass(frozen=True)
+class Arch:
+    """An sMLPNet architecture, SPACH's defaults but for dim and depths: what the hand
+    counts below (FLOPs, state_dict layout) are computed from."""
+
+    dim: int
+    depths: tuple[int, ...]
+    image_size: int = 224
+    patch_size: int = 4
+    in_chans: int = 3
+    alpha: int = 3
+    num_classes: int = 1000
+
+
+# (factory, architecture) of each model in the zoo.
 ZOO = {
-    "tiny": (smlpnet_tiny, 80, (2, 8, 14, 2)),
-    "small": (smlpnet_small, 96, (2, 10, 24, 2)),
-    "base": (smlpnet_base, 112, (2, 10, 24, 2)),
+    "tiny": (smlpnet_tiny, Arch(80, (2, 8, 14, 2))),
+    "small": (smlpnet_small, Arch(96, (2, 10, 24, 2))),
+    "base": (smlpnet_base, Arch(112, (2, 10, 24, 2))),
 }
 
 # SPACH's block is found by class name; this one computes like SPACH's and allows H != W.
@@ -92,51 +108,42 @@ def test_multiply_adds_at_224(name: str, giga_macs: float) -> None:
     assert round(measured_flops(name)["total"] / 2 / 1e9, 2) == giga_macs
 
 
-def hand_flops(
-    dim: int,
-    depths: tuple[int, ...],
-    image_size: int = 224,
-    patch_size: int = 4,
-    in_chans: int = 3,
-    alpha: int = 3,
-    num_classes: int = 1000,
-    batch: int = 1,
-) -> dict[str, int]:
+def hand_flops(arch: Arch, batch: int = 1) -> dict[str, int]:
     """FLOPs (a multiply-add = 2) of sMLPNet from its architecture, per kind of op.
 
     Normalisations, activations, residual adds and the global average pool are not counted
     (FlopCounterMode does not count them either).
     """
     conv = mix = linear = 0
-    channels = dim
-    for i, depth in enumerate(depths):
-        channels = dim * 2**i
-        side = image_size // patch_size // 2**i
+    channels = arch.dim
+    patch = arch.patch_size
+    for i, depth in enumerate(arch.depths):
+        channels = arch.dim * 2**i
+        side = arch.image_size // patch // 2**i
         pixels = batch * side * side
         if i == 0:  # patch embedding: Conv2d(in_chans, dim, patch_size, stride=patch_size)
-            conv += 2 * pixels * channels * in_chans * patch_size * patch_size
+            conv += 2 * pixels * channels * arch.in_chans * patch * patch
         else:  # downsampling: Conv2d(C / 2, C, 2, stride=2)
             conv += 2 * pixels * channels * (channels // 2) * 2 * 2
         for _ in range(depth):
             conv += 2 * pixels * channels * 3 * 3  # depthwise 3x3 conv (one input channel each)
             # the sMLP op: row and column mixes, then the (C x 3C) fuse
             mix += 2 * pixels * channels * (side + side) + 2 * pixels * 3 * channels * channels
-            linear += 2 * (2 * pixels * channels * alpha * channels)  # C -> 3C -> C
-    linear += 2 * batch * channels * num_classes  # the head
+            linear += 2 * (2 * pixels * channels * arch.alpha * channels)  # C -> 3C -> C
+    linear += 2 * batch * channels * arch.num_classes  # the head
     return {"aten.convolution": conv, "smlp.mix_fwd": mix, "aten.addmm": linear}
 
 
 def test_tiny_flops_match_hand_count() -> None:
-    _, dim, depths = ZOO["tiny"]
-    expected = hand_flops(dim, depths)
+    expected = hand_flops(ZOO["tiny"][1])
     measured = measured_flops("tiny")
     assert {k: v for k, v in measured.items() if k != "total"} == expected
     assert measured["total"] == sum(expected.values())
 
 
-def test_hand_count_matches_the_brief_per_stage() -> None:
+def test_hand_count_matches_the_readme_formula_per_stage() -> None:
     """The sMLP op's share at stage 1 of sMLPNet-T, from the README's formula (The op)."""
-    stage1 = hand_flops(80, (1, 0, 0, 0), num_classes=0)["smlp.mix_fwd"]
+    stage1 = hand_flops(Arch(80, (1, 0, 0, 0), num_classes=0))["smlp.mix_fwd"]
     b, c, h, w = 1, 80, 56, 56
     assert stage1 == 2 * b * c * h * w * (w + h) + 2 * b * h * w * 3 * c * c
 
@@ -146,15 +153,7 @@ def test_hand_count_matches_the_brief_per_stage() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def spach_state_dict_shapes(
-    dim: int,
-    depths: tuple[int, ...],
-    image_size: int = 224,
-    patch_size: int = 4,
-    in_chans: int = 3,
-    alpha: int = 3,
-    num_classes: int = 1000,
-) -> dict[str, tuple[int, ...]]:
+def spach_state_dict_shapes(arch: Arch) -> dict[str, tuple[int, ...]]:
     """key -> shape of SPACH's ``sMLPNet`` state_dict, in SPACH's registration order."""
 
     def bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
@@ -167,13 +166,14 @@ def spach_state_dict_shapes(
         }
 
     embed, token, channel = {}, {}, {}
-    num_patch = image_size // patch_size
+    patch, alpha = arch.patch_size, arch.alpha
+    num_patch = arch.image_size // patch
     j = 0
-    for i, depth in enumerate(depths):
-        c = dim * 2**i
+    for i, depth in enumerate(arch.depths):
+        c = arch.dim * 2**i
         side = num_patch // 2**i
         if i == 0:
-            embed[f"to_patch_embedding.{i}.0.weight"] = (c, in_chans, patch_size, patch_size)
+            embed[f"to_patch_embedding.{i}.0.weight"] = (c, arch.in_chans, patch, patch)
         else:
             embed[f"to_patch_embedding.{i}.0.weight"] = (c, c // 2, 2, 2)
         for _ in range(depth):
@@ -194,10 +194,10 @@ def spach_state_dict_shapes(
             channel[f"{m}.2.net.3.weight"] = (c, alpha * c)
             channel[f"{m}.2.net.3.bias"] = (c,)
             j += 1
-    last = dim * 2 ** (len(depths) - 1)
+    last = arch.dim * 2 ** (len(arch.depths) - 1)
     head = bn("batch_norm", last)
-    head["mlp_head.0.weight"] = (num_classes, last)
-    head["mlp_head.0.bias"] = (num_classes,)
+    head["mlp_head.0.weight"] = (arch.num_classes, last)
+    head["mlp_head.0.bias"] = (arch.num_classes,)
     return embed | token | channel | head
 
 
@@ -207,8 +207,7 @@ def _is_buffer(key: str) -> bool:
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_state_dict_matches_spach_layout(name: str) -> None:
-    _, dim, depths = ZOO[name]
-    expected = spach_state_dict_shapes(dim, depths)
+    expected = spach_state_dict_shapes(ZOO[name][1])
     got = {k: tuple(v.shape) for k, v in build_on_meta(name).state_dict().items()}
     assert set(got) == set(expected)
     assert list(got) == list(expected)  # SPACH's order too
@@ -222,7 +221,7 @@ def test_state_dict_matches_spach_layout(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_blocks_and_widths(name: str) -> None:
-    _, dim, depths = ZOO[name]
+    dim, depths = ZOO[name][1].dim, ZOO[name][1].depths
     model = build_on_meta(name)
     assert len(model.token_mix) == len(model.channel_mix) == sum(depths)
     j = 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import bench_report_meta
 
 from smlp_kernels import _extension
 from smlp_kernels.bench import roofline
@@ -344,15 +345,9 @@ def _row(case: str, provider: str, pct: float | None) -> dict:
 
 
 def _doc(results: list[dict], ceilings: dict) -> dict:
-    meta = {
-        "date": "2026-01-01T00:00:00+00:00",
-        "git_commit": None,
-        "device": {"type": "cpu", "name": "test CPU"},
-        "versions": {"torch": torch.__version__, "smlp_kernels": "test"},
-        "suites": ["cpu"],
-        "timing": {"method_note": "test"},
-        "duration_s": 1.0,
-    }
+    meta = bench_report_meta(
+        device={"type": "cpu", "name": "test CPU"}, suites=["cpu"], duration_s=1.0
+    )
     return build_report(meta, ceilings, {}, results, [])
 
 

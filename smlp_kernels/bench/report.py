@@ -252,6 +252,27 @@ def _speedup(v) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+# The baselines of the speed-up columns: title, width, the suffix of the speedup_vs_* keys.
+_BASELINES = (
+    ("x eager", 7, "spach_eager"),
+    ("x compile", 9, "spach_compile"),
+    ("x max-at", 8, "spach_compile_max_autotune"),
+)
+
+
+def _speedup_columns(n: int, *, summary: bool = False) -> list[tuple]:
+    """Columns of the speed-ups against the first n baselines: a result row's speed-up, or
+    for a summary row the geometric mean and then the worst ("min") one."""
+    columns = []
+    for title, width, base in _BASELINES[:n]:
+        if summary:
+            columns.append((title, width, lambda s, k=f"geomean_speedup_vs_{base}": _speedup(s[k])))
+            columns.append(("min", 6, lambda s, k=f"min_speedup_vs_{base}": _speedup(s[k])))
+        else:
+            columns.append((title, width, lambda r, k=f"speedup_vs_{base}": _speedup(r[k])))
+    return columns
+
+
 def _render(columns: list[tuple[str, int, Callable[[dict], str]]], rows: list[dict]) -> str:
     lines = [" ".join(f"{h:>{w}}" if w > 0 else f"{h:<{-w}}" for h, w, _ in columns).rstrip()]
     lines.append("-" * len(lines[0]))
@@ -381,9 +402,7 @@ def format_tables(doc: dict) -> str:
             (flop_unit, 8, lambda r: rate(r["tflop_per_s"] and r["tflop_per_s"] * flop_scale)),
             ("GB/s", 7, lambda r: rate(r["gb_per_s"])),
             ("floor%", 7, lambda r: _floor_pct(r["roofline_pct"])),
-            ("x eager", 7, lambda r: _speedup(r["speedup_vs_spach_eager"])),
-            ("x compile", 9, lambda r: _speedup(r["speedup_vs_spach_compile"])),
-            ("x max-at", 8, lambda r: _speedup(r["speedup_vs_spach_compile_max_autotune"])),
+            *_speedup_columns(3),
             ("peak MiB", 8, lambda r: _mib(r["peak_mem_bytes"])),
             ("note", -20, _note),
         ]
@@ -403,8 +422,7 @@ def format_tables(doc: dict) -> str:
             ("p20-p80 ms", 15, _range),
             ("images/s", 9, lambda r: rate(r["images_per_s"])),
             (flop_unit, 8, lambda r: rate(r["tflop_per_s"] and r["tflop_per_s"] * flop_scale)),
-            ("x eager", 7, lambda r: _speedup(r["speedup_vs_spach_eager"])),
-            ("x compile", 9, lambda r: _speedup(r["speedup_vs_spach_compile"])),
+            *_speedup_columns(2),
             ("peak MiB", 8, lambda r: _mib(r["peak_mem_bytes"])),
             ("note", -20, _note),
         ]
@@ -426,12 +444,7 @@ def format_tables(doc: dict) -> str:
             ("mode", -7, lambda s: s["mode"]),
             ("provider", -26, lambda s: s["provider"]),
             ("n", 2, lambda s: str(s["ok"])),
-            ("x eager", 7, lambda s: _speedup(s["geomean_speedup_vs_spach_eager"])),
-            ("min", 6, lambda s: _speedup(s["min_speedup_vs_spach_eager"])),
-            ("x compile", 9, lambda s: _speedup(s["geomean_speedup_vs_spach_compile"])),
-            ("min", 6, lambda s: _speedup(s["min_speedup_vs_spach_compile"])),
-            ("x max-at", 8, lambda s: _speedup(s["geomean_speedup_vs_spach_compile_max_autotune"])),
-            ("min", 6, lambda s: _speedup(s["min_speedup_vs_spach_compile_max_autotune"])),
+            *_speedup_columns(3, summary=True),
             ("min floor%", 10, lambda s: _floor_pct(s["min_roofline_pct"])),
             ("mem/eager", 9, lambda s: _num(".2f")(s["geomean_mem_ratio_vs_spach_eager"])),
             ("max", 5, lambda s: _num(".2f")(s["max_mem_ratio_vs_spach_eager"])),

@@ -7,7 +7,9 @@
   one CUDA graph and replays it, so Python and launch overhead drop out (no L2 flush there).
 * CPU (:func:`time_cpu`): ``time.perf_counter`` around every call. Several callables are
   timed *interleaved*, one call of each per round, so load from other processes on the
-  machine hits all of them alike and their ratios stay fair.
+  machine hits all of them alike and their ratios stay fair. :func:`time_calls` is the same
+  loop for a fixed number of rounds (the demo and ``benchmarks/cpu_backend_speed.py``); a
+  callable that launches GPU work must synchronize itself there.
 
 Every result is a :class:`Timing`: the median, the 20% and 80% quantiles, the mean and the
 minimum, in seconds, over ``n`` samples.
@@ -24,11 +26,14 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from .._validation import check_size
+
 __all__ = [
     "Timing",
     "TimingConfig",
     "quantile",
     "summarize",
+    "time_calls",
     "time_cpu",
     "time_cuda",
     "triton_timing_available",
@@ -149,7 +154,7 @@ def _triton_testing():
 
         driver = runtime.driver.active
         driver.get_device_interface()
-        driver.get_empty_cache_for_benchmark  # noqa: B018 (present in triton >= 3.0)
+        driver.get_empty_cache_for_benchmark  # noqa: B018 (do_bench flushes L2 with it)
     except Exception:
         return None
     return testing
@@ -210,6 +215,40 @@ def time_cpu(fns: Mapping[str, Callable[[], object]], config: TimingConfig) -> d
     ``min_reps`` calls, or ``max_reps`` rounds. Returns a Timing per name.
     """
     cfg = config.resolved("cpu")
+    return _time_interleaved(
+        fns,
+        warmup_rounds=1,
+        warmup_s=cfg.warmup_ms * 1e-3,
+        min_rounds=cfg.min_reps,
+        max_rounds=cfg.max_reps,
+        rep_s=cfg.rep_ms * 1e-3,
+    )
+
+
+def time_calls(
+    fns: Mapping[str, Callable[[], object]], reps: int, warmup: int = 1
+) -> dict[str, Timing]:
+    """Time callables interleaved for a fixed count: ``warmup`` untimed rounds, then ``reps``
+    timed rounds, each calling every callable once, in order. Returns a Timing per name."""
+    reps = check_size(reps, "reps", "time_calls")
+    warmup = check_size(warmup, "warmup", "time_calls", minimum=0)
+    return _time_interleaved(
+        fns, warmup_rounds=warmup, warmup_s=0.0, min_rounds=reps, max_rounds=reps, rep_s=0.0
+    )
+
+
+def _time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    warmup_rounds: int,
+    warmup_s: float,
+    min_rounds: int,
+    max_rounds: int,
+    rep_s: float,
+) -> dict[str, Timing]:
+    """The CPU loop: ``warmup_rounds`` rounds and more until each callable has had about
+    ``warmup_s`` of warm-up, then timed rounds until each has had about ``rep_s`` of calls
+    and at least ``min_rounds`` rounds ran, but at most ``max_rounds`` rounds."""
     names = list(fns)
     if not names:
         return {}
@@ -222,15 +261,16 @@ def time_cpu(fns: Mapping[str, Callable[[], object]], config: TimingConfig) -> d
             times[name].append(time.perf_counter() - start)
 
     start = time.perf_counter()
-    round_()  # at least one warm-up round
-    while time.perf_counter() - start < cfg.warmup_ms * 1e-3 * len(names):
+    for _ in range(warmup_rounds):
+        round_()
+    while time.perf_counter() - start < warmup_s * len(names):
         round_()
     for t in times.values():
         t.clear()
     start = time.perf_counter()
     rounds = 0
-    while rounds < cfg.max_reps and (
-        rounds < cfg.min_reps or time.perf_counter() - start < cfg.rep_ms * 1e-3 * len(names)
+    while rounds < max_rounds and (
+        rounds < min_rounds or time.perf_counter() - start < rep_s * len(names)
     ):
         round_()
         rounds += 1
