@@ -1,8 +1,18 @@
-"""The ``triton`` backend: fused Triton kernels for the forward and backward of the ops.
+"""The ``triton`` backend: fused Triton kernels for the four primitives of the backend
+contract (:class:`smlp_kernels.registry.Backend`).
 
-Importing this package never imports Triton; the kernels load on the first call. The
-backend is registered by ``smlp_kernels`` itself, so ``backend=None`` picks it for CUDA
-tensors whenever Triton is installed.
+One module per kernel family, each with its kernels, launcher and tile configurations:
+
+* :mod:`.mix`: the fused mix ``y = F_id x + F_row R(x) + F_col K(x)`` (the forward and,
+  called by the op layer with transposed weights and no biases, the input gradient);
+* :mod:`.wgrad_fuse`: the fuse-weight gradient, one reduction over the pixels;
+* :mod:`.axis`: the row / column mix and the weight gradient along an axis (which also
+  gives the fused mix's row and column weight gradients, with z = F_row^T g or F_col^T g
+  computed on the fly);
+
+plus :mod:`._common` (dtype and precision rules, launch helpers) and :mod:`._tuning` (the
+configuration type and the autotuner). Importing this package never imports Triton; the
+kernels load on the first call.
 
 Dtype rule: x in float32, float16 or bfloat16; each parameter in x's dtype or float32.
 Parameters are cast to x's dtype for the matrix units (float32 stays float32, with IEEE
@@ -11,15 +21,12 @@ float32; r and k are rounded to x's dtype before the fuse product, as an unfused
 implementation would store them; outputs are in x's dtype and parameter gradients are
 reduced in float32.
 
-Sizes: any B, C, C_out; 1 <= H, W <= 128 (a row or column must fit one tile). Larger H or W
-is refused with a clear message, and ``backend=None`` then falls back to another backend.
+Sizes: any B, C, C_out; 1 <= H, W <= 128 (a row or column must fit one tile).
 
 Under the Triton interpreter (``TRITON_INTERPRET=1`` set before the first call) the
 kernels run on CPU tensors, for testing; bfloat16 is then computed in float32, since the
 interpreter gets bfloat16 products wrong. In that mode the backend only runs when asked for
 by name (``backend="triton"``).
-
-Deterministic weight gradients: see :func:`smlp_kernels.set_deterministic`.
 """
 
 from __future__ import annotations
@@ -28,24 +35,14 @@ import importlib.util
 import os
 
 import torch
-from torch import Tensor
 
 from ..registry import Backend
 
-__all__ = ["MAX_SIZE", "TritonBackend"]
-
-MAX_SIZE = 128
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+__all__ = ["TritonBackend"]
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _ops():
-    import importlib
-
-    return importlib.import_module(__name__ + "._launch")
 
 
 class TritonBackend(Backend):
@@ -53,6 +50,8 @@ class TritonBackend(Backend):
 
     name = "triton"
     priority = 30
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    max_side = 128
 
     @property
     def device_types(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -73,43 +72,29 @@ class TritonBackend(Backend):
 
         return True, f"fused Triton kernels (triton {triton.__version__})"
 
-    def unsupported_reason(self, op: str, x: Tensor, out_channels: int) -> str | None:
-        if x.dtype not in _DTYPES:
-            return f"x has dtype {x.dtype}; the triton backend takes float32, float16, bfloat16"
-        h, w = x.shape[-2:]
-        if h > MAX_SIZE or w > MAX_SIZE:
-            return f"H={h}, W={w}: the triton backend takes 1 <= H, W <= {MAX_SIZE}"
-        return None
+    def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
+        from .mix import mix
 
-    # Every launch runs with x's GPU as the current device (Triton launches there).
-    def mix_fwd(self, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+        return mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
 
-    def mix_bwd(self, grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.mix_bwd(
-                grad.to(x.dtype), x, row_weight, row_bias, col_weight, col_bias, fuse_weight
-            )
+    def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                  deterministic):  # fmt: skip
+        from .axis import axis_wgrad
+        from .wgrad_fuse import wgrad_fuse
 
-    def row_mix_fwd(self, x, weight, bias):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_fwd(x, weight, bias, 3)
+        d_fuse = wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
+                            deterministic=deterministic)  # fmt: skip
+        # Row and column weights: z = F_row^T g (along W) and F_col^T g (along H).
+        d_rw, d_rb = axis_wgrad(g, x, 3, f_row, deterministic=deterministic)
+        d_cw, d_cb = axis_wgrad(g, x, 2, f_col, deterministic=deterministic)
+        return d_fuse, d_rw, d_rb, d_cw, d_cb
 
-    def row_mix_bwd(self, grad, x, weight):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_bwd(grad.to(x.dtype), x, weight, 3)
+    def axis_mix(self, x, weight, bias, axis):
+        from .axis import axis_mix
 
-    def col_mix_fwd(self, x, weight, bias):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_fwd(x, weight, bias, 2)
+        return axis_mix(x, weight, bias, axis)
 
-    def col_mix_bwd(self, grad, x, weight):
-        ops = _ops()
-        with ops.on_device(x):
-            return ops.axis_mix_bwd(grad.to(x.dtype), x, weight, 2)
+    def axis_wgrad(self, g, x, axis, deterministic):
+        from .axis import axis_wgrad
+
+        return axis_wgrad(g, x, axis, None, deterministic=deterministic)
