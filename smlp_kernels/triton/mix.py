@@ -20,6 +20,7 @@ The same kernel computes the input gradient: the op layer calls the mix on g wit
 transposed weights (views: only the strides differ) and no biases.
 """
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -120,7 +121,7 @@ def mix_fwd_kernel(
     x_ptr, sxb, sxc, sxh, sxw,
     rw_ptr, srw0, srw1, rb_ptr, srb,
     cw_ptr, scw0, scw1, cb_ptr, scb,
-    fi_ptr, sfi0, sfi1, fr_ptr, sfr0, sfr1, fc_ptr, sfc0, sfc1,
+    f_ptr, sfo, sfc, f_blk,
     y_ptr, syb, syo, syh, syw,
     C, C_OUT, H, W, n_o, n_h, n_w,
     HAS_RB: tl.constexpr, HAS_CB: tl.constexpr,
@@ -130,8 +131,9 @@ def mix_fwd_kernel(
 ):  # fmt: skip
     """The fused mix: y[b, o, h, w] over one (BLOCK_O, BLOCK_H x BLOCK_W) tile.
 
-    F_id[o, c] = fi_ptr[o * sfi0 + c * sfi1], F_row and F_col likewise. One program per
-    (b, h tile, w tile, o tile), the o tile fastest so that programs sharing x run together.
+    F_blk[o, c] is at f_ptr + blk * f_blk + o * sfo + c * sfc for blk = 0 (id), 1 (row),
+    2 (col). One program per (b, h tile, w tile, o tile), the o tile fastest so that
+    programs sharing x run together.
     """
     BLOCK_M: tl.constexpr = BLOCK_H * BLOCK_W
     pid = tl.program_id(0)
@@ -147,8 +149,7 @@ def mix_fwd_kernel(
     x_b = x_ptr + b.to(tl.int64) * sxb
     offs_o = to * BLOCK_O + tl.arange(0, BLOCK_O)
     o_ok = offs_o < C_OUT
-    o64 = offs_o.to(tl.int64)[:, None]
-    fi_o, fr_o, fc_o = o64 * sfi0, o64 * sfr0, o64 * sfc0
+    f_o = offs_o.to(tl.int64) * sfo
 
     acc = tl.zeros((BLOCK_O, BLOCK_M), dtype=tl.float32)
     s_row = tl.zeros((BLOCK_O,), dtype=tl.float32)
@@ -159,11 +160,12 @@ def mix_fwd_kernel(
             c0, h0, w0, C, H, W,
             BLOCK_C, BLOCK_H, BLOCK_W, BLOCK_U, BLOCK_V, COMPUTE, PREC,
         )  # fmt: skip
-        c64 = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)[None, :]
-        f_mask = o_ok[:, None] & (c64 < C)
-        f_id = tl.load(fi_ptr + fi_o + c64 * sfi1, mask=f_mask, other=0.0)
-        f_row = tl.load(fr_ptr + fr_o + c64 * sfr1, mask=f_mask, other=0.0)
-        f_col = tl.load(fc_ptr + fc_o + c64 * sfc1, mask=f_mask, other=0.0)
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        f_mask = o_ok[:, None] & (offs_c < C)[None, :]
+        f_off = f_o[:, None] + offs_c.to(tl.int64)[None, :] * sfc
+        f_id = tl.load(f_ptr + f_off, mask=f_mask, other=0.0)
+        f_row = tl.load(f_ptr + f_blk + f_off, mask=f_mask, other=0.0)
+        f_col = tl.load(f_ptr + 2 * f_blk + f_off, mask=f_mask, other=0.0)
         if HAS_RB:
             s_row += tl.sum(f_row.to(tl.float32), axis=1)
         if HAS_CB:
@@ -184,7 +186,7 @@ def mix_fwd_kernel(
         acc += s_col[:, None] * cb[None, :]
     y_off = (
         b.to(tl.int64) * syb
-        + o64 * syo
+        + offs_o.to(tl.int64)[:, None] * syo
         + mh.to(tl.int64)[None, :] * syh
         + mw.to(tl.int64)[None, :] * syw
     )
@@ -218,6 +220,30 @@ def configs(c_in: int, c_out: int, h: int, w: int) -> list[_tuning.Config]:
     return _tuning.dedup(out)
 
 
+def _fuse_blocks(f_id: Tensor, f_row: Tensor, f_col: Tensor) -> tuple[Tensor, int]:
+    """(F, f_blk): F_id, F_row and F_col as one tensor's pointer and strides, F_row starting
+    f_blk elements after F_id and F_col 2 * f_blk after.
+
+    The op layer passes the column blocks of one fuse_weight (or their transposes, for the
+    input gradient): views of one storage with equal strides, equally spaced, used as they
+    are. Any other three tensors are concatenated first (a copy of the parameters only).
+    One pointer rather than three keeps the loop's registers down: three offset tensors
+    made the 64-channel tile spill in 16-bit on sm_80.
+    """
+    storage = f_id.untyped_storage().data_ptr()
+    blk = f_row.storage_offset() - f_id.storage_offset()
+    if all(
+        t.dtype == f_id.dtype
+        and t.stride() == f_id.stride()
+        and t.untyped_storage().data_ptr() == storage
+        and t.storage_offset() - f_id.storage_offset() == i * blk
+        for i, t in ((1, f_row), (2, f_col))
+    ):
+        return f_id, blk
+    f = torch.cat([f_id, f_row, f_col], dim=1)
+    return f, f_id.shape[1] * f.stride(1)
+
+
 def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tensor,
         col_bias: Tensor | None, f_id: Tensor, f_row: Tensor, f_col: Tensor) -> Tensor:  # fmt: skip
     """y = F_id x + F_row R(x) + F_col K(x), with R and K's biases; any strides everywhere."""
@@ -226,6 +252,7 @@ def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tens
     y = cm.empty_like_layout(x, c_out)
     rb_t, srb = cm.bias_args(row_bias, row_weight)
     cb_t, scb = cm.bias_args(col_bias, col_weight)
+    f, f_blk = _fuse_blocks(f_id, f_row, f_col)
     compute = cm.compute_dtype(x.dtype)
     prec = cm.precision()
 
@@ -238,7 +265,7 @@ def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tens
             x, *cm.strides4(x),
             row_weight, *cm.strides2(row_weight), rb_t, srb,
             col_weight, *cm.strides2(col_weight), cb_t, scb,
-            f_id, *cm.strides2(f_id), f_row, *cm.strides2(f_row), f_col, *cm.strides2(f_col),
+            f, *cm.strides2(f), f_blk,
             y, *cm.strides4(y),
             c_in, c_out, h, w, n_o, n_h, n_w,
             HAS_RB=row_bias is not None, HAS_CB=col_bias is not None,
