@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import redirect_stdout
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 BATCH = 128  # a training batch: enters only run-time ints (tile counts, loop bounds)
@@ -150,7 +150,8 @@ class _Recorder:
         signature, constexprs, divisible = [], {}, []
         for name, value in zip(self.arg_names, args, strict=False):
             if hasattr(value, "storage_offset"):  # a tensor
-                value = Ptr(_DTYPE_NAMES[str(value.dtype)], value.storage_offset() * value.element_size())
+                offset = value.storage_offset() * value.element_size()
+                value = Ptr(_DTYPE_NAMES[str(value.dtype)], offset)
             ty, div = specialize(value)
             signature.append((name, ty))
             if ty == "constexpr":
@@ -398,9 +399,9 @@ def compile_job(job: Job) -> dict:
                 options={"num_warps": job.num_warps, "num_stages": job.num_stages},
             )
         regs, stores, loads, frame = parse_ptxas(log.getvalue())
-        out.update(ptx_counts(compiled.asm["ptx"]), ok=True, regs=regs, smem=int(compiled.metadata.shared),
-                   spill_bytes=stores + loads, spill_stores=stores, spill_loads=loads,
-                   stack_frame=frame)  # fmt: skip
+        out.update(ptx_counts(compiled.asm["ptx"]), ok=True, regs=regs,
+                   smem=int(compiled.metadata.shared), spill_bytes=stores + loads,
+                   spill_stores=stores, spill_loads=loads, stack_frame=frame)  # fmt: skip
     except Exception as exc:  # reported (and failed by the test), never fatal here
         out["error"] = f"{type(exc).__name__}: {exc}"[:4000]
     out["seconds"] = round(time.perf_counter() - start, 2)
@@ -451,9 +452,7 @@ def _list(choices: tuple[str, ...] | None = None):
             raise argparse.ArgumentTypeError("empty list")
         for item in items:
             if choices is not None and item not in choices:
-                raise argparse.ArgumentTypeError(
-                    f"{item!r} is not one of {', '.join(choices)}"
-                )
+                raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(choices)}")
         return items
 
     return parse
@@ -503,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", choices=("same", "fp32", "both"), default="same",
                         help="parameter dtype: x's (default), float32, or both")  # fmt: skip
     parser.add_argument("--default-only", action="store_true",
-                        help="only the configs used without tuning (default: every config)")  # fmt: skip
+                        help="only the configs used without tuning "
+                        "(default: every config)")  # fmt: skip
     parser.add_argument("--variants", choices=("heaviest", "all"), default="heaviest",
                         help="per (kernel, shape, config): its heaviest launch (default) or "
                         "every distinct launch (flags, strides)")  # fmt: skip

@@ -139,7 +139,8 @@ def _table(rows: list[dict]) -> str:
 def _check(request, report: dict, rows: list[dict], what: str) -> None:
     assert rows, f"no compilation results for {what}"
     timing = (f"{len(report['records'])} compilations in {report['seconds']:.0f} s "
-              f"({report['cpu_seconds']:.0f} CPU-s); table and JSON in {report['dir']}")  # fmt: skip
+              f"({report['cpu_seconds']:.0f} CPU-s); table and JSON in "
+              f"{report['dir']}")  # fmt: skip
     request.node.add_report_section("call", "aot table", f"{timing}\n{_table(rows)}")
     bad = [r for r in rows if _failures(r)]
     if bad:
@@ -185,7 +186,8 @@ def test_ptx_counts():
         "\twgmma.wait_group.sync.aligned 0;",
         "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f2}, {%r1}, {%r2}, {%f3};",
         "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f4}, {%r3}, {%r4}, {%f5};",
-        "\tcp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r5], [%rd3, {%r6, %r7}], [%r8];",
+        "\tcp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r5], "
+        "[%rd3, {%r6, %r7}], [%r8];",
         "\tcp.async.cg.shared.global [ %r9 + 0 ], [ %rd4 + 0 ], 0x10, %r10;",
         "\tcp.async.ca.shared.global [ %r11 + 0 ], [ %rd5 + 0 ], 0x4, %r12;",
         "\tcp.async.commit_group;",
@@ -208,9 +210,12 @@ def _family_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list[str]]:
     lists = {
         "mix_fwd_kernel": mix.configs(c, c_out, h, w) + mix.configs(c_out, c, h, w),
         "mix_wgrad_fuse_kernel": wgrad_fuse.configs(c, c_out, h, w),
-        "axis_wgrad_kernel": [cfg for has_f in (True, False)
-                              for s, length in ((h, w), (w, h))
-                              for cfg in axis.wgrad_configs(s, length, has_f)],  # fmt: skip
+        "axis_wgrad_kernel": [
+            cfg
+            for has_f in (True, False)
+            for s, length in ((h, w), (w, h))
+            for cfg in axis.wgrad_configs(s, length, has_f)
+        ],
         "axis_mix_kernel": axis.mix_configs(w) + axis.mix_configs(h),
     }
     return {kernel: [str(cfg) for cfg in configs] for kernel, configs in lists.items()}
@@ -236,6 +241,7 @@ def test_recording_covers_every_launch(recorded):
     """The recording reaches every launch variant of every kernel: both biases present or
     not, both reductions (atomics and partial sums), z = F^T g and z = g, forward and
     input-gradient strides, both dtypes of the parameters; and the defaults are marked."""
+
     def variants(kernel: str) -> set:
         return {(j.flags, j.param_dtype == j.dtype) for j in recorded if j.kernel == kernel}
 

@@ -1,5 +1,6 @@
-"""What every kernel family of the triton backend shares: the one JIT helper all kernels
-call (``mm``), the dtype and precision rules, and the launchers' small helpers.
+"""What every kernel family of the triton backend shares: the JIT helpers the kernels
+call (``mm``, ``pairs``, ``mix_rows``), the dtype and precision rules, and the
+launchers' small helpers.
 
 Conventions shared by all kernels:
 
@@ -25,6 +26,40 @@ def mm(a, b, acc, COMPUTE: tl.constexpr, PREC: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=PREC)
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def pairs(a0, b0, A, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The flattened tile of index pairs (a, b), a = a0 + [0, BLOCK_A) and b = b0 +
+    [0, BLOCK_B), b fastest: (a, b, a < A and b < B), each BLOCK_A * BLOCK_B long. A box of
+    pixels (h, w), or the (channel, row) rows of a mix along W, and the like."""
+    offs = tl.arange(0, BLOCK_A * BLOCK_B)
+    a = a0 + offs // BLOCK_B
+    b = b0 + offs % BLOCK_B
+    return a, b, (a < A) & (b < B)
+
+
+@triton.jit
+def mix_rows(acc, x_rows, rows_ok, sxl, w_ptr, sw0, sw1, cols, cols_ok, L,
+             BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """acc + the mix along the last axis of some rows of x: acc[r, j] + sum_{k < L}
+    x_rows[r] [k * sxl] W[cols[j], k], with W[l, k] = w_ptr[l * sw0 + k * sw1]; x_rows are
+    the rows' pointers. BLOCK_K columns of x and rows of W^T per product."""
+    for k0 in range(0, L, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < L
+        xk = tl.load(
+            x_rows[:, None] + k.to(tl.int64)[None, :] * sxl,
+            mask=rows_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        ).to(COMPUTE)
+        wt = tl.load(
+            w_ptr + cols.to(tl.int64)[None, :] * sw0 + k.to(tl.int64)[:, None] * sw1,
+            mask=k_ok[:, None] & cols_ok[None, :],
+            other=0.0,
+        ).to(COMPUTE)
+        acc = mm(xk, wt, acc, COMPUTE, PREC)
+    return acc
 
 
 # True when the kernels were defined under the Triton interpreter (TRITON_INTERPRET=1).

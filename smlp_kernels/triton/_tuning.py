@@ -2,9 +2,9 @@
 
 Each kernel family's module (``mix``, ``wgrad_fuse``, ``axis``) holds a short,
 shape-dependent list of configurations for its kernels (tile sizes, warps, stages), built
-with the helpers here; the first entry is the heuristic default.
-The tuner times every entry once per key (kernel, C_in, C_out, H, W, dtype, flags, device) with ``triton.testing.do_bench`` and
-caches the winner for the life of the process.
+with the helpers here; the first entry is the heuristic default. The tuner times every
+entry once per key (kernel, C_in, C_out, H, W, dtype, flags, device) with
+``triton.testing.do_bench`` and caches the winner for the life of the process.
 
 It never benchmarks when that would be wrong or pointless, and uses the default instead
 (without caching it, so a later ordinary call can still tune):

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import _common as cm
 from . import _tuning
-from ._common import mm
+from ._common import mix_rows, mm, pairs
 
 
 @triton.jit
@@ -43,20 +43,8 @@ def axis_mix_kernel(
     offs_l = tl.arange(0, BLOCK_L)
     l_ok = offs_l < L
     acc = tl.zeros((BLOCK_Q, BLOCK_L), dtype=tl.float32)
-    for k0 in range(0, L, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < L
-        xk = tl.load(
-            x_rows[:, None] + k.to(tl.int64)[None, :] * sxl,
-            mask=q_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        ).to(COMPUTE)
-        wt = tl.load(
-            w_ptr + offs_l.to(tl.int64)[None, :] * sw0 + k.to(tl.int64)[:, None] * sw1,
-            mask=k_ok[:, None] & l_ok[None, :],
-            other=0.0,
-        ).to(COMPUTE)
-        acc = mm(xk, wt, acc, COMPUTE, PREC)
+    acc = mix_rows(acc, x_rows, q_ok, sxl, w_ptr, sw0, sw1, offs_l, l_ok, L,
+                   BLOCK_K, COMPUTE, PREC)  # fmt: skip
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_l.to(tl.int64) * sbias, mask=l_ok, other=0.0)
         acc += bias.to(tl.float32)[None, :]
@@ -111,10 +99,7 @@ def axis_wgrad_kernel(
         q_ok = (qc < C) & (qs < S)
         g_b = g_ptr + b.to(tl.int64) * sgb
         if HAS_F:
-            offs_p = tl.arange(0, BLOCK_S * BLOCK_LA)
-            ps = s0 + offs_p // BLOCK_LA
-            pl = la0 + offs_p % BLOCK_LA
-            p_ok = (ps < S) & (pl < L)
+            ps, pl, p_ok = pairs(s0, la0, S, L, BLOCK_S, BLOCK_LA)
             p_off = ps.to(tl.int64) * sgs + pl.to(tl.int64) * sgl
             offs_c = c0 + tl.arange(0, BLOCK_C)
             c_ok = offs_c < C

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import _common as cm
 from . import _tuning
-from ._common import mm
+from ._common import mix_rows, mm, pairs
 
 
 @triton.jit
@@ -48,11 +48,8 @@ def mixed_tiles(
 
     # x on the box itself: (channel, pixel).
     offs_c = c0 + tl.arange(0, BLOCK_C)
-    offs_m = tl.arange(0, BLOCK_M)
-    mh = h0 + offs_m // BLOCK_W
-    mw = w0 + offs_m % BLOCK_W
+    mh, mw, m_ok = pairs(h0, w0, H, W, BLOCK_H, BLOCK_W)
     c_ok = offs_c < C
-    m_ok = (mh < H) & (mw < W)
     xs = tl.load(
         x_b
         + offs_c.to(tl.int64)[:, None] * sxc
@@ -63,35 +60,17 @@ def mixed_tiles(
     ).to(COMPUTE)
 
     # R(x)[c, h, w] = sum_v x[c, h, v] Rw[w, v]: rows are (channel, row) pairs.
-    offs_q = tl.arange(0, BLOCK_C * BLOCK_H)
-    qc = c0 + offs_q // BLOCK_H
-    qh = h0 + offs_q % BLOCK_H
-    q_ok = (qc < C) & (qh < H)
+    qc, qh, q_ok = pairs(c0, h0, C, H, BLOCK_C, BLOCK_H)
     q_off = qc.to(tl.int64) * sxc + qh.to(tl.int64) * sxh
     ow = w0 + tl.arange(0, BLOCK_W)
     ow_ok = ow < W
     rx = tl.zeros((BLOCK_C * BLOCK_H, BLOCK_W), dtype=tl.float32)
-    for v0 in range(0, W, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        v_ok = v < W
-        xv = tl.load(
-            x_b + q_off[:, None] + v.to(tl.int64)[None, :] * sxw,
-            mask=q_ok[:, None] & v_ok[None, :],
-            other=0.0,
-        ).to(COMPUTE)
-        rwt = tl.load(
-            rw_ptr + ow.to(tl.int64)[None, :] * srw0 + v.to(tl.int64)[:, None] * srw1,
-            mask=v_ok[:, None] & ow_ok[None, :],
-            other=0.0,
-        ).to(COMPUTE)
-        rx = mm(xv, rwt, rx, COMPUTE, PREC)
+    rx = mix_rows(rx, x_b + q_off, q_ok, sxw, rw_ptr, srw0, srw1, ow, ow_ok, W,
+                  BLOCK_V, COMPUTE, PREC)  # fmt: skip
     rx = tl.reshape(rx, (BLOCK_C, BLOCK_M))
 
     # K(x)[c, h, w] = sum_u Cw[h, u] x[c, u, w]: columns are (channel, column) pairs.
-    offs_j = tl.arange(0, BLOCK_C * BLOCK_W)
-    jc = c0 + offs_j // BLOCK_W
-    jw = w0 + offs_j % BLOCK_W
-    j_ok = (jc < C) & (jw < W)
+    jc, jw, j_ok = pairs(c0, w0, C, W, BLOCK_C, BLOCK_W)
     j_off = jc.to(tl.int64) * sxc + jw.to(tl.int64) * sxw
     oh = h0 + tl.arange(0, BLOCK_H)
     oh_ok = oh < H
@@ -174,10 +153,7 @@ def mix_fwd_kernel(
         acc = mm(f_row.to(COMPUTE), rx.to(COMPUTE), acc, COMPUTE, PREC)
         acc = mm(f_col.to(COMPUTE), kx.to(COMPUTE), acc, COMPUTE, PREC)
 
-    offs_m = tl.arange(0, BLOCK_M)
-    mh = h0 + offs_m // BLOCK_W
-    mw = w0 + offs_m % BLOCK_W
-    m_ok = (mh < H) & (mw < W)
+    mh, mw, m_ok = pairs(h0, w0, H, W, BLOCK_H, BLOCK_W)
     if HAS_RB:
         rb = tl.load(rb_ptr + mw.to(tl.int64) * srb, mask=m_ok, other=0.0).to(tl.float32)
         acc += s_row[:, None] * rb[None, :]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import _common as cm
 from . import _tuning
-from ._common import mm
+from ._common import mm, pairs
 from .mix import mixed_tiles
 
 
@@ -33,7 +33,6 @@ def mix_wgrad_fuse_kernel(
     Grid (o tiles, c tiles, SPLITS): split s reduces the pixel tiles s, s + SPLITS, ...;
     r = R(x) + row_bias and k = K(x) + col_bias are recomputed on each tile.
     """
-    BLOCK_M: tl.constexpr = BLOCK_H * BLOCK_W
     to = tl.program_id(0)
     tc = tl.program_id(1)
     split = tl.program_id(2)
@@ -41,7 +40,6 @@ def mix_wgrad_fuse_kernel(
     offs_o = to * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_c = c0 + tl.arange(0, BLOCK_C)
     o_ok = offs_o < C_OUT
-    offs_m = tl.arange(0, BLOCK_M)
 
     acc_id = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
     acc_row = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
@@ -58,9 +56,7 @@ def mix_wgrad_fuse_kernel(
             c0, h0, w0, C, H, W,
             BLOCK_C, BLOCK_H, BLOCK_W, BLOCK_U, BLOCK_V, COMPUTE, PREC,
         )  # fmt: skip
-        mh = h0 + offs_m // BLOCK_W
-        mw = w0 + offs_m % BLOCK_W
-        m_ok = (mh < H) & (mw < W)
+        mh, mw, m_ok = pairs(h0, w0, H, W, BLOCK_H, BLOCK_W)
         if HAS_RB:
             rb = tl.load(rb_ptr + mw.to(tl.int64) * srb, mask=m_ok, other=0.0).to(tl.float32)
             rx += rb[None, :]
@@ -114,7 +110,8 @@ def configs(c_in: int, c_out: int, h: int, w: int) -> list[_tuning.Config]:
 
 
 def wgrad_fuse(g: Tensor, x: Tensor, row_weight: Tensor, row_bias: Tensor | None,
-               col_weight: Tensor, col_bias: Tensor | None, *, deterministic: bool) -> Tensor:  # fmt: skip
+               col_weight: Tensor, col_bias: Tensor | None, *,
+               deterministic: bool) -> Tensor:  # fmt: skip
     """d fuse_weight (C_out, 3C) in float32, given g (B, C_out, H, W) and x (B, C, H, W)."""
     b, c, h, w = x.shape
     c_out = g.shape[1]
