@@ -201,7 +201,7 @@ def test_ptx_counts():
     assert set(aot.ptx_counts("").values()) == {0}
 
 
-def _family_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list[str]]:
+def _family_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list]:
     """What the family modules' config lists offer each kernel for one shape: the mix runs
     forward and (channels swapped) for the input gradient; the weight gradient along W and
     along H, with and without F; the axis mix along W and along H."""
@@ -218,7 +218,7 @@ def _family_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list[str]]:
         ],
         "axis_mix_kernel": axis.mix_configs(w) + axis.mix_configs(h),
     }
-    return {kernel: [str(cfg) for cfg in configs] for kernel, configs in lists.items()}
+    return lists
 
 
 def test_ci_subset_covers_every_config(recorded):
@@ -231,10 +231,30 @@ def test_ci_subset_covers_every_config(recorded):
         for kernel, configs in _family_configs(*shape).items():
             for cfg in configs:
                 for arch in aot.ARCHS:
-                    assert (kernel, cfg, arch) in launched, (shape, kernel, cfg, arch)
-                    assert (kernel, cfg, arch) in compiled, (shape, kernel, cfg, arch)
+                    assert (kernel, str(cfg), arch) in launched, (shape, kernel, cfg, arch)
+                    assert (kernel, str(cfg), arch) in compiled, (shape, kernel, cfg, arch)
     assert len({(j.kernel, j.config, j.arch, j.dtype) for j in ci}) == len(ci) == len(set(ci))
     assert {j.dtype for j in ci if j.arch == 90} <= {"fp16", "bf16"}
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(80, 80, 56, 56), (160, 160, 28, 28), (320, 320, 14, 14), (640, 640, 7, 7), (3, 5, 1, 57)],
+    ids=lambda s: "C{}-Co{}-H{}-W{}".format(*s),
+)
+def test_configs_are_legal_tiles(shape):
+    """Every config: powers of two, pixel boxes of >= 16 (a tl.dot K dimension >= 16)."""
+    for name, configs in _family_configs(*shape).items():
+        assert configs, name
+        for cfg in configs:
+            k = cfg.constexprs()
+            for key, value in k.items():
+                assert value >= 1 and value & (value - 1) == 0, (name, key, value)
+            if "BLOCK_H" in k:
+                assert k["BLOCK_H"] * k["BLOCK_W"] >= 16, (name, cfg)
+                assert k["BLOCK_C"] >= 16 and k["BLOCK_U"] >= 16 and k["BLOCK_V"] >= 16
+            if name == "axis_wgrad_kernel":
+                assert k["BLOCK_C"] * k["BLOCK_S"] >= 16 and k["BLOCK_L"] >= 16
 
 
 def test_recording_covers_every_launch(recorded):
@@ -262,7 +282,8 @@ def test_recording_covers_every_launch(recorded):
     assert variants("axis_mix_kernel") == {(flags(HAS_BIAS=b), p) for b in two for p in two}
     # The input gradient: the mix kernel on transposed weights (stride 1 along the rows).
     transposed = [j for j in recorded if j.launch == "mix input-grad"]
-    assert transposed and all(("sfi0", 1) in j.constexprs for j in transposed)
+    for name in ("sfo", "srw0", "scw0"):
+        assert transposed and all((name, 1) in j.constexprs for j in transposed), name
     for kernel in aot.ROLES:
         assert any(j.default for j in recorded if j.kernel == kernel), kernel
         assert any(not j.default for j in recorded if j.kernel == kernel), kernel
