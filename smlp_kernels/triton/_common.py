@@ -43,7 +43,7 @@ def pairs(a0, b0, A, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
 def mix_rows(acc, x_rows, rows_ok, sxl, w_ptr, sw0, sw1, cols, cols_ok, L,
              BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
     """acc + the mix along the last axis of some rows of x: acc[r, j] + sum_{k < L}
-    x_rows[r] [k * sxl] W[cols[j], k], with W[l, k] = w_ptr[l * sw0 + k * sw1]; x_rows are
+    x_rows[r][k * sxl] W[cols[j], k], with W[l, k] = w_ptr[l * sw0 + k * sw1]; x_rows are
     the rows' pointers. BLOCK_K columns of x and rows of W^T per product."""
     for k0 in range(0, L, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
