@@ -33,10 +33,11 @@ ON_GPU = DEVICE == "cuda"
 FP32_RTOL = 2e-5  # relative to the largest reference value: fp32 accumulation over <= 3C terms
 
 
-def _launch():
-    from smlp_kernels.triton import _launch
+def backend():
+    """The triton backend object, for calls of its primitives."""
+    from smlp_kernels.triton import TritonBackend
 
-    return _launch
+    return TritonBackend()
 
 
 # float64 x and parameters on DEVICE (cast per test).
@@ -97,6 +98,25 @@ def run_fwd_bwd(args, backend, grad):
     return y.detach(), [None if t is None else t.grad for t in leaves]
 
 
+def check_fp32_mix(args, grad_layout=None):
+    """smlp_mix with backend="triton" in float32 (args cast from float64, or as given when
+    already float32) against the float64 reference: y and all six gradients. Returns y."""
+    ref = [None if t is None else t.double() for t in args]
+    truth = R.smlp_mix_ref(*ref)
+    grad = seeded_randn(truth.shape)
+    want = R.smlp_mix_bwd_ref(grad, *ref)
+    grad = grad.float() if grad_layout is None else grad_layout(grad.float())
+    y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
+    assert y.dtype == torch.float32 and y.shape == truth.shape
+    assert max_rel_err(y, truth) < FP32_RTOL
+    for name, arg, got in zip(SMLPMixGrads._fields, args, grads, strict=True):
+        if arg is None:  # an absent bias has no gradient
+            assert got is None, name
+            continue
+        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+    return y
+
+
 def check_low_precision(got, got_pt, truth, atol=1e-3):
     """The project's tolerance rule: at most 2x PyTorch's own error in the same dtype, plus atol."""
     assert max_rel_err(got, truth) <= 2 * max_rel_err(got_pt, truth) + atol
@@ -106,21 +126,18 @@ def check_low_precision(got, got_pt, truth, atol=1e-3):
 @pytest.mark.parametrize("b,c,c_out,h,w", CASES)
 def test_forward_and_all_gradients(b, c, c_out, h, w, dtype):
     args = make_args(b, c, c_out, h, w)
+    if dtype == torch.float32:
+        check_fp32_mix(args)
+        return
     truth = R.smlp_mix_ref(*args)
     grad = seeded_randn(truth.shape)
     want = R.smlp_mix_bwd_ref(grad, *args)
     y, grads = run_fwd_bwd(cast(args, dtype), "triton", grad)
     assert y.dtype == dtype and y.shape == truth.shape
-    if dtype == torch.float32:
-        assert max_rel_err(y, truth) < FP32_RTOL
-        for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
-            assert got is not None, name
-            assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
-    else:
-        y_pt, grads_pt = run_fwd_bwd(cast(args, dtype), "reference", grad)
-        check_low_precision(y, y_pt, truth)
-        for name, got, base in zip(SMLPMixGrads._fields, grads, grads_pt, strict=True):
-            check_low_precision(got, base, getattr(want, name))
+    y_pt, grads_pt = run_fwd_bwd(cast(args, dtype), "reference", grad)
+    check_low_precision(y, y_pt, truth)
+    for name, got, base in zip(SMLPMixGrads._fields, grads, grads_pt, strict=True):
+        check_low_precision(got, base, getattr(want, name))
 
 
 BIASES = {"no-bias": (False, False), "row-bias-only": (True, False), "col-bias-only": (False, True)}
@@ -135,16 +152,7 @@ def test_bias_variants_and_several_channel_tiles(biases):
         args[2] = None
     if not has_cb:
         args[4] = None
-    truth = R.smlp_mix_ref(*args)
-    grad = seeded_randn(truth.shape)
-    want = R.smlp_mix_bwd_ref(grad, *args)
-    y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
-    assert max_rel_err(y, truth) < FP32_RTOL
-    for name, arg, got in zip(SMLPMixGrads._fields, args, grads, strict=True):
-        if arg is None:  # an absent bias has no gradient
-            assert got is None, name
-            continue
-        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+    check_fp32_mix(args)
 
 
 @pytest.mark.parametrize("index", [0, 1, 2, 3], ids=lambda i: f"config{i}")
@@ -162,13 +170,8 @@ def test_every_tuning_config_is_correct(index, monkeypatch):
 
     monkeypatch.setattr(_tuning, "pick", forced)
     args = make_args(2, 20, 70, 13, 19)
-    truth = R.smlp_mix_ref(*args)
-    grad = seeded_randn(truth.shape)
-    want = R.smlp_mix_bwd_ref(grad, *args)
-    y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
-    assert max_rel_err(y, truth) < FP32_RTOL
-    for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
-        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+    check_fp32_mix(args)
+    grad = seeded_randn((2, 70, 13, 19))
     x = cast(args, torch.float32)[0].requires_grad_()
     wt = cast(args, torch.float32)[3].requires_grad_()
     z = smlp_kernels.col_mix(x, wt, None, backend="triton")
@@ -231,21 +234,14 @@ def test_low_precision_within_twice_pytorch(b, c, c_out, h, w, dtype, params_fp3
     ],
 )
 def test_layouts(b, c, c_out, h, w, kind):
-    args = make_args(b, c, c_out, h, w)
-    truth = R.smlp_mix_ref(*args)
-    grad = seeded_randn(truth.shape)
-    want = R.smlp_mix_bwd_ref(grad, *args)
-    low = cast(args, torch.float32)
+    low = cast(make_args(b, c, c_out, h, w), torch.float32)
     low[0] = relayout(low[0], kind)
     # Non-contiguous parameters too: transposed views of transposed copies.
     low[1] = low[1].t().contiguous().t()
     low[5] = low[5].t().contiguous().t()
-    y, grads = run_fwd_bwd(low, "triton", relayout(grad.float(), kind))
+    y = check_fp32_mix(low, grad_layout=lambda g: relayout(g, kind))
     if kind == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
-    assert max_rel_err(y, truth) < FP32_RTOL
-    for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
-        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
 
 
 def test_zero_stride_x_and_upstream_gradient():
@@ -296,23 +292,33 @@ def test_axis_mix_forward_and_gradients(b, c, h, w, op, bias):
 
 
 def test_deterministic_mode_is_bitwise_reproducible():
+    """smlp_kernels.deterministic() reaches the backend: bitwise-equal gradients run to run
+    through the public ops; the primitives' default (atomics) mode computes the same values."""
     args = cast(make_args(2, 16, 24, 13, 7), torch.float32)
     grad = torch.randn(2, 24, 13, 7, device=DEVICE)
-    mix_bwd, row_mix_bwd = torch.ops.smlp.mix_bwd, torch.ops.smlp.row_mix_bwd
+
+    def grads():
+        _, mix_grads = run_fwd_bwd(args, "triton", grad)
+        x = args[0].clone().requires_grad_()
+        w = args[1].clone().requires_grad_()
+        smlp_kernels.row_mix(x, w, None, backend="triton").backward(grad[:, :16])
+        return [*mix_grads, x.grad, w.grad]
+
     with smlp_kernels.deterministic():
         assert smlp_kernels.is_deterministic()
-        first = mix_bwd(grad, *args, "triton")
-        second = mix_bwd(grad, *args, "triton")
-        axis_first = row_mix_bwd(grad[:, :16], args[0], args[1], None, "triton")
-        axis_second = row_mix_bwd(grad[:, :16], args[0], args[1], None, "triton")
+        first, second = grads(), grads()
     assert not smlp_kernels.is_deterministic()
-    for a, b in zip([*first, *axis_first], [*second, *axis_second], strict=True):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
-    # The default (atomics) mode computes the same values.
-    default = mix_bwd(grad, *args, "triton")
-    names = ("x", "row_weight", "row_bias", "col_weight", "col_bias", "fuse_weight")
-    for name, a, b in zip(names, first, default, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
+    be = backend()
+    x, rw, rb, cw, cb, fw = args
+    blocks = fw.split(16, dim=1)
+    det = be.mix_wgrad(grad, x, rw, rb, cw, cb, *blocks, True)
+    default = be.mix_wgrad(grad, x, rw, rb, cw, cb, *blocks, False)
+    det = [*det, *be.axis_wgrad(grad[:, :16], x, 3, True)]
+    default = [*default, *be.axis_wgrad(grad[:, :16], x, 3, False)]
+    for a, b in zip(det, default, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_pytorch_deterministic_flag_turns_deterministic_mode_on():
@@ -324,21 +330,52 @@ def test_pytorch_deterministic_flag_turns_deterministic_mode_on():
         torch.use_deterministic_algorithms(old)
 
 
-def test_outputs_are_fully_written_nan_poison():
-    """Launch into NaN-filled outputs: any element a kernel forgets stays NaN."""
-    launch = _launch()
-    args = cast(make_args(2, 5, 7, 13, 7), torch.float32)
-    x, rw, rb, cw, cb, fw = args
-    y = torch.full((2, 7, 13, 7), float("nan"), device=DEVICE)
-    launch._launch_mix(x, rw, rb, cw, cb, fw, y, transposed=False)
+def test_outputs_are_fully_written_nan_poison(monkeypatch):
+    """The launchers' outputs start NaN-filled: any element a kernel forgets stays NaN."""
+    from smlp_kernels.triton import _common
+
+    empty = _common.empty_like_layout
+    monkeypatch.setattr(_common, "empty_like_layout", lambda x, c: empty(x, c).fill_(float("nan")))
+    be = backend()
+    x, rw, rb, cw, cb, fw = cast(make_args(2, 5, 7, 13, 7), torch.float32)
+    blocks = fw.split(5, dim=1)
+    y = be.mix(x, rw, rb, cw, cb, *blocks)
     assert not torch.isnan(y).any()
     assert max_rel_err(y, R.smlp_mix_ref(*make_args(2, 5, 7, 13, 7))) < FP32_RTOL
-    dx = torch.full_like(x, float("nan"))
-    launch._launch_mix(y, rw, None, cw, None, fw, dx, transposed=True)
-    assert not torch.isnan(dx).any()
-    z = torch.full_like(x, float("nan"))
-    launch._launch_axis_mix(x, cw, cb, 2, z, transposed=False)
+    dx = be.mix(y, rw.t(), None, cw.t(), None, *(f.t() for f in blocks))
+    assert not torch.isnan(dx).any() and dx.shape == x.shape
+    z = be.axis_mix(x, cw, cb, 2)
     assert not torch.isnan(z).any()
+
+
+@pytest.mark.parametrize("kind", ["views", "transposed-views", "separate", "uneven", "expanded"])
+def test_mix_takes_fuse_blocks_with_any_strides(kind):
+    """F_id, F_row, F_col as any three tensors. Equally spaced views of one storage (the op
+    layer's column blocks of fuse_weight, or their transposes) are read through one pointer
+    and a block offset, anything else after a concatenation; all give the reference."""
+    from smlp_kernels.triton import mix
+
+    c, c_out = 6, 5
+    args = make_args(2, c, c_out, 9, 11)
+    x, rw, rb, cw, cb, fw = cast(args, torch.float32)
+    if kind == "transposed-views":  # the input gradient's blocks: (C, C_out) transposes
+        fw = fw.t().contiguous().t()
+    blocks = list(fw.split(c, dim=1))
+    if kind == "separate":
+        blocks = [blocks[0].contiguous(), blocks[1].t().contiguous().t(), blocks[2].clone()]
+    elif kind == "uneven":  # one storage, but F_col before F_row
+        store = torch.cat([blocks[0], blocks[2], blocks[1]], dim=1)
+        blocks = [store[:, :c], store[:, 2 * c :], store[:, c : 2 * c]]
+    elif kind == "expanded":
+        blocks[0] = blocks[0][:, :1].expand(-1, c)
+    f, f_blk = mix._fuse_blocks(*blocks)
+    if kind in ("views", "transposed-views"):
+        assert f.data_ptr() == blocks[0].data_ptr() and f_blk == c * fw.stride(1)
+    else:
+        assert f.is_contiguous() and f.shape == (c_out, 3 * c) and f_blk == c
+    y = backend().mix(x, rw, rb, cw, cb, *blocks)
+    want = R.smlp_mix_ref(*args[:5], torch.cat(blocks, dim=1).double())
+    assert max_rel_err(y, want) < FP32_RTOL
 
 
 def test_nan_input_propagates():
@@ -384,14 +421,7 @@ def test_unsupported_sizes_and_dtypes_raise_clear_errors():
 
 @pytest.mark.parametrize("h,w", [(128, 3), (3, 128)], ids=["H128-W3", "H3-W128"])
 def test_largest_size_128(h, w):
-    args = make_args(1, 2, 3, h, w)
-    truth = R.smlp_mix_ref(*args)
-    grad = seeded_randn(truth.shape)
-    want = R.smlp_mix_bwd_ref(grad, *args)
-    y, grads = run_fwd_bwd(cast(args, torch.float32), "triton", grad)
-    assert max_rel_err(y, truth) < FP32_RTOL
-    for name, got in zip(SMLPMixGrads._fields, grads, strict=True):
-        assert max_rel_err(got, getattr(want, name)) < FP32_RTOL, name
+    check_fp32_mix(make_args(1, 2, 3, h, w))
 
 
 def test_automatic_choice():
@@ -412,7 +442,9 @@ def test_tuner_never_benchmarks_under_graph_capture(monkeypatch):
     from smlp_kernels.triton import _tuning
 
     calls = []
-    configs = _tuning.mix_fwd_configs(80, 80, 56, 56)
+    from smlp_kernels.triton import mix
+
+    configs = mix.configs(80, 80, 56, 56)
     assert len(configs) > 1
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     cfg = _tuning.pick(("test-key",), configs, torch.device("cuda", 0), calls.append)
@@ -422,28 +454,6 @@ def test_tuner_never_benchmarks_under_graph_capture(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     assert _tuning.pick(("test-key",), configs, torch.device("cuda", 0), calls.append) == configs[0]
     assert calls == []
-
-
-@pytest.mark.parametrize(
-    "shape",
-    [(80, 80, 56, 56), (160, 160, 28, 28), (320, 320, 14, 14), (640, 640, 7, 7), (3, 5, 1, 57)],
-    ids=lambda s: "C{}-Co{}-H{}-W{}".format(*s),
-)
-def test_configs_are_legal_tiles(shape):
-    """Every config: powers of two, pixel boxes of >= 16 (a tl.dot K dimension >= 16)."""
-    from smlp_kernels.triton import _tuning
-
-    for name, configs in _tuning.all_configs(*shape).items():
-        assert configs, name
-        for cfg in configs:
-            k = cfg.constexprs()
-            for key, value in k.items():
-                assert value >= 1 and value & (value - 1) == 0, (name, key, value)
-            if "BLOCK_H" in k:
-                assert k["BLOCK_H"] * k["BLOCK_W"] >= 16, (name, cfg)
-                assert k["BLOCK_C"] >= 16 and k["BLOCK_U"] >= 16 and k["BLOCK_V"] >= 16
-            if name == "axis_wgrad_kernel":
-                assert k["BLOCK_C"] * k["BLOCK_S"] >= 16 and k["BLOCK_L"] >= 16
 
 
 def test_opcheck_and_compile_fullgraph():

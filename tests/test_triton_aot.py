@@ -1,58 +1,51 @@
 """Ahead-of-time compilation of every Triton kernel, in every autotune config, for sm_80 and
 sm_90, without a GPU.
 
-The compile lives in ``smlp_kernels/triton/_aot.py``: for each launch site of ``_launch.py``
-it rebuilds the arguments a real launch on contiguous tensors passes, specialises them as
-Triton's launcher does (an int equal to 1 becomes a constexpr; ints and pointers divisible
-by 16 get ``tt.divisibility``), compiles with ``triton.compile`` for
-``GPUTarget("cuda", 80 | 90, 32)`` and reads registers and spills from the log of the
-``ptxas -v`` run Triton makes itself. A compilation FAILS here when
+``scripts/triton_aot.py`` does the work (this file imports it): it runs the backend's
+primitives on meta tensors with the JIT kernels replaced by recorders and every config
+tried, so the compilations are exactly the launchers' launches, specialised as Triton's
+launcher does, then compiles each for ``GPUTarget("cuda", 80 | 90, 32)`` and reads
+registers and spills from the log of the ``ptxas -v`` run Triton makes itself. A
+compilation FAILS here when
 
 * it fails (any stage, ptxas included);
-* ``metadata.shared`` exceeds the per-block opt-in limit (A100: 166912 bytes, H100:
+* its shared memory exceeds the per-block opt-in limit (A100: 166912 bytes, H100:
   232448 bytes), which is what makes Triton raise OutOfResources at the first launch;
 * ptxas reports spill stores or spill loads (any byte);
 * a 16-bit compile holds no matrix-unit instruction (every kernel is built on tl.dot, so
   its 16-bit PTX must use wgmma or mma.sync, never the FMA path).
 
-The table also counts the wgmma and mma.sync instructions in each PTX: on sm_90 only
-wgmma reaches the matrix units' peak, so the count says which dots of a config can.
-
-Shapes (C, C_out, H, W): the four sMLPNet-T stages (80, 56), (160, 28), (320, 14), (640, 7)
-with C_out = C, (96, 96, 56, 28) for H != W, and (16, 16, 128, 128) for the largest tile.
-The full matrix (every launch site x HAS_* / DETERMINISTIC flag x config x shape x arch, in
-fp16, bf16 and fp32 and with fp16 / bf16 x on float32 parameters) is ~2900 distinct
+Shapes (C, C_out, H, W): the four sMLPNet-T stages T1-T4 with C_out = C, 96x56x28 for
+H != W, and 16x128x128 for the largest tile. The full matrix (every launch: HAS_* /
+DETERMINISTIC flags, forward and input-gradient strides; every config, shape and arch, in
+fp16, bf16 and fp32 and with fp16 / bf16 x on float32 parameters) is ~3000 distinct
 compilations of 1 to 30 s each: hours on our 2-core machines. So:
 
-* the default (CI) run, ``_aot.ci_jobs``, compiles every distinct config that
-  ``_tuning.all_configs`` returns for those shapes on both archs, on its heaviest launch
-  variant (every optional operand present: both biases, F, partial-sum stores):
+* the default (CI) run, the script's ``--ci`` subset, compiles every distinct config of
+  those shapes on both archs, on its heaviest launch (every optional operand present: both
+  biases, F, partial-sum stores):
   - in a 16-bit dtype on sm_80 and on sm_90, fp16 and bf16 alternating over the configs
     and between the archs. This is the matrix-unit path: mma.sync on sm_80; on sm_90
-    wgmma where a dot's tile suits a warpgroup, else mma.sync;
-    fp16 and bf16 compile alike (measured over all configs: same registers, spills and
-    shared memory for 94 of 104 config x arch pairs, the rest within 9 registers and 100
-    spill bytes, never a different verdict);
+    wgmma where a dot's tile suits a warpgroup, else mma.sync; fp16 and bf16 compile
+    alike (measured over all configs: same registers, spills and shared memory for 94 of
+    104 config x arch pairs, the rest within 9 registers and 100 spill bytes, never a
+    different verdict);
   - and in fp32 on sm_80: IEEE fp32 dots take a different (FMA) path, and fp32 tiles need
     twice the shared memory. fp32 shared memory was the same on both archs for every
     config, and sm_80's limit is the lower one; fp32 on sm_90 (the slowest compiles) is left
     to the full matrix.
   With the current config lists the whole file takes about a minute on our 2-core
-  machines (58 s measured).
-  ``test_ci_subset_covers_every_config`` checks the coverage;
+  machines. ``test_ci_subset_covers_every_config`` checks the coverage against the family
+  modules' config lists, and ``test_recording_covers_every_launch`` that the recording
+  reaches every launch variant;
 * ``test_full_matrix`` (marked slow, run only with SMLP_AOT_FULL=1) compiles all of it.
-
-``test_jobs_are_the_launchers_launches`` keeps ``_aot`` honest: it runs ``_launch.py`` on
-meta tensors with the kernels replaced by recorders, every config tried, and checks that
-the specialised arguments of every launch are exactly the full matrix's compilations.
 
 The compile runs in a child process with TRITON_INTERPRET removed: tests/conftest.py turns
 the interpreter on for CPU-only sessions, and kernels defined under it are
-InterpretedFunction objects (so are the helpers they call), which triton.compile cannot
-take. The child uses a process pool over the machine's cores and a throw-away Triton cache.
-The results table (kernel, config, dtype, arch, registers, spills, shared bytes, wgmma and
-mma.sync counts) is attached to each test's report (shown for failures, or for every test
-with ``-rP``) and written, with the JSON, under the pytest tmp dir.
+InterpretedFunction objects, which triton.compile cannot take (recording needs no compile,
+so it runs here). The child uses a process pool over the machine's cores and a throw-away
+Triton cache. The results table is attached to each test's report (shown for failures, or
+for every test with ``-rP``) and written, with the JSON, under the pytest tmp dir.
 """
 
 from __future__ import annotations
@@ -60,72 +53,83 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-import torch
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed: nothing to compile", allow_module_level=True)
 
-from smlp_kernels.triton import _aot, _tuning
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "triton_aot.py"
+_spec = importlib.util.spec_from_file_location("triton_aot", SCRIPT)
+aot = importlib.util.module_from_spec(_spec)
+sys.modules["triton_aot"] = aot  # dataclasses look their module up
+_spec.loader.exec_module(aot)
 
-ARCH_IDS = {a.capability: a.ptxas_arch.removesuffix("a") for a in _aot.ARCHS}
+SHAPES = {
+    "T1": (80, 80, 56, 56),
+    "T2": (160, 160, 28, 28),
+    "T3": (320, 320, 14, 14),
+    "T4": (640, 640, 7, 7),
+    "96x56x28": (96, 96, 56, 28),
+    "16x128x128": (16, 16, 128, 128),
+}
+ARCH_IDS = {80: "sm80", 90: "sm90"}
 FULL_ENV = "SMLP_AOT_FULL"
 CHILD_TIMEOUT_S = {False: 1800, True: 6 * 3600}  # a hang guard, by full
 
 
-def _run_child(out_dir: Path, full: bool) -> dict:
-    """Run ``python -m smlp_kernels.triton._aot`` with the interpreter off; its JSON."""
+def _run_child(out_dir: Path, *options: str) -> dict:
+    """Run scripts/triton_aot.py on SHAPES with the interpreter off; its records."""
     out = out_dir / "aot.json"
     package_root = str(Path(importlib.util.find_spec("smlp_kernels").origin).parents[1])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(out_dir / "triton-cache")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "smlp_kernels.triton._aot", "--out", str(out)]
-    if full:
-        cmd.append("--full")
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S[full], check=False
-    )
+    cmd = [sys.executable, str(SCRIPT), "--shapes", ",".join(SHAPES), "--json", str(out), *options]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
+                          timeout=CHILD_TIMEOUT_S["--ci" not in options])  # fmt: skip
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-8000:]}")
-    report = json.loads(out.read_text())
-    report["dir"] = str(out_dir)
-    (out_dir / "aot.txt").write_text(_table(report["results"]))
-    return report
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime"))
+    records = json.loads(out.read_text())
+    (out_dir / "aot.txt").write_text(_table(records))
+    return {"records": records, "seconds": time.perf_counter() - start, "cpu_seconds": cpu,
+            "dir": str(out_dir)}  # fmt: skip
 
 
 def _failures(row: dict) -> list[str]:
-    """Why one result fails the criteria (empty: it passes)."""
+    """Why one record fails the criteria (empty: it passes)."""
     if not row["ok"]:
         return [f"compile failed: {row['error']}"]
-    limit = next(a.max_shared for a in _aot.ARCHS if a.capability == row["job"]["arch"])
+    limit = aot.ARCHS[row["arch"]].max_shared
     why = []
-    if row["shared"] > limit:
-        why.append(f"shared {row['shared']} B > {limit} B")
-    if row["spill_stores"] > 0 or row["spill_loads"] > 0:
+    if row["smem"] > limit:
+        why.append(f"shared {row['smem']} B > {limit} B")
+    if row["spill_bytes"] > 0:
         why.append(f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads")
-    if row["job"]["dtype"] != "fp32" and row["wgmma"] + row["mma_sync"] == 0:
+    if row["dtype"] != "fp32" and row["wgmma"] + row["mma_sync"] == 0:
         why.append("no wgmma or mma.sync in a 16-bit compile")
     return why
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("kernel", "config", "dtype", "arch", "regs", "spill st/ld", "shared",
-            "wgmma/mma", "launch", "flags", "verdict")  # fmt: skip
+    head = ("kernel", "config", "dtype", "arch", "regs", "spill", "smem", "wgmma/mma",
+            "launch", "flags", "verdict")  # fmt: skip
     lines = []
-    for r in sorted(rows, key=lambda r: (r["job"]["kernel"], r["job"]["arch"], r["job"]["config"],
-                                         r["job"]["dtype"])):  # fmt: skip
-        j = r["job"]
-        dtype = j["dtype"] if j["param_dtype"] == j["dtype"] else f"{j['dtype']}/{j['param_dtype']}"
+    for r in sorted(rows, key=lambda r: (r["kernel"], r["arch"], r["config"], r["dtype"])):
+        dtype = r["dtype"] if r["param_dtype"] == r["dtype"] else f"{r['dtype']}/{r['param_dtype']}"
         lines.append((
-            j["kernel"], j["config"], dtype, ARCH_IDS[j["arch"]],
-            str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["shared"]),
-            f"{r['wgmma']}/{r['mma_sync']}", f"{j['launch']} {j['shape']}", j["flags"],
-            "; ".join(_failures(r)) or "ok",
+            r["kernel"], r["config"], dtype, ARCH_IDS[r["arch"]], str(r["regs"]),
+            str(r["spill_bytes"]), str(r["smem"]), f"{r['wgmma']}/{r['mma_sync']}",
+            f"{r['launch']} {r['shape']}", r["flags"], "; ".join(_failures(r)) or "ok",
         ))  # fmt: skip
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths, strict=True)).rstrip()
@@ -134,9 +138,9 @@ def _table(rows: list[dict]) -> str:
 
 def _check(request, report: dict, rows: list[dict], what: str) -> None:
     assert rows, f"no compilation results for {what}"
-    timing = (f"{len(report['results'])} compilations in {report['seconds']:.0f} s "
-              f"({report['cpu_seconds']:.0f} CPU-s, {report['workers']} workers); "
-              f"table and JSON in {report['dir']}")  # fmt: skip
+    timing = (f"{len(report['records'])} compilations in {report['seconds']:.0f} s "
+              f"({report['cpu_seconds']:.0f} CPU-s); table and JSON in "
+              f"{report['dir']}")  # fmt: skip
     request.node.add_report_section("call", "aot table", f"{timing}\n{_table(rows)}")
     bad = [r for r in rows if _failures(r)]
     if bad:
@@ -149,11 +153,17 @@ def _check(request, report: dict, rows: list[dict], what: str) -> None:
 
 @pytest.fixture(scope="module")
 def ci_report(tmp_path_factory) -> dict:
-    return _run_child(tmp_path_factory.mktemp("aot-ci"), full=False)
+    return _run_child(tmp_path_factory.mktemp("aot-ci"), "--ci")
+
+
+@pytest.fixture(scope="module")
+def recorded() -> list:
+    """Every launch for SHAPES on both archs and in every dtype pair (no compile)."""
+    return aot.record(SHAPES, list(aot.ARCHS), list(aot.DTYPES), params="both")
 
 
 def test_specialize_matches_triton_launcher():
-    """_aot.specialize reproduces what Triton's launcher does with run-time ints."""
+    """specialize reproduces what Triton's launcher does with run-time ints."""
     try:
         from triton._C.libtriton import native_specialize_impl
         from triton.backends.compiler import BaseBackend
@@ -162,151 +172,151 @@ def test_specialize_matches_triton_launcher():
     for value in (0, 1, 2, 7, 16, 56, 3136, 250880, 2**31 - 16, 2**31, 2**40 + 3):
         ty, div = native_specialize_impl(BaseBackend, value, False, True, True)
         expected = ("constexpr", False) if ty == "constexpr" else (ty, div == "D")
-        assert _aot.specialize(value) == expected, value
+        assert aot.specialize(value) == expected, value
 
 
-def test_matrix_instructions_counts_ptx_lines():
-    """wgmma and mma.sync instructions are counted, and nothing else is."""
+def test_ptx_counts():
+    """wgmma, mma.sync, TMA and cp.async copies and the deepest wgmma wait are counted, and
+    nothing else is."""
     ptx = "\n".join([
         "\twgmma.fence.sync.aligned;",
         "\twgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, 1, 1, 1;",
         "\twgmma.commit_group.sync.aligned;",
+        "\twgmma.wait_group.sync.aligned 1;",
+        "\twgmma.wait_group.sync.aligned 0;",
         "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f2}, {%r1}, {%r2}, {%f3};",
         "\tmma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f4}, {%r3}, {%r4}, {%f5};",
+        "\tcp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r5], "
+        "[%rd3, {%r6, %r7}], [%r8];",
+        "\tcp.async.cg.shared.global [ %r9 + 0 ], [ %rd4 + 0 ], 0x10, %r10;",
+        "\tcp.async.ca.shared.global [ %r11 + 0 ], [ %rd5 + 0 ], 0x4, %r12;",
+        "\tcp.async.commit_group;",
+        "\tcp.async.wait_group 0;",
         "\tfma.rn.f32 %f6, %f7, %f8, %f9;",
         "// mma.sync in a comment",
     ])  # fmt: skip
-    assert _aot.matrix_instructions(ptx) == (1, 2)
-    assert _aot.matrix_instructions("") == (0, 0)
-
-
-def test_ci_subset_covers_every_config():
-    """Every distinct config all_configs returns for the shapes, in every arch, with at
-    least one dtype, is in the default run."""
-    jobs = _aot.ci_jobs()
-    compiled = {(j.kernel, j.config, j.arch) for j in jobs}
-    for shape in _aot.SHAPES:
-        for kernel, configs in _tuning.all_configs(*shape).items():
-            for cfg in configs:
-                for arch in _aot.ARCHS:
-                    assert (kernel, str(cfg), arch.capability) in compiled, (shape, kernel, cfg)
-    assert len(set(jobs)) == len(jobs)
-
-
-class _Recorder:
-    """Stands in for a kernel in _launch: ``kernel[grid](*args, **kwargs)`` is recorded."""
-
-    def __init__(self, name: str, arg_names: list[str], calls: list):
-        self.name, self.arg_names, self.calls = name, arg_names, calls
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((self.name, self.arg_names, args, kwargs))
-
-        return launch
-
-
-def _canonical(kernel, signature, constexprs, divisible, num_warps, num_stages) -> tuple:
-    return (
-        kernel,
-        tuple(sorted(signature.items())),
-        tuple(sorted(constexprs.items())),
-        tuple(sorted(divisible)),
-        num_warps,
-        num_stages,
-    )
-
-
-def _recorded_inputs(name, arg_names, args, kwargs) -> tuple:
-    """The compile inputs of one recorded launch, specialised as Triton's launcher does."""
-    import triton.language as tl
-
-    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-    signature, constexprs, divisible = {}, {}, []
-    for arg_name, value in zip(arg_names, args, strict=False):
-        if isinstance(value, torch.Tensor):
-            value = _aot.Ptr(names[value.dtype], value.storage_offset() * value.element_size())
-        signature[arg_name], div = _aot.specialize(value)
-        if signature[arg_name] == "constexpr":
-            constexprs[arg_name] = value
-        if div:
-            divisible.append(arg_name)
-    kw = dict(kwargs)
-    warps, stages = kw.pop("num_warps"), kw.pop("num_stages")
-    kw["COMPUTE"] = {tl.float16: "fp16", tl.bfloat16: "bf16", tl.float32: "fp32"}[kw["COMPUTE"]]
-    signature.update(dict.fromkeys(kw, "constexpr"))
-    constexprs.update(kw)
-    return _canonical(name, signature, constexprs, divisible, warps, stages)
-
-
-@pytest.mark.parametrize("arch", _aot.ARCHS, ids=lambda a: ARCH_IDS[a.capability])
-def test_jobs_are_the_launchers_launches(arch, monkeypatch):
-    """launch_jobs() yields exactly the compile inputs that _launch.py passes to Triton, for
-    every shape, dtype pair, flag and config: _launch runs on meta tensors with its kernels
-    replaced by recorders and every config of _tuning tried."""
-    from smlp_kernels import _config
-    from smlp_kernels.triton import _launch, kernels
-
-    calls: list = []
-    for name in _aot.KERNELS:
-        recorder = _Recorder(name, getattr(kernels, name).arg_names, calls)
-        monkeypatch.setattr(_launch, name, recorder)
-    monkeypatch.setattr(_launch, "INTERPRETED", False)  # dtypes as on a GPU
-    monkeypatch.setattr(_launch, "_check_device", lambda x: None)
-    monkeypatch.setattr(_launch, "_num_sms", lambda device: arch.num_sms)
-    monkeypatch.setattr(_launch, "_precision", lambda: "ieee")
-
-    def every_config(key, configs, device, run, **options):
-        for cfg in configs:
-            run(cfg)
-        return configs[0]
-
-    monkeypatch.setattr(_tuning, "pick", every_config)
-    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    pairs = [(d, d) for d in _aot.DTYPES] + [("fp16", "fp32"), ("bf16", "fp32")]
-    for c, c_out, h, w in _aot.SHAPES:
-        for x_name, p_name in pairs:
-            xd, pd = dtypes[x_name], dtypes[p_name]
-
-            def empty(*shape, dtype):
-                return torch.empty(shape, dtype=dtype, device="meta")
-
-            x, g = empty(_aot.BATCH, c, h, w, dtype=xd), empty(_aot.BATCH, c_out, h, w, dtype=xd)
-            rw, rb, cw, cb = (
-                empty(w, w, dtype=pd),
-                empty(w, dtype=pd),
-                empty(h, h, dtype=pd),
-                empty(h, dtype=pd),
-            )
-            fw = empty(c_out, 3 * c, dtype=pd)
-            for row_bias in (rb, None):
-                for col_bias in (cb, None):
-                    _launch.mix_fwd(x, rw, row_bias, cw, col_bias, fw)
-                    for det in (False, True):
-                        with _config.deterministic(det):
-                            _launch.mix_bwd(g, x, rw, row_bias, cw, col_bias, fw)
-            for axis, weight, bias in ((3, rw, rb), (2, cw, cb)):
-                _launch.axis_mix_fwd(x, weight, bias, axis)
-                _launch.axis_mix_fwd(x, weight, None, axis)
-                for det in (False, True):
-                    with _config.deterministic(det):
-                        _launch.axis_mix_bwd(torch.empty_like(x), x, weight, axis)
-    launched = {_recorded_inputs(*call) for call in calls}
-    jobs = {
-        _canonical(j.kernel, dict(j.signature), dict(j.constexprs), j.divisible, j.num_warps,
-                   j.num_stages)
-        for j in _aot.matrix(full=True)
-        if j.arch == arch.capability
+    assert aot.ptx_counts(ptx) == {
+        "wgmma": 1, "mma_sync": 2, "tma": 1, "cp_async": 2, "wait_group_max": 1,
     }  # fmt: skip
-    assert launched - jobs == set(), "launches the AOT jobs miss"
-    assert jobs - launched == set(), "AOT jobs no launch makes"
+    assert set(aot.ptx_counts("").values()) == {0}
 
 
-@pytest.mark.parametrize("arch", [a.capability for a in _aot.ARCHS], ids=ARCH_IDS.get)
-@pytest.mark.parametrize("kernel", _aot.KERNELS)
+def _family_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list]:
+    """What the family modules' config lists offer each kernel for one shape: the mix runs
+    forward and (channels swapped) for the input gradient; the weight gradient along W and
+    along H, with and without F; the axis mix along W and along H."""
+    from smlp_kernels.triton import axis, mix, wgrad_fuse
+
+    lists = {
+        "mix_fwd_kernel": mix.configs(c, c_out, h, w) + mix.configs(c_out, c, h, w),
+        "mix_wgrad_fuse_kernel": wgrad_fuse.configs(c, c_out, h, w),
+        "axis_wgrad_kernel": [
+            cfg
+            for has_f in (True, False)
+            for s, length in ((h, w), (w, h))
+            for cfg in axis.wgrad_configs(s, length, has_f)
+        ],
+        "axis_mix_kernel": axis.mix_configs(w) + axis.mix_configs(h),
+    }
+    return lists
+
+
+def test_ci_subset_covers_every_config(recorded):
+    """Every config the family modules offer for SHAPES is launched by the recording, and
+    is in the CI subset on every arch, with one dtype at least, exactly once per dtype."""
+    launched = {(j.kernel, j.config, j.arch) for j in recorded}
+    ci = aot.ci_jobs(recorded)
+    compiled = {(j.kernel, j.config, j.arch) for j in ci}
+    for shape in SHAPES.values():
+        for kernel, configs in _family_configs(*shape).items():
+            for cfg in configs:
+                for arch in aot.ARCHS:
+                    assert (kernel, str(cfg), arch) in launched, (shape, kernel, cfg, arch)
+                    assert (kernel, str(cfg), arch) in compiled, (shape, kernel, cfg, arch)
+    assert len({(j.kernel, j.config, j.arch, j.dtype) for j in ci}) == len(ci) == len(set(ci))
+    assert {j.dtype for j in ci if j.arch == 90} <= {"fp16", "bf16"}
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(80, 80, 56, 56), (160, 160, 28, 28), (320, 320, 14, 14), (640, 640, 7, 7), (3, 5, 1, 57)],
+    ids=lambda s: "C{}-Co{}-H{}-W{}".format(*s),
+)
+def test_configs_are_legal_tiles(shape):
+    """Every config: powers of two, pixel boxes of >= 16 (a tl.dot K dimension >= 16)."""
+    for name, configs in _family_configs(*shape).items():
+        assert configs, name
+        for cfg in configs:
+            k = cfg.constexprs()
+            for key, value in k.items():
+                assert value >= 1 and value & (value - 1) == 0, (name, key, value)
+            if "BLOCK_H" in k:
+                assert k["BLOCK_H"] * k["BLOCK_W"] >= 16, (name, cfg)
+                assert k["BLOCK_C"] >= 16 and k["BLOCK_U"] >= 16 and k["BLOCK_V"] >= 16
+            if name == "axis_wgrad_kernel":
+                assert k["BLOCK_C"] * k["BLOCK_S"] >= 16 and k["BLOCK_L"] >= 16
+
+
+def test_recording_covers_every_launch(recorded):
+    """The recording reaches every launch variant of every kernel: both biases present or
+    not, both reductions (atomics and partial sums), z = F^T g and z = g, forward and
+    input-gradient strides, both dtypes of the parameters; and the defaults are marked."""
+
+    def variants(kernel: str) -> set:
+        return {(j.flags, j.param_dtype == j.dtype) for j in recorded if j.kernel == kernel}
+
+    def flags(**kw: bool) -> str:
+        return " ".join(f"{k}={int(v)}" for k, v in sorted(kw.items()))
+
+    two = (False, True)
+    assert variants("mix_fwd_kernel") == {(flags(HAS_RB=r, HAS_CB=c), p)
+                                          for r in two for c in two for p in two}  # fmt: skip
+    assert variants("mix_wgrad_fuse_kernel") == {
+        (flags(DETERMINISTIC=d, HAS_RB=r, HAS_CB=c), p)
+        for d in two for r in two for c in two for p in two
+    }  # fmt: skip
+    # Without F the weight gradient reads no parameter: its launches do not depend on them.
+    assert variants("axis_wgrad_kernel") == {(flags(DETERMINISTIC=d, HAS_F=f), p)
+                                             for d in two for f in two
+                                             for p in (two if f else (True,))}  # fmt: skip
+    assert variants("axis_mix_kernel") == {(flags(HAS_BIAS=b), p) for b in two for p in two}
+    # The input gradient: the mix kernel on transposed weights (stride 1 along the rows).
+    transposed = [j for j in recorded if j.launch == "mix input-grad"]
+    for name in ("sfo", "srw0", "scw0"):
+        assert transposed and all((name, 1) in j.constexprs for j in transposed), name
+    for kernel in aot.ROLES:
+        assert any(j.default for j in recorded if j.kernel == kernel), kernel
+        assert any(not j.default for j in recorded if j.kernel == kernel), kernel
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    """Bad arguments exit with 2 and a message naming the argument; so does the
+    interpreter (the kernels cannot compile under it)."""
+    out = str(tmp_path / "x.json")
+    for argv, named in (
+        (["--arch", "75", "--json", out], "--arch"),
+        (["--dtype", "fp64", "--json", out], "--dtype"),
+        (["--shapes", "T9", "--json", out], "--shapes"),
+        (["--shapes", "0x7x7", "--json", out], "--shapes"),
+        (["--jobs", "0", "--json", out], "--jobs"),
+        (["--ci", "--dtype", "fp16", "--json", out], "--ci"),
+        (["--arch", "90"], "--json"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            aot.main(argv)
+        assert exc.value.code == 2, argv
+        assert named in capsys.readouterr().err, argv
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--json", out], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "TRITON_INTERPRET" in proc.stderr
+    assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("arch", list(aot.ARCHS), ids=ARCH_IDS.get)
+@pytest.mark.parametrize("kernel", list(aot.ROLES))
 def test_aot_compile(request, ci_report, kernel, arch):
-    rows = [r for r in ci_report["results"]
-            if r["job"]["kernel"] == kernel and r["job"]["arch"] == arch]  # fmt: skip
+    rows = [r for r in ci_report["records"] if r["kernel"] == kernel and r["arch"] == arch]
     _check(request, ci_report, rows, f"{kernel} {ARCH_IDS[arch]}")
 
 
@@ -316,5 +326,5 @@ def test_aot_compile(request, ci_report, kernel, arch):
     reason=f"the full AOT matrix takes hours on 2 cores; set {FULL_ENV}=1 to run it",
 )
 def test_full_matrix(request, tmp_path):
-    report = _run_child(tmp_path, full=True)
-    _check(request, report, report["results"], "full-matrix")
+    report = _run_child(tmp_path, "--variants", "all", "--params", "both")
+    _check(request, report, report["records"], "full-matrix")

@@ -1,8 +1,18 @@
-"""The ``triton`` backend: fused Triton kernels for the forward and backward of the ops.
+"""The ``triton`` backend: fused Triton kernels for the four primitives of the backend
+contract (:class:`smlp_kernels.registry.Backend`).
 
-Importing this package never imports Triton; the kernels load on the first call. The
-backend is registered by ``smlp_kernels`` itself, so ``backend=None`` picks it for CUDA
-tensors whenever Triton is installed.
+One module per kernel family, each with its kernels, launcher and tile configurations:
+
+* :mod:`.mix`: the fused mix ``y = F_id x + F_row R(x) + F_col K(x)`` (the forward and,
+  called by the op layer with transposed weights and no biases, the input gradient);
+* :mod:`.wgrad_fuse`: the fuse-weight gradient, one reduction over the pixels;
+* :mod:`.axis`: the row / column mix and the weight gradient along an axis (which also
+  gives the fused mix's row and column weight gradients, with z = F_row^T g or F_col^T g
+  computed on the fly);
+
+plus :mod:`._common` (dtype and precision rules, launch helpers) and :mod:`._tuning` (the
+configuration type and the autotuner). Importing this package never imports Triton; the
+kernels load on the first call.
 
 Dtype rule: x in float32, float16 or bfloat16; each parameter in x's dtype or float32.
 Parameters are cast to x's dtype for the matrix units (float32 stays float32, with IEEE
@@ -11,15 +21,12 @@ float32; r and k are rounded to x's dtype before the fuse product, as an unfused
 implementation would store them; outputs are in x's dtype and parameter gradients are
 reduced in float32.
 
-Sizes: any B, C, C_out; 1 <= H, W <= 128 (a row or column must fit one tile). Larger H or W
-is refused with a clear message, and ``backend=None`` then falls back to another backend.
+Sizes: any B, C, C_out; 1 <= H, W <= 128 (a row or column must fit one tile).
 
 Under the Triton interpreter (``TRITON_INTERPRET=1`` set before the first call) the
 kernels run on CPU tensors, for testing; bfloat16 is then computed in float32, since the
 interpreter gets bfloat16 products wrong. In that mode the backend only runs when asked for
 by name (``backend="triton"``).
-
-Deterministic weight gradients: see :func:`smlp_kernels.set_deterministic`.
 """
 
 from __future__ import annotations
@@ -36,12 +43,6 @@ __all__ = ["TritonBackend"]
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _ops():
-    import importlib
-
-    return importlib.import_module(__name__ + "._launch")
 
 
 class TritonBackend(Backend):
@@ -72,25 +73,28 @@ class TritonBackend(Backend):
         return True, f"fused Triton kernels (triton {triton.__version__})"
 
     def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
-        ops = _ops()
-        ops._check_device(x)
-        b, _, h, w = x.shape
-        y = torch.empty((b, f_id.shape[0], h, w), dtype=x.dtype, device=x.device,
-                        memory_format=ops._out_format(x))  # fmt: skip
-        fuse_weight = torch.cat([f_id, f_row, f_col], dim=1)
-        return ops._launch_mix(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, y,
-                               transposed=False)  # fmt: skip
+        from .mix import mix
+
+        return mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
 
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip
-        return _ops().mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_row, f_col,
-                                deterministic)  # fmt: skip
+        from .axis import axis_wgrad
+        from .wgrad_fuse import wgrad_fuse
+
+        d_fuse = wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
+                            deterministic=deterministic)  # fmt: skip
+        # Row and column weights: z = F_row^T g (along W) and F_col^T g (along H).
+        d_rw, d_rb = axis_wgrad(g, x, 3, f_row, deterministic=deterministic)
+        d_cw, d_cb = axis_wgrad(g, x, 2, f_col, deterministic=deterministic)
+        return d_fuse, d_rw, d_rb, d_cw, d_cb
 
     def axis_mix(self, x, weight, bias, axis):
-        ops = _ops()
-        ops._check_device(x)
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=ops._out_format(x))
-        return ops._launch_axis_mix(x, weight, bias, axis, y, transposed=False)
+        from .axis import axis_mix
+
+        return axis_mix(x, weight, bias, axis)
 
     def axis_wgrad(self, g, x, axis, deterministic):
-        return _ops()._axis_wgrad(g, x, axis, None, deterministic=deterministic)
+        from .axis import axis_wgrad
+
+        return axis_wgrad(g, x, axis, None, deterministic=deterministic)
