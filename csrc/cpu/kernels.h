@@ -31,7 +31,7 @@
 #endif
 
 #include "cpu/simd.h"
-#include "cpu/smlp_cpu.h"
+#include "cpu/views.h"
 
 namespace smlp::cpu {
 

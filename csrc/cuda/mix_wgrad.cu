@@ -124,13 +124,11 @@ void launch_spatial(SpatialWgradArgs<typename Cfg::T> a, const SpatialPlan& plan
 }
 
 template <typename T>
-void run_mix_wgrad(const MixWgradParams& p, std::uintptr_t stream_handle) {
+void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
   using FCfg = FuseWgradCfg<T>;
   using SCfg = SpatialWgradCfg<T, true>;
   using S = typename FCfg::Shape;
-  detail::DeviceGuard guard(p.x.ptr, "cuda_mix_wgrad", "x");
-  const int device = guard.device();
-  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int device = detail::current_device();
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
   const std::int64_t B = p.batch, C = p.channels, Co = p.out_channels;
 
@@ -241,11 +239,9 @@ void run_mix_wgrad(const MixWgradParams& p, std::uintptr_t stream_handle) {
 }
 
 template <typename T>
-void run_axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream_handle) {
+void run_axis_mix_wgrad(const AxisMixWgradParams& p, cudaStream_t stream) {
   using SCfg = SpatialWgradCfg<T, false>;
-  detail::DeviceGuard guard(p.x.ptr, "cuda_axis_mix_wgrad", "x");
-  const int device = guard.device();
-  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int device = detail::current_device();
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
   const bool rows = p.axis == 3;
   const SpatialPlan plan = plan_spatial<SCfg>(p.batch, p.channels, H, W, device);
@@ -305,37 +301,14 @@ void run_axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream_handl
 }  // namespace
 
 void mix_wgrad(const MixWgradParams& p, std::uintptr_t stream) {
-  detail::check_spatial("cuda_mix_wgrad", p.height, p.width);
-  detail::with_launcher_name("cuda_mix_wgrad", [&]() {
-    switch (p.dtype) {
-      case kFloat32:
-        return run_mix_wgrad<float>(p, stream);
-      case kFloat16:
-        return run_mix_wgrad<__half>(p, stream);
-      case kBFloat16:
-        return run_mix_wgrad<__nv_bfloat16>(p, stream);
-      default:
-        detail::unsupported_dtype("cuda_mix_wgrad", p.dtype);
-    }
+  detail::run_launcher("cuda_mix_wgrad", p.dtype, [&](auto tag) {
+    run_mix_wgrad<decltype(tag)>(p, detail::as_stream(stream));
   });
 }
 
 void axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream) {
-  detail::check_spatial("cuda_axis_mix_wgrad", p.height, p.width);
-  if (p.axis != 2 && p.axis != 3) {
-    throw std::invalid_argument("cuda_axis_mix_wgrad: axis must be 2 or 3");
-  }
-  detail::with_launcher_name("cuda_axis_mix_wgrad", [&]() {
-    switch (p.dtype) {
-      case kFloat32:
-        return run_axis_mix_wgrad<float>(p, stream);
-      case kFloat16:
-        return run_axis_mix_wgrad<__half>(p, stream);
-      case kBFloat16:
-        return run_axis_mix_wgrad<__nv_bfloat16>(p, stream);
-      default:
-        detail::unsupported_dtype("cuda_axis_mix_wgrad", p.dtype);
-    }
+  detail::run_launcher("cuda_axis_mix_wgrad", p.dtype, [&](auto tag) {
+    run_axis_mix_wgrad<decltype(tag)>(p, detail::as_stream(stream));
   });
 }
 
