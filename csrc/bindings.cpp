@@ -111,22 +111,13 @@ py::dict cpu_fma_peak(const std::string& dtype, int threads, const std::string& 
     py::gil_scoped_release release;  // the threads run for a while; Python need not wait
     r = smlp::cpu::fma_peak(kind, isa, threads, min_seconds, trials);
   }
-  py::dict out;
-  out["dtype"] = dtype;
-  out["flop_per_s"] = r.flop_per_s;
-  out["isa"] = r.isa;
-  out["instruction"] = r.instruction;
-  out["threads"] = r.threads;
-  out["lanes"] = r.lanes;
-  out["chains"] = r.chains;
-  out["flops_per_step"] = r.flops_per_step;
-  out["iterations"] = r.iterations;
-  out["trials"] = r.trials;
-  out["cpu_seconds"] = r.cpu_seconds;
-  out["flop_per_s_wall"] = r.flop_per_s_wall;
-  out["wall_seconds"] = r.wall_seconds;
-  out["checksum"] = r.checksum;
-  return out;
+  using namespace py::literals;
+  return py::dict("dtype"_a = dtype, "flop_per_s"_a = r.flop_per_s, "isa"_a = r.isa,
+                  "instruction"_a = r.instruction, "threads"_a = r.threads, "lanes"_a = r.lanes,
+                  "chains"_a = r.chains, "flops_per_step"_a = r.flops_per_step,
+                  "iterations"_a = r.iterations, "trials"_a = r.trials,
+                  "cpu_seconds"_a = r.cpu_seconds, "flop_per_s_wall"_a = r.flop_per_s_wall,
+                  "wall_seconds"_a = r.wall_seconds, "checksum"_a = r.checksum);
 }
 
 std::vector<std::string> cpu_fma_peak_isas(const std::string& dtype) {

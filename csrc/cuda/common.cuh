@@ -124,12 +124,30 @@ using Flip = typename std::conditional<std::is_same<L, RowMajor>::value, ColMajo
 template <typename T, int M, int N, int K>
 struct WarpMma;
 
-// 16x16: one A block, two n-halves of B.
-template <typename T>
-struct WarpMma<T, 16, 16, 16> {
+// What the tensor-core shapes share: two m16n8k16 results as fp32 accumulators, and the store
+// of one of them (a 16x8 C fragment: this lane's rows g, g+8, columns 2t, 2t+1) to a
+// row-major float tile at q.
+struct MmaPair {
   struct Acc {
     float v[2][4];
   };
+  __device__ __forceinline__ static void zero(Acc& acc) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
+  }
+  __device__ __forceinline__ static void store_c(float* q, unsigned ld, const float (&c)[4]) {
+    const int lane = static_cast<int>(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+    q += g * ld + 2 * t;
+    q[0] = c[0];
+    q[1] = c[1];
+    q[8 * ld] = c[2];
+    q[8 * ld + 1] = c[3];
+  }
+};
+
+// 16x16: one A block, two n-halves of B.
+template <typename T>
+struct WarpMma<T, 16, 16, 16> : MmaPair {
   template <typename L>
   struct A {
     std::uint32_t r[4];
@@ -138,10 +156,6 @@ struct WarpMma<T, 16, 16, 16> {
   struct B {
     std::uint32_t r[4];
   };
-  __device__ __forceinline__ static void zero(Acc& acc) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
-  }
   template <typename L>
   __device__ __forceinline__ static void load(A<L>& a, const T* p, unsigned ld) {
     load_a16x16<L>(a.r, p, ld);
@@ -157,24 +171,14 @@ struct WarpMma<T, 16, 16, 16> {
   }
   // Row-major store of the 16x16 tile; the caller __syncwarp()s before other lanes read it.
   __device__ __forceinline__ static void store(float* p, unsigned ld, const Acc& acc) {
-    const int lane = static_cast<int>(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float* q = p + h * 8 + 2 * t;
-      q[g * ld] = acc.v[h][0];
-      q[g * ld + 1] = acc.v[h][1];
-      q[(g + 8) * ld] = acc.v[h][2];
-      q[(g + 8) * ld + 1] = acc.v[h][3];
-    }
+    store_c(p, ld, acc.v[0]);
+    store_c(p + 8, ld, acc.v[1]);
   }
 };
 
 // 32x8: two m-halves of A, one B.
 template <typename T>
-struct WarpMma<T, 32, 8, 16> {
-  struct Acc {
-    float v[2][4];
-  };
+struct WarpMma<T, 32, 8, 16> : MmaPair {
   template <typename L>
   struct A {
     std::uint32_t r[2][4];
@@ -183,10 +187,6 @@ struct WarpMma<T, 32, 8, 16> {
   struct B {
     std::uint32_t r[2];
   };
-  __device__ __forceinline__ static void zero(Acc& acc) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
-  }
   template <typename L>
   __device__ __forceinline__ static void load(A<L>& a, const T* p, unsigned ld) {
     const unsigned half = std::is_same<L, RowMajor>::value ? 16 * ld : 16;
@@ -203,25 +203,16 @@ struct WarpMma<T, 32, 8, 16> {
     mma_16816<T>(acc.v[1], a.r[1], b.r[0], b.r[1]);
   }
   __device__ __forceinline__ static void store(float* p, unsigned ld, const Acc& acc) {
-    const int lane = static_cast<int>(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float* q = p + (h * 16) * ld + 2 * t;
-      q[g * ld] = acc.v[h][0];
-      q[g * ld + 1] = acc.v[h][1];
-      q[(g + 8) * ld] = acc.v[h][2];
-      q[(g + 8) * ld + 1] = acc.v[h][3];
-    }
+    store_c(p, ld, acc.v[0]);
+    store_c(p + 16 * ld, ld, acc.v[1]);
   }
 };
 
 // 8x32 as its transpose: D^T (32x8) = B^T (32x16) A^T (16x8). A (8x16) is kept as the B
 // operand A^T, B (16x32) as the two A-operand halves of B^T; a layout flips with the transpose.
 template <typename T>
-struct WarpMma<T, 8, 32, 16> {
-  struct Acc {
-    float v[2][4];  // D^T, rows n in halves of 16, columns m
-  };
+struct WarpMma<T, 8, 32, 16> : MmaPair {
+  // Acc holds D^T: rows n in halves of 16, columns m.
   template <typename L>
   struct A {
     std::uint32_t r[2];
@@ -230,10 +221,6 @@ struct WarpMma<T, 8, 32, 16> {
   struct B {
     std::uint32_t r[2][4];
   };
-  __device__ __forceinline__ static void zero(Acc& acc) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
-  }
   template <typename L>
   __device__ __forceinline__ static void load(A<L>& a, const T* p, unsigned ld) {
     load_b16x8<Flip<L>>(a.r, p, ld);
