@@ -142,7 +142,7 @@ step_test() {
     [[ " ${FIRST_TESTS[*]} " == *" $f "* ]] || files+=("$f")
   done
   # As in CI: a missing extension, CUDA part or nvcc fails the tests instead of skipping them.
-  export SMLP_REQUIRE_EXTENSION=1 SMLP_REQUIRE_CUDA_BUILD=1 SMLP_REQUIRE_NVCC=1
+  export SMLP_REQUIRE_EXTENSION=1 SMLP_REQUIRE_CUDA_BUILD=1 SMLP_REQUIRE_NVCC=1 SMLP_REQUIRE_TEST_HOOKS=1
   mkdir -p "$SESSION/test"
   for f in "${files[@]}"; do
     name=$(basename "$f" .py)

@@ -4,7 +4,8 @@ They run on a CPU-only machine. Without a built extension they skip with the loa
 reason, unless SMLP_REQUIRE_EXTENSION=1 (CI), where that is a failure. With
 SMLP_REQUIRE_CUDA_BUILD=1 the extension must also have been built with CUDA for the
 architectures in SMLP_CUDA_ARCHS (default "80;90a"). cuda_probe exists in a test build only
-(SMLP_TEST_HOOKS=1 at build time); its tests skip in a release build.
+(SMLP_TEST_HOOKS=1 at build time); its tests skip in a release build, unless
+SMLP_REQUIRE_TEST_HOOKS=1, where that is a failure.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from smlp_kernels._version import __version__
 
 REQUIRE_EXTENSION = os.environ.get("SMLP_REQUIRE_EXTENSION") == "1"
 REQUIRE_CUDA_BUILD = os.environ.get("SMLP_REQUIRE_CUDA_BUILD") == "1"
+REQUIRE_TEST_HOOKS = os.environ.get("SMLP_REQUIRE_TEST_HOOKS") == "1"
 HAS_GPU = torch.cuda.is_available()
 BUILT_WITHOUT_CUDA = "built without CUDA"
 
@@ -137,7 +139,10 @@ def test_cuda_runtime_info(ext: types.ModuleType) -> None:
 def hooks(ext: types.ModuleType) -> types.ModuleType:
     """The extension, if it is a test build (SMLP_TEST_HOOKS=1): it has cuda_probe."""
     if not ext.build_info()["test_hooks"]:
-        pytest.skip("a release build: cuda_probe needs a test build (SMLP_TEST_HOOKS=1)")
+        reason = "a release build: cuda_probe needs a test build (SMLP_TEST_HOOKS=1)"
+        if REQUIRE_TEST_HOOKS:
+            pytest.fail(f"SMLP_REQUIRE_TEST_HOOKS=1 but {reason}")
+        pytest.skip(reason)
     return ext
 
 

@@ -59,6 +59,16 @@ struct CrossSmem {
   float* scratch;  // [kWarps][256]: one float tile per warp
 };
 
+// The cross of a kernel whose shared-memory layout L has every piece (offsets into smem).
+template <class S, class Layout>
+__device__ __forceinline__ CrossSmem<S> cross_smem(unsigned char* smem, const Layout& L) {
+  using T = typename S::T;
+  return {smem_at<T>(smem, L.xr),        smem_at<T>(smem, L.xc),
+          smem_at<T>(smem, L.rwt),       smem_at<T>(smem, L.cws),
+          smem_at<float>(smem, L.rbias), smem_at<float>(smem, L.cbias),
+          smem_at<float>(smem, L.scratch)};
+}
+
 // rwt and rbias for the tile's columns. rw may be any strided (W, W) view, rb may be null.
 template <class S>
 __device__ void load_row_weight(const CrossSmem<S>& sm, const TileGeometry& g,
