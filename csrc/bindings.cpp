@@ -352,7 +352,8 @@ const Device kCuda{kCudaRules, &smlp::cuda::mix_fwd, &smlp::cuda::mix_wgrad,
                    &smlp::cuda::axis_mix_fwd, &smlp::cuda::axis_mix_wgrad};
 #endif
 
-void mix_fwd(const Device& dev, const TensorArg& x, const TensorArg& row_weight,
+template <const Device& dev>
+void mix_fwd(const TensorArg& x, const TensorArg& row_weight,
              const OptionalTensorArg& row_bias, const TensorArg& col_weight,
              const OptionalTensorArg& col_bias, const TensorArg& f_id, const TensorArg& f_row,
              const TensorArg& f_col, const TensorArg& y, std::uintptr_t stream) {
@@ -363,7 +364,8 @@ void mix_fwd(const Device& dev, const TensorArg& x, const TensorArg& row_weight,
   dev.mix_fwd(p, stream);
 }
 
-void mix_wgrad(const Device& dev, const TensorArg& g, const TensorArg& x,
+template <const Device& dev>
+void mix_wgrad(const TensorArg& g, const TensorArg& x,
                const TensorArg& row_weight, const OptionalTensorArg& row_bias,
                const TensorArg& col_weight, const OptionalTensorArg& col_bias,
                const TensorArg& f_id, const TensorArg& f_row, const TensorArg& f_col,
@@ -385,7 +387,8 @@ void mix_wgrad(const Device& dev, const TensorArg& g, const TensorArg& x,
   dev.mix_wgrad(p, stream);
 }
 
-void axis_mix_fwd(const Device& dev, const TensorArg& x, const TensorArg& weight,
+template <const Device& dev>
+void axis_mix_fwd(const TensorArg& x, const TensorArg& weight,
                   const OptionalTensorArg& bias, const TensorArg& y, int axis,
                   std::uintptr_t stream) {
   const Checker ck(dev.rules, "axis_mix_fwd");
@@ -399,7 +402,8 @@ void axis_mix_fwd(const Device& dev, const TensorArg& x, const TensorArg& weight
   dev.axis_mix_fwd(p, stream);
 }
 
-void axis_mix_wgrad(const Device& dev, const TensorArg& g, const TensorArg& x,
+template <const Device& dev>
+void axis_mix_wgrad(const TensorArg& g, const TensorArg& x,
                     const TensorArg& d_weight, const TensorArg& d_bias, int axis,
                     bool deterministic, std::uintptr_t stream) {
   const Checker ck(dev.rules, "axis_mix_wgrad");
@@ -416,66 +420,40 @@ void axis_mix_wgrad(const Device& dev, const TensorArg& g, const TensorArg& x,
 
 // Defines <prefix>_mix_fwd, _mix_wgrad, _axis_mix_fwd and _axis_mix_wgrad for `dev`; checks
 // and launch run with the GIL released (pure C++ after argument conversion).
-void def_launchers(py::module_& m, const Device& dev) {
+template <const Device& dev>
+void def_launchers(py::module_& m) {
   const std::string prefix = std::string(dev.rules.prefix) + "_";
   const std::string on = std::string(" on ") + dev.rules.kernels + " tensors (" +
                          dev.rules.compute_names() + ")";
   const std::string wgrad_dtype = dev.rules.float32_wgrad ? "float32" : "compute-dtype";
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
-  m.def(
-      (prefix + "mix_fwd").c_str(),
-      [&dev](const TensorArg& x, const TensorArg& rw, const OptionalTensorArg& rb,
-             const TensorArg& cw, const OptionalTensorArg& cb, const TensorArg& f_id,
-             const TensorArg& f_row, const TensorArg& f_col, const TensorArg& y,
-             std::uintptr_t stream) {
-        mix_fwd(dev, x, rw, rb, cw, cb, f_id, f_row, f_col, y, stream);
-      },
-      py::arg("x"), py::arg("row_weight"), py::arg("row_bias"), py::arg("col_weight"),
-      py::arg("col_bias"), py::arg("f_id"), py::arg("f_row"), py::arg("f_col"), py::arg("y"),
-      py::arg("stream") = 0, no_gil,
-      ("Fused sMLP forward" + on + ", written into y (B, C_out, H, W) on `stream` (a "
-          "cudaStream_t as an int; ignored on the CPU): y = F_id x + F_row r + F_col k with "
-          "r, k the row and column mixes (biases included). Every tensor is a TensorArg "
-          "(data_ptr, dtype_code, sizes, strides), biases may be None. With g, transposed "
-          "weight views and no biases it is the input gradient.").c_str());
-  m.def(
-      (prefix + "mix_wgrad").c_str(),
-      [&dev](const TensorArg& g, const TensorArg& x, const TensorArg& rw,
-             const OptionalTensorArg& rb, const TensorArg& cw, const OptionalTensorArg& cb,
-             const TensorArg& f_id, const TensorArg& f_row, const TensorArg& f_col,
-             const TensorArg& d_fuse, const TensorArg& d_rw, const TensorArg& d_rb,
-             const TensorArg& d_cw, const TensorArg& d_cb, bool deterministic,
-             std::uintptr_t stream) {
-        mix_wgrad(dev, g, x, rw, rb, cw, cb, f_id, f_row, f_col, d_fuse, d_rw, d_rb, d_cw, d_cb,
-                  deterministic, stream);
-      },
-      py::arg("g"), py::arg("x"), py::arg("row_weight"), py::arg("row_bias"),
-      py::arg("col_weight"), py::arg("col_bias"), py::arg("f_id"), py::arg("f_row"),
-      py::arg("f_col"), py::arg("d_fuse"), py::arg("d_row_weight"), py::arg("d_row_bias"),
-      py::arg("d_col_weight"), py::arg("d_col_bias"), py::arg("deterministic") = false,
-      py::arg("stream") = 0, no_gil,
-      ("Weight gradients of the fused sMLP op" + on + "; overwrites the " + wgrad_dtype +
-          " d_fuse (C_out, 3C), d_row_weight, d_row_bias, d_col_weight, d_col_bias. "
-          "deterministic=True: bitwise reproducible (always so on the CPU).").c_str());
-  m.def(
-      (prefix + "axis_mix_fwd").c_str(),
-      [&dev](const TensorArg& x, const TensorArg& weight, const OptionalTensorArg& bias,
-             const TensorArg& y, int axis, std::uintptr_t stream) {
-        axis_mix_fwd(dev, x, weight, bias, y, axis, stream);
-      },
-      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("axis"),
-      py::arg("stream") = 0, no_gil,
-      ("Row mix (axis=3, along W) or column mix (axis=2, along H)" + on + " into y.").c_str());
-  m.def(
-      (prefix + "axis_mix_wgrad").c_str(),
-      [&dev](const TensorArg& g, const TensorArg& x, const TensorArg& d_weight,
-             const TensorArg& d_bias, int axis, bool deterministic, std::uintptr_t stream) {
-        axis_mix_wgrad(dev, g, x, d_weight, d_bias, axis, deterministic, stream);
-      },
-      py::arg("g"), py::arg("x"), py::arg("d_weight"), py::arg("d_bias"), py::arg("axis"),
-      py::arg("deterministic") = false, py::arg("stream") = 0, no_gil,
-      ("Weight and bias gradients (" + wgrad_dtype + ", overwritten) of the row mix "
-          "(axis=3) or column mix (axis=2)" + on + ".").c_str());
+  m.def((prefix + "mix_fwd").c_str(), &mix_fwd<dev>,
+        py::arg("x"), py::arg("row_weight"), py::arg("row_bias"), py::arg("col_weight"),
+        py::arg("col_bias"), py::arg("f_id"), py::arg("f_row"), py::arg("f_col"), py::arg("y"),
+        py::arg("stream") = 0, no_gil,
+        ("Fused sMLP forward" + on + ", written into y (B, C_out, H, W) on `stream` (a "
+         "cudaStream_t as an int; ignored on the CPU): y = F_id x + F_row r + F_col k with "
+         "r, k the row and column mixes (biases included). Every tensor is a TensorArg "
+         "(data_ptr, dtype_code, sizes, strides), biases may be None. With g, transposed "
+         "weight views and no biases it is the input gradient.").c_str());
+  m.def((prefix + "mix_wgrad").c_str(), &mix_wgrad<dev>,
+        py::arg("g"), py::arg("x"), py::arg("row_weight"), py::arg("row_bias"),
+        py::arg("col_weight"), py::arg("col_bias"), py::arg("f_id"), py::arg("f_row"),
+        py::arg("f_col"), py::arg("d_fuse"), py::arg("d_row_weight"), py::arg("d_row_bias"),
+        py::arg("d_col_weight"), py::arg("d_col_bias"), py::arg("deterministic") = false,
+        py::arg("stream") = 0, no_gil,
+        ("Weight gradients of the fused sMLP op" + on + "; overwrites the " + wgrad_dtype +
+         " d_fuse (C_out, 3C), d_row_weight, d_row_bias, d_col_weight, d_col_bias. "
+         "deterministic=True: bitwise reproducible (always so on the CPU).").c_str());
+  m.def((prefix + "axis_mix_fwd").c_str(), &axis_mix_fwd<dev>,
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("axis"),
+        py::arg("stream") = 0, no_gil,
+        ("Row mix (axis=3, along W) or column mix (axis=2, along H)" + on + " into y.").c_str());
+  m.def((prefix + "axis_mix_wgrad").c_str(), &axis_mix_wgrad<dev>,
+        py::arg("g"), py::arg("x"), py::arg("d_weight"), py::arg("d_bias"), py::arg("axis"),
+        py::arg("deterministic") = false, py::arg("stream") = 0, no_gil,
+        ("Weight and bias gradients (" + wgrad_dtype + ", overwritten) of the row mix "
+         "(axis=3) or column mix (axis=2)" + on + ".").c_str());
 }
 
 }  // namespace
@@ -520,12 +498,12 @@ PYBIND11_MODULE(_C, m) {
         "The instruction sets cpu_fma_peak can use for dtype on this CPU, widest first "
         "(x86: avx512, avx2, sse; bf16: avx512bf16 or none).");
 
-  def_launchers(m, kCpu);
+  def_launchers<kCpu>(m);
   m.def("cpu_last_launch_threads", &smlp::cpu::last_launch_threads,
         "How many threads the calling thread's latest cpu_* launch ran on (launches of little "
         "work run on fewer threads than torch.get_num_threads()).");
 #if SMLP_WITH_CUDA
-  def_launchers(m, kCuda);
+  def_launchers<kCuda>(m);
 #else
   for (const char* name :
        {"cuda_mix_fwd", "cuda_mix_wgrad", "cuda_axis_mix_fwd", "cuda_axis_mix_wgrad"}) {

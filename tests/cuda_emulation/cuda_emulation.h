@@ -1,9 +1,9 @@
 // Host stand-ins for the CUDA features the kernels and launchers use, so that the real kernel
-// source runs on CPU threads (built by a host compiler with -DSMLP_CUDA_EMULATION and this
-// directory on the include path, which csrc/cuda/platform.cuh then includes instead of the
-// CUDA headers; see tests/test_cuda_emulation.py). It checks index math, masks, padding, layouts and barriers
-// on a machine without a GPU; it says nothing about speed, and fp16/bf16 products are summed
-// in fp32 in program order (tensor cores may order the sums differently).
+// source runs on CPU threads: built by a host compiler with -DSMLP_CUDA_EMULATION and this
+// directory on the include path, csrc/cuda/platform.cuh includes this header instead of the
+// CUDA headers (see tests/test_cuda_emulation.py). It checks index math, masks, padding,
+// layouts and barriers on a machine without a GPU; it says nothing about speed, and fp16/bf16
+// products are summed in fp32 in program order (tensor cores may order the sums differently).
 //
 // Emulated: one block at a time, its 256 threads as std::threads; __syncthreads and __syncwarp
 // as barriers; dynamic shared memory filled with NaN bytes before every block (reads of

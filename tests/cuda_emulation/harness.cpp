@@ -1,6 +1,6 @@
 // Runs the CUDA launchers (csrc/cuda/mix_fwd.cu, mix_wgrad.cu, compiled as C++ with
-// -DSMLP_CUDA_EMULATION -DSMLP_TEST_HOOKS=1) on CPU threads and compares every output with a float64 reference.
-// Prints one line per case and exits non-zero on the first failure. Driven by
+// -DSMLP_CUDA_EMULATION -DSMLP_TEST_HOOKS=1) on CPU threads and compares every output with a
+// float64 reference. Prints one line per case and exits non-zero on the first failure. Driven by
 // tests/test_cuda_emulation.py; usage: harness [quick|full].
 #include <cmath>
 #include <cstdio>
