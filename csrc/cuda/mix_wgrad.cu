@@ -59,6 +59,34 @@ void sum_slots(const Output2d& o, const float* ws, std::int64_t slots, int devic
                  0, device, stream, o.data, o.rows, o.cols, o.s0, o.s1, ws, slots);
 }
 
+// g and x with their strides, in a weight-gradient kernel's arguments.
+template <typename T, class Args>
+void set_g_x(Args& a, const TensorRef& g, const TensorRef& x) {
+  a.g = detail::data<const T>(g);
+  a.x = detail::data<const T>(x);
+  std::copy(g.strides, g.strides + 4, a.g_s);
+  std::copy(x.strides, x.strides + 4, a.x_s);
+}
+
+// spatial_wgrad_kernel's row-mix outputs (d_rw, d_rb) and column-mix outputs (d_cw, d_cb).
+template <typename T>
+void set_row_outputs(SpatialWgradArgs<T>& s, const Output2d& w, const Output2d& b) {
+  s.d_rw = w.data;
+  s.d_rw_s[0] = w.s0;
+  s.d_rw_s[1] = w.s1;
+  s.d_rb = b.data;
+  s.d_rb_s = b.s0;
+}
+
+template <typename T>
+void set_col_outputs(SpatialWgradArgs<T>& s, const Output2d& w, const Output2d& b) {
+  s.d_cw = w.data;
+  s.d_cw_s[0] = w.s0;
+  s.d_cw_s[1] = w.s1;
+  s.d_cb = b.data;
+  s.d_cb_s = b.s0;
+}
+
 template <class Cfg>
 std::string kernel_name(const char* kernel) {
   return std::string(kernel) + "<" + Num<typename Cfg::T>::kName + ">";
@@ -119,12 +147,7 @@ void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
 
   // d_fuse: (BO x CB) blocks times splits over the (image, tile) items.
   FuseWgradArgs<T> f{};
-  f.g = detail::data<const T>(p.g);
-  f.x = detail::data<const T>(p.x);
-  for (int i = 0; i < 4; ++i) {
-    f.g_s[i] = p.g.strides[i];
-    f.x_s[i] = p.x.strides[i];
-  }
+  set_g_x<T>(f, p.g, p.x);
   f.rw = detail::data<const T>(p.row_weight);
   f.rw_s[0] = p.row_weight.strides[0];
   f.rw_s[1] = p.row_weight.strides[1];
@@ -162,12 +185,7 @@ void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
 
   const SpatialPlan plan = plan_spatial<SCfg>(B, C, H, W, device);
   SpatialWgradArgs<T> s{};
-  s.g = f.g;
-  s.x = f.x;
-  for (int i = 0; i < 4; ++i) {
-    s.g_s[i] = f.g_s[i];
-    s.x_s[i] = f.x_s[i];
-  }
+  set_g_x<T>(s, p.g, p.x);
   s.fr = detail::data<const T>(p.f_row);
   s.fr_s[0] = p.f_row.strides[0];
   s.fr_s[1] = p.f_row.strides[1];
@@ -179,16 +197,8 @@ void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
   const Output2d d_fuse = as_2d(p.d_fuse), d_rw = as_2d(p.d_row_weight),
                  d_rb = as_2d(p.d_row_bias), d_cw = as_2d(p.d_col_weight),
                  d_cb = as_2d(p.d_col_bias);
-  s.d_rw = d_rw.data;
-  s.d_rw_s[0] = d_rw.s0;
-  s.d_rw_s[1] = d_rw.s1;
-  s.d_rb = d_rb.data;
-  s.d_rb_s = d_rb.s0;
-  s.d_cw = d_cw.data;
-  s.d_cw_s[0] = d_cw.s0;
-  s.d_cw_s[1] = d_cw.s1;
-  s.d_cb = d_cb.data;
-  s.d_cb_s = d_cb.s0;
+  set_row_outputs(s, d_rw, d_rb);
+  set_col_outputs(s, d_cw, d_cb);
   s.B = B;
   s.C = C;
   s.Co = Co;
@@ -232,27 +242,14 @@ void run_axis_mix_wgrad(const AxisMixWgradParams& p, cudaStream_t stream) {
   const SpatialPlan plan = plan_spatial<SCfg>(p.batch, p.channels, H, W, device);
 
   SpatialWgradArgs<T> s{};
-  s.g = detail::data<const T>(p.g);
-  s.x = detail::data<const T>(p.x);
-  for (int i = 0; i < 4; ++i) {
-    s.g_s[i] = p.g.strides[i];
-    s.x_s[i] = p.x.strides[i];
-  }
+  set_g_x<T>(s, p.g, p.x);
   s.do_row = rows ? 1 : 0;
   s.do_col = rows ? 0 : 1;
   const Output2d d_w = as_2d(p.d_weight), d_b = as_2d(p.d_bias);
   if (rows) {
-    s.d_rw = d_w.data;
-    s.d_rw_s[0] = d_w.s0;
-    s.d_rw_s[1] = d_w.s1;
-    s.d_rb = d_b.data;
-    s.d_rb_s = d_b.s0;
+    set_row_outputs(s, d_w, d_b);
   } else {
-    s.d_cw = d_w.data;
-    s.d_cw_s[0] = d_w.s0;
-    s.d_cw_s[1] = d_w.s1;
-    s.d_cb = d_b.data;
-    s.d_cb_s = d_b.s0;
+    set_col_outputs(s, d_w, d_b);
   }
   s.B = p.batch;
   s.C = p.channels;
