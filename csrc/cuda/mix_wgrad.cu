@@ -68,23 +68,16 @@ void set_g_x(Args& a, const TensorRef& g, const TensorRef& x) {
   std::copy(x.strides, x.strides + 4, a.x_s);
 }
 
-// spatial_wgrad_kernel's row-mix outputs (d_rw, d_rb) and column-mix outputs (d_cw, d_cb).
+// spatial_wgrad_kernel's row-mix outputs (d_rw, d_rb) for rows, else its column-mix outputs
+// (d_cw, d_cb).
 template <typename T>
-void set_row_outputs(SpatialWgradArgs<T>& s, const Output2d& w, const Output2d& b) {
-  s.d_rw = w.data;
-  s.d_rw_s[0] = w.s0;
-  s.d_rw_s[1] = w.s1;
-  s.d_rb = b.data;
-  s.d_rb_s = b.s0;
-}
-
-template <typename T>
-void set_col_outputs(SpatialWgradArgs<T>& s, const Output2d& w, const Output2d& b) {
-  s.d_cw = w.data;
-  s.d_cw_s[0] = w.s0;
-  s.d_cw_s[1] = w.s1;
-  s.d_cb = b.data;
-  s.d_cb_s = b.s0;
+void set_outputs(SpatialWgradArgs<T>& s, bool rows, const Output2d& w, const Output2d& b) {
+  index_t* w_s = rows ? s.d_rw_s : s.d_cw_s;
+  (rows ? s.d_rw : s.d_cw) = w.data;
+  w_s[0] = w.s0;
+  w_s[1] = w.s1;
+  (rows ? s.d_rb : s.d_cb) = b.data;
+  (rows ? s.d_rb_s : s.d_cb_s) = b.s0;
 }
 
 template <class Cfg>
@@ -197,8 +190,8 @@ void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
   const Output2d d_fuse = as_2d(p.d_fuse), d_rw = as_2d(p.d_row_weight),
                  d_rb = as_2d(p.d_row_bias), d_cw = as_2d(p.d_col_weight),
                  d_cb = as_2d(p.d_col_bias);
-  set_row_outputs(s, d_rw, d_rb);
-  set_col_outputs(s, d_cw, d_cb);
+  set_outputs(s, true, d_rw, d_rb);
+  set_outputs(s, false, d_cw, d_cb);
   s.B = B;
   s.C = C;
   s.Co = Co;
@@ -246,11 +239,7 @@ void run_axis_mix_wgrad(const AxisMixWgradParams& p, cudaStream_t stream) {
   s.do_row = rows ? 1 : 0;
   s.do_col = rows ? 0 : 1;
   const Output2d d_w = as_2d(p.d_weight), d_b = as_2d(p.d_bias);
-  if (rows) {
-    set_row_outputs(s, d_w, d_b);
-  } else {
-    set_col_outputs(s, d_w, d_b);
-  }
+  set_outputs(s, rows, d_w, d_b);
   s.B = p.batch;
   s.C = p.channels;
   s.Co = p.channels;
