@@ -21,13 +21,13 @@ import torch
 import smlp_kernels
 from smlp_kernels import _extension
 from smlp_kernels import reference as R
+from smlp_kernels.cpp_backends import tensor_arg as targ  # the launchers' tensor description
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 DTYPES = [
     pytest.param(torch.float32, id="fp32"),
     pytest.param(torch.float16, id="fp16"),
@@ -57,13 +57,6 @@ def ext():
     if not module.build_info()["with_cuda"]:
         pytest.fail("a GPU machine must have the extension built with CUDA")
     return module
-
-
-def targ(t: torch.Tensor | None):
-    """The launcher ABI's TensorArg: (data_ptr, dtype_code, sizes, strides)."""
-    if t is None:
-        return None
-    return (t.data_ptr(), DTYPE_CODES[t.dtype], tuple(t.shape), tuple(t.stride()))
 
 
 def stream() -> int:
