@@ -76,6 +76,6 @@ int probe(int value, std::uintptr_t stream_handle) {
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   return result;
 }
+#endif  // SMLP_TEST_HOOKS
 
-}  // namespace
-#endif  // SMLP_TEST_HOOKS smlp::cuda
+}  // namespace smlp::cuda
