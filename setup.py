@@ -12,6 +12,9 @@ Build switches, read from the environment:
     SMLP_CPU_NATIVE      "1" (default): CPU kernels for the build machine's CPU
                          (-march=native); "0": portable x86-64, for a wheel or an image that
                          runs on other machines
+    SMLP_TEST_HOOKS      "1": a test build, with the test-only hooks (the cuda_probe function,
+                         the SMLP_CUDA_MAX_SPLITS variable) that the tests needing them use;
+                         "0" (default): a release build without them
 
 Typical installs:
 
@@ -169,6 +172,7 @@ class CMakeBuild(build_ext):
             f"-DSMLP_CUDA_ARCHS={_cuda_archs()}",
             f"-DSMLP_PTXAS_VERBOSE={'ON' if _env_flag('SMLP_PTXAS_VERBOSE') else 'OFF'}",
             f"-DSMLP_CPU_NATIVE={'ON' if _cpu_native() else 'OFF'}",
+            f"-DSMLP_TEST_HOOKS={'ON' if _env_flag('SMLP_TEST_HOOKS') else 'OFF'}",
             f"-DCMAKE_MAKE_PROGRAM={ninja}",
         ]
         nvcc = _nvcc()

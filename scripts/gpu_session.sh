@@ -8,7 +8,8 @@
 # Steps, run in the order given; each is bounded by what is left of the deadline (default
 # 560 s from the start), and a step that does not fit is reported as not run:
 #   env       the machine: GPU, driver, Python, torch, triton, nvcc, compute-sanitizer
-#   build     pip install --no-build-isolation --no-deps -e . with the CUDA part required
+#   build     pip install --no-build-isolation --no-deps -e . with the CUDA part required,
+#             a test build (SMLP_TEST_HOOKS=1: cuda_probe, SMLP_CUDA_MAX_SPLITS)
 #   test      the test files one at a time (GPU-heavy ones first), each under a time limit
 #   sanitize  compute-sanitizer memcheck, then racecheck on two shapes, over
 #             scripts/gpu_sanitize.py (every GPU backend, forward and backward, checked)
@@ -115,13 +116,16 @@ EOF
 }
 
 step_build() {
-  SMLP_BUILD_CUDA=1 SMLP_BUILD_JOBS=$(nproc) \
+  SMLP_BUILD_CUDA=1 SMLP_TEST_HOOKS=1 SMLP_BUILD_JOBS=$(nproc) \
     bounded 400 "$PY" -m pip install --no-build-isolation --no-deps -e . \
     >"$SESSION/build.log" 2>&1 || { tail -30 "$SESSION/build.log"; return 1; }
   "$PY" -m smlp_kernels.info 2>&1 | tee "$SESSION/info.txt"
   # The build must have its CUDA part: without it the cuda backend is silently absent.
   "$PY" -c "import smlp_kernels._C as m, sys; sys.exit(0 if m.build_info()['with_cuda'] else 1)" ||
     { note "build: smlp_kernels._C was built without its CUDA part"; return 1; }
+  # The tests of cuda_probe and SMLP_CUDA_MAX_SPLITS need the test build.
+  "$PY" -c "import smlp_kernels._C as m, sys; sys.exit(0 if m.build_info()['test_hooks'] else 1)" ||
+    { note "build: smlp_kernels._C is not a test build (SMLP_TEST_HOOKS=1)"; return 1; }
 }
 
 # GPU-heavy files first, so a deadline cuts the least useful ones; then every other file.
@@ -138,7 +142,7 @@ step_test() {
     [[ " ${FIRST_TESTS[*]} " == *" $f "* ]] || files+=("$f")
   done
   # As in CI: a missing extension, CUDA part or nvcc fails the tests instead of skipping them.
-  export SMLP_REQUIRE_EXTENSION=1 SMLP_REQUIRE_CUDA_BUILD=1 SMLP_REQUIRE_NVCC=1
+  export SMLP_REQUIRE_EXTENSION=1 SMLP_REQUIRE_CUDA_BUILD=1 SMLP_REQUIRE_NVCC=1 SMLP_REQUIRE_TEST_HOOKS=1
   mkdir -p "$SESSION/test"
   for f in "${files[@]}"; do
     name=$(basename "$f" .py)

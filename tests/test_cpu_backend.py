@@ -461,7 +461,10 @@ def test_raw_launchers_reject_bad_arguments():
     x = args[0]
     bad = [
         (_with(args, 0, (x[0], 7, x[2], x[3])), r"cpu_mix_fwd: x: unknown dtype code 7"),
-        (_with(args, 0, (x[0], 2, x[2], x[3])), r"x: the CPU kernels compute in float32 or"),
+        (
+            _with(args, 0, (x[0], 2, x[2], x[3])),
+            r"x: float16 is not supported: the CPU kernels compute in float32 or float64",
+        ),
         (_with(args, 1, (args[1][0], 0, (6, 5), (5, 1))), r"row_weight: expected shape \(W, W\)"),
         (_with(args, 2, (args[2][0], 0, (5,), (1,))), r"row_bias: expected shape \(W,\) = \(6,\)"),
         (_with(args, 3, (args[3][0], 1, (5, 5), (5, 1))), r"col_weight: dtype float64, expected"),

@@ -1,7 +1,10 @@
-"""The CUDA kernels' logic on a machine without a GPU: csrc/cuda/emulation/.
+"""The CUDA kernels' logic on a machine without a GPU: tests/cuda_emulation/.
 
 The launchers and kernels of csrc/cuda (mix_fwd.cu, mix_wgrad.cu) are compiled by the host
-C++ compiler with -DSMLP_CUDA_EMULATION and run on CPU threads: 256 threads per block, real
+C++ compiler with -DSMLP_CUDA_EMULATION (csrc/cuda/platform.cuh then takes the stand-ins of
+tests/cuda_emulation/cuda_emulation.h for the CUDA headers, warp instructions and launch) and
+-DSMLP_TEST_HOOKS=1 (the harness caps the splits through SMLP_CUDA_MAX_SPLITS), and run on
+CPU threads: 256 threads per block, real
 barriers, NaN-filled shared memory and outputs, ldmatrix / mma.sync emulated with their PTX
 fragment layouts. The harness compares every output of every launcher (fp32, fp16, bf16;
 strided, channels_last, transposed and expanded views; both weight-gradient modes) with a
@@ -23,13 +26,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
 REQUIRE = os.environ.get("SMLP_REQUIRE_NVCC") == "1"
 FULL = os.environ.get("SMLP_EMULATION_FULL") == "1"
 SOURCES = [
     "csrc/cuda/mix_fwd.cu",
     "csrc/cuda/mix_wgrad.cu",
-    "csrc/cuda/emulation/harness.cpp",
-    "csrc/cuda/emulation/runtime.cpp",
+    "tests/cuda_emulation/harness.cpp",
+    "tests/cuda_emulation/runtime.cpp",
 ]
 
 
@@ -65,7 +69,9 @@ def harness(tmp_path_factory) -> Path:
         "-std=c++20",
         "-O1",
         "-DSMLP_CUDA_EMULATION",
+        "-DSMLP_TEST_HOOKS=1",
         f"-I{ROOT / 'csrc'}",
+        f"-I{EMULATION}",
         f"-I{include}",
         "-pthread",
         "-x",

@@ -3,7 +3,9 @@
 They run on a CPU-only machine. Without a built extension they skip with the loader's
 reason, unless SMLP_REQUIRE_EXTENSION=1 (CI), where that is a failure. With
 SMLP_REQUIRE_CUDA_BUILD=1 the extension must also have been built with CUDA for the
-architectures in SMLP_CUDA_ARCHS (default "80;90a").
+architectures in SMLP_CUDA_ARCHS (default "80;90a"). cuda_probe exists in a test build only
+(SMLP_TEST_HOOKS=1 at build time); its tests skip in a release build, unless
+SMLP_REQUIRE_TEST_HOOKS=1, where that is a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from smlp_kernels._version import __version__
 
 REQUIRE_EXTENSION = os.environ.get("SMLP_REQUIRE_EXTENSION") == "1"
 REQUIRE_CUDA_BUILD = os.environ.get("SMLP_REQUIRE_CUDA_BUILD") == "1"
+REQUIRE_TEST_HOOKS = os.environ.get("SMLP_REQUIRE_TEST_HOOKS") == "1"
 HAS_GPU = torch.cuda.is_available()
 BUILT_WITHOUT_CUDA = "built without CUDA"
 
@@ -82,10 +85,13 @@ def test_build_info(ext: types.ModuleType) -> None:
         "cuda_version",
         "openmp",
         "compiler",
+        "test_hooks",
     }
     assert info["version"] == __version__
     assert isinstance(info["with_cuda"], bool)
     assert isinstance(info["openmp"], bool)
+    assert isinstance(info["test_hooks"], bool)
+    assert hasattr(ext, "cuda_probe") == info["test_hooks"]
     assert isinstance(info["cuda_archs"], list)
     assert all(isinstance(arch, str) for arch in info["cuda_archs"])
     assert isinstance(info["cuda_version"], str)
@@ -129,8 +135,20 @@ def test_cuda_runtime_info(ext: types.ModuleType) -> None:
         assert info["error"] != ""
 
 
+@pytest.fixture()
+def hooks(ext: types.ModuleType) -> types.ModuleType:
+    """The extension, if it is a test build (SMLP_TEST_HOOKS=1): it has cuda_probe."""
+    if not ext.build_info()["test_hooks"]:
+        reason = "a release build: cuda_probe needs a test build (SMLP_TEST_HOOKS=1)"
+        if REQUIRE_TEST_HOOKS:
+            pytest.fail(f"SMLP_REQUIRE_TEST_HOOKS=1 but {reason}")
+        pytest.skip(reason)
+    return ext
+
+
 @pytest.mark.skipif(HAS_GPU, reason="needs a machine without a usable CUDA device")
-def test_cuda_probe_raises_without_device(ext: types.ModuleType) -> None:
+def test_cuda_probe_raises_without_device(hooks: types.ModuleType) -> None:
+    ext = hooks
     with pytest.raises(RuntimeError) as raised:
         ext.cuda_probe(41)
     if ext.build_info()["with_cuda"]:
@@ -144,7 +162,8 @@ def test_cuda_probe_raises_without_device(ext: types.ModuleType) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA device")
-def test_cuda_probe_runs_on_gpu(ext: types.ModuleType) -> None:
+def test_cuda_probe_runs_on_gpu(hooks: types.ModuleType) -> None:
+    ext = hooks
     if not ext.build_info()["with_cuda"]:
         pytest.skip("the extension was built without CUDA")
     assert ext.cuda_probe(41) == 42

@@ -17,10 +17,8 @@ namespace {
 constexpr int64_t kMaxChunks = 64;
 constexpr int64_t kBatchPixels = 64 * 1024;
 
-}  // namespace
-
 template <typename T>
-void axis_mix_fwd(const AxisMixFwdParams<T>& p) {
+void axis_mix_fwd_views(const AxisMixFwdViews<T>& p) {
   constexpr int64_t L = Simd<T>::kLanes;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
   const int64_t P = H * W;
@@ -57,7 +55,7 @@ void axis_mix_fwd(const AxisMixFwdParams<T>& p) {
 }
 
 template <typename T>
-void axis_mix_wgrad(const AxisMixWgradParams<T>& p) {
+void axis_mix_wgrad_views(const AxisMixWgradViews<T>& p) {
   constexpr int64_t L = Simd<T>::kLanes;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
   const int64_t P = H * W, images = B * C;
@@ -135,9 +133,14 @@ void axis_mix_wgrad(const AxisMixWgradParams<T>& p) {
   }
 }
 
-template void axis_mix_fwd<float>(const AxisMixFwdParams<float>&);
-template void axis_mix_fwd<double>(const AxisMixFwdParams<double>&);
-template void axis_mix_wgrad<float>(const AxisMixWgradParams<float>&);
-template void axis_mix_wgrad<double>(const AxisMixWgradParams<double>&);
+}  // namespace
+
+void axis_mix_fwd(const AxisMixFwdParams& p) {
+  run_typed<AxisMixFwdViews>(p, [](const auto& views) { axis_mix_fwd_views(views); });
+}
+
+void axis_mix_wgrad(const AxisMixWgradParams& p) {
+  run_typed<AxisMixWgradViews>(p, [](const auto& views) { axis_mix_wgrad_views(views); });
+}
 
 }  // namespace smlp::cpu

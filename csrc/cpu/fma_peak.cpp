@@ -178,34 +178,30 @@ struct Variant {
 
 // Fastest first: "auto" takes the first one the CPU supports.
 std::vector<Variant> variants(PeakKind kind) {
+#if SMLP_PEAK_X86
   switch (kind) {
     case PeakKind::kFloat32:
-#if SMLP_PEAK_X86
       return {{"avx512", "vfmadd*ps zmm", 16, kChainsWide, 32, chains_avx512_f32, has_avx512},
               {"avx2", "vfmadd*ps ymm", 8, kChainsNarrow, 16, chains_avx2_f32, has_avx2_fma},
               {"sse", "mulps + addps xmm", 4, kChainsNarrow, 8, chains_sse_f32, always}};
-#else
-      return {{"generic", "compiler-vectorised a*b+c, 128-bit", 4, kChainsNarrow, 8,
-               chains_generic<float>, always}};
-#endif
     case PeakKind::kFloat64:
-#if SMLP_PEAK_X86
       return {{"avx512", "vfmadd*pd zmm", 8, kChainsWide, 16, chains_avx512_f64, has_avx512},
               {"avx2", "vfmadd*pd ymm", 4, kChainsNarrow, 8, chains_avx2_f64, has_avx2_fma},
               {"sse", "mulpd + addpd xmm", 2, kChainsNarrow, 4, chains_sse_f64, always}};
-#else
-      return {{"generic", "compiler-vectorised a*b+c, 128-bit", 2, kChainsNarrow, 4,
-               chains_generic<double>, always}};
-#endif
     case PeakKind::kBFloat16Dot:
-#if SMLP_PEAK_X86
       // 16 fp32 lanes x (2 products + 2 adds) = 64 FLOPs per instruction.
       return {{"avx512bf16", "vdpbf16ps zmm", 16, kChainsWide, 64, chains_avx512bf16,
                has_avx512bf16}};
-#else
-      return {};
-#endif
   }
+#else
+  const char* generic = "compiler-vectorised a*b+c, 128-bit";
+  if (kind == PeakKind::kFloat32) {
+    return {{"generic", generic, 4, kChainsNarrow, 8, chains_generic<float>, always}};
+  }
+  if (kind == PeakKind::kFloat64) {
+    return {{"generic", generic, 2, kChainsNarrow, 4, chains_generic<double>, always}};
+  }
+#endif
   return {};
 }
 

@@ -31,7 +31,7 @@
 #endif
 
 #include "cpu/simd.h"
-#include "cpu/smlp_cpu.h"
+#include "cpu/views.h"
 
 namespace smlp::cpu {
 
@@ -39,29 +39,15 @@ namespace smlp::cpu {
 // Threads and sizes
 // ---------------------------------------------------------------------------------------
 
-inline int max_threads() {
 #if defined(_OPENMP)
-  return omp_get_max_threads();
+inline int max_threads() { return omp_get_max_threads(); }
+inline int thread_id() { return omp_get_thread_num(); }
+inline int team_size() { return omp_get_num_threads(); }
 #else
-  return 1;
+inline int max_threads() { return 1; }
+inline int thread_id() { return 0; }
+inline int team_size() { return 1; }
 #endif
-}
-
-inline int thread_id() {
-#if defined(_OPENMP)
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-inline int team_size() {
-#if defined(_OPENMP)
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
 
 // Floating-point operations per thread below which a launch gets fewer threads: about 4
 // MFLOP, tens of microseconds of work on one core. Opening a parallel region costs a few

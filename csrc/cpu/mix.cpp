@@ -140,14 +140,12 @@ void write_vector(const View<T, 1>& out, const double* src) {
   }
 }
 
-}  // namespace
-
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
 
 template <typename T>
-void mix_fwd(const MixFwdParams<T>& p) {
+void mix_fwd_views(const MixFwdViews<T>& p) {
   using Sh = GemmShape<T>;
   constexpr int64_t L = Simd<T>::kLanes, MR = Sh::MR, NR = Sh::NR;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
@@ -250,7 +248,7 @@ void mix_fwd(const MixFwdParams<T>& p) {
 // ---------------------------------------------------------------------------------------
 
 template <typename T>
-void mix_wgrad(const MixWgradParams<T>& p) {
+void mix_wgrad_views(const MixWgradViews<T>& p) {
   using Sh = GemmShape<T>;
   constexpr int64_t L = Simd<T>::kLanes, MR = Sh::MR, NR = Sh::NR;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
@@ -464,11 +462,16 @@ void mix_wgrad(const MixWgradParams<T>& p) {
   write_vector(p.d_col_bias, t + part_size + W);
 }
 
-int last_launch_threads() { return last_launch_threads_slot(); }
+}  // namespace
 
-template void mix_fwd<float>(const MixFwdParams<float>&);
-template void mix_fwd<double>(const MixFwdParams<double>&);
-template void mix_wgrad<float>(const MixWgradParams<float>&);
-template void mix_wgrad<double>(const MixWgradParams<double>&);
+void mix_fwd(const MixFwdParams& p) {
+  run_typed<MixFwdViews>(p, [](const auto& views) { mix_fwd_views(views); });
+}
+
+void mix_wgrad(const MixWgradParams& p) {
+  run_typed<MixWgradViews>(p, [](const auto& views) { mix_wgrad_views(views); });
+}
+
+int last_launch_threads() { return last_launch_threads_slot(); }
 
 }  // namespace smlp::cpu

@@ -79,83 +79,32 @@ struct Num<__nv_bfloat16> {
 struct RowMajor {};
 struct ColMajor {};
 
-#if defined(SMLP_CUDA_EMULATION)
-template <int kCount, bool kTrans>
-__device__ __forceinline__ void ldmatrix(std::uint32_t* r, const void* p) {
-  smlp_emu::ldmatrix<kCount, kTrans>(r, p);
-}
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
-                                          std::uint32_t b0, std::uint32_t b1) {
-  smlp_emu::mma_16816<T>(d, a, b0, b1);
-}
-#else
-template <int kCount, bool kTrans>
-__device__ __forceinline__ void ldmatrix(std::uint32_t* r, const void* p) {
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  if constexpr (kCount == 4 && !kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-  } else if constexpr (kCount == 4 && kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-  } else if constexpr (kCount == 2 && !kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(addr));
-  } else {
-    static_assert(kCount == 2 && kTrans, "ldmatrix .x2 or .x4");
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(addr));
-  }
-}
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const std::uint32_t (&a)[4],
-                                          std::uint32_t b0, std::uint32_t b1) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    static_assert(std::is_same<T, __half>::value, "fp16 or bf16");
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-#endif
-
-// The A operand of one m16n8k16: a 16x16 block at p (row-major: p[m*ld + k]; column-major:
-// p[k*ld + m]).
-template <typename L, typename T>
-__device__ __forceinline__ void load_a16x16(std::uint32_t (&r)[4], const T* p, unsigned ld) {
+// The four 8x8 matrices of a 16x16 block at p into r[0..3]: matrix i starts at memory row
+// 8(i%2), column 8(i/2) for RowMajor, at memory row 8(i/2), column 8(i%2) for ColMajor (whose
+// memory rows are the block's columns); kTrans loads each matrix transposed.
+template <typename L, bool kTrans, typename T>
+__device__ __forceinline__ void load_16x16(std::uint32_t (&r)[4], const T* p, unsigned ld) {
   const int lane = static_cast<int>(threadIdx.x) % 32, i = lane / 8, j = lane % 8;
   if constexpr (std::is_same<L, RowMajor>::value) {
-    // Matrices: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15).
-    ldmatrix<4, false>(r, p + (j + (i % 2) * 8) * ld + (i / 2) * 8);
+    ldmatrix<4, kTrans>(r, p + (j + (i % 2) * 8) * ld + (i / 2) * 8);
   } else {
-    // Rows of shared memory are k: the transposed 8x8 matrices, same order.
-    ldmatrix<4, true>(r, p + (j + (i / 2) * 8) * ld + (i % 2) * 8);
+    ldmatrix<4, kTrans>(r, p + (j + (i / 2) * 8) * ld + (i % 2) * 8);
   }
+}
+
+// The A operand of one m16n8k16: a 16x16 block at p (row-major: p[m*ld + k]; column-major:
+// p[k*ld + m]). Registers: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15);
+// column-major memory holds them transposed.
+template <typename L, typename T>
+__device__ __forceinline__ void load_a16x16(std::uint32_t (&r)[4], const T* p, unsigned ld) {
+  load_16x16<L, !std::is_same<L, RowMajor>::value>(r, p, ld);
 }
 
 // Two B operands (n 0-7 in r[0..1], n 8-15 in r[2..3]) from a 16x16 block at p (row-major:
-// p[k*ld + n]; column-major: p[n*ld + k]).
+// p[k*ld + n], each 8x8 matrix loaded transposed; column-major: p[n*ld + k]).
 template <typename L, typename T>
 __device__ __forceinline__ void load_b16x16(std::uint32_t (&r)[4], const T* p, unsigned ld) {
-  const int lane = static_cast<int>(threadIdx.x) % 32, i = lane / 8, j = lane % 8;
-  if constexpr (std::is_same<L, RowMajor>::value) {
-    // Matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15), transposed.
-    ldmatrix<4, true>(r, p + (j + (i % 2) * 8) * ld + (i / 2) * 8);
-  } else {
-    // Rows of shared memory are n: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), ...
-    ldmatrix<4, false>(r, p + (j + (i / 2) * 8) * ld + (i % 2) * 8);
-  }
+  load_16x16<L, std::is_same<L, RowMajor>::value>(r, p, ld);
 }
 
 // One B operand (16x8) at p; lanes 16-31 repeat the addresses of lanes 0-15.
@@ -175,12 +124,30 @@ using Flip = typename std::conditional<std::is_same<L, RowMajor>::value, ColMajo
 template <typename T, int M, int N, int K>
 struct WarpMma;
 
-// 16x16: one A block, two n-halves of B.
-template <typename T>
-struct WarpMma<T, 16, 16, 16> {
+// What the tensor-core shapes share: two m16n8k16 results as fp32 accumulators, and the store
+// of one of them (a 16x8 C fragment: this lane's rows g, g+8, columns 2t, 2t+1) to a
+// row-major float tile at q.
+struct MmaPair {
   struct Acc {
     float v[2][4];
   };
+  __device__ __forceinline__ static void zero(Acc& acc) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
+  }
+  __device__ __forceinline__ static void store_c(float* q, unsigned ld, const float (&c)[4]) {
+    const int lane = static_cast<int>(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
+    q += g * ld + 2 * t;
+    q[0] = c[0];
+    q[1] = c[1];
+    q[8 * ld] = c[2];
+    q[8 * ld + 1] = c[3];
+  }
+};
+
+// 16x16: one A block, two n-halves of B.
+template <typename T>
+struct WarpMma<T, 16, 16, 16> : MmaPair {
   template <typename L>
   struct A {
     std::uint32_t r[4];
@@ -189,10 +156,6 @@ struct WarpMma<T, 16, 16, 16> {
   struct B {
     std::uint32_t r[4];
   };
-  __device__ __forceinline__ static void zero(Acc& acc) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
-  }
   template <typename L>
   __device__ __forceinline__ static void load(A<L>& a, const T* p, unsigned ld) {
     load_a16x16<L>(a.r, p, ld);
@@ -208,24 +171,14 @@ struct WarpMma<T, 16, 16, 16> {
   }
   // Row-major store of the 16x16 tile; the caller __syncwarp()s before other lanes read it.
   __device__ __forceinline__ static void store(float* p, unsigned ld, const Acc& acc) {
-    const int lane = static_cast<int>(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float* q = p + h * 8 + 2 * t;
-      q[g * ld] = acc.v[h][0];
-      q[g * ld + 1] = acc.v[h][1];
-      q[(g + 8) * ld] = acc.v[h][2];
-      q[(g + 8) * ld + 1] = acc.v[h][3];
-    }
+    store_c(p, ld, acc.v[0]);
+    store_c(p + 8, ld, acc.v[1]);
   }
 };
 
 // 32x8: two m-halves of A, one B.
 template <typename T>
-struct WarpMma<T, 32, 8, 16> {
-  struct Acc {
-    float v[2][4];
-  };
+struct WarpMma<T, 32, 8, 16> : MmaPair {
   template <typename L>
   struct A {
     std::uint32_t r[2][4];
@@ -234,10 +187,6 @@ struct WarpMma<T, 32, 8, 16> {
   struct B {
     std::uint32_t r[2];
   };
-  __device__ __forceinline__ static void zero(Acc& acc) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
-  }
   template <typename L>
   __device__ __forceinline__ static void load(A<L>& a, const T* p, unsigned ld) {
     const unsigned half = std::is_same<L, RowMajor>::value ? 16 * ld : 16;
@@ -254,25 +203,16 @@ struct WarpMma<T, 32, 8, 16> {
     mma_16816<T>(acc.v[1], a.r[1], b.r[0], b.r[1]);
   }
   __device__ __forceinline__ static void store(float* p, unsigned ld, const Acc& acc) {
-    const int lane = static_cast<int>(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float* q = p + (h * 16) * ld + 2 * t;
-      q[g * ld] = acc.v[h][0];
-      q[g * ld + 1] = acc.v[h][1];
-      q[(g + 8) * ld] = acc.v[h][2];
-      q[(g + 8) * ld + 1] = acc.v[h][3];
-    }
+    store_c(p, ld, acc.v[0]);
+    store_c(p + 16 * ld, ld, acc.v[1]);
   }
 };
 
 // 8x32 as its transpose: D^T (32x8) = B^T (32x16) A^T (16x8). A (8x16) is kept as the B
 // operand A^T, B (16x32) as the two A-operand halves of B^T; a layout flips with the transpose.
 template <typename T>
-struct WarpMma<T, 8, 32, 16> {
-  struct Acc {
-    float v[2][4];  // D^T, rows n in halves of 16, columns m
-  };
+struct WarpMma<T, 8, 32, 16> : MmaPair {
+  // Acc holds D^T: rows n in halves of 16, columns m.
   template <typename L>
   struct A {
     std::uint32_t r[2];
@@ -281,10 +221,6 @@ struct WarpMma<T, 8, 32, 16> {
   struct B {
     std::uint32_t r[2][4];
   };
-  __device__ __forceinline__ static void zero(Acc& acc) {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc.v[i / 4][i % 4] = 0.0f;
-  }
   template <typename L>
   __device__ __forceinline__ static void load(A<L>& a, const T* p, unsigned ld) {
     load_b16x8<Flip<L>>(a.r, p, ld);

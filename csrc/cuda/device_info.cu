@@ -6,6 +6,7 @@
 #include <string>
 
 namespace smlp::cuda {
+#if SMLP_TEST_HOOKS
 namespace {
 
 // House rule: every CUDA call and every launch is checked, and a failure becomes an
@@ -39,6 +40,7 @@ class DeviceBuffer {
 };
 
 }  // namespace
+#endif  // SMLP_TEST_HOOKS
 
 RuntimeInfo query_runtime() {
   RuntimeInfo info;
@@ -62,6 +64,7 @@ RuntimeInfo query_runtime() {
   return info;
 }
 
+#if SMLP_TEST_HOOKS
 int probe(int value, std::uintptr_t stream_handle) {
   auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
   DeviceBuffer out(sizeof(int));
@@ -73,5 +76,6 @@ int probe(int value, std::uintptr_t stream_handle) {
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   return result;
 }
+#endif  // SMLP_TEST_HOOKS
 
 }  // namespace smlp::cuda

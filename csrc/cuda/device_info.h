@@ -20,10 +20,12 @@ struct RuntimeInfo {
 // Never throws for a missing GPU or driver: the failure is reported in `error`.
 RuntimeInfo query_runtime();
 
+#if SMLP_TEST_HOOKS
 // Launches a one-thread kernel on `stream` (a cudaStream_t passed as an integer; 0 is
 // the legacy default stream) that writes value + 1 to device memory, copies it back and
 // returns it. Proves that the cubins load and run on the current device.
 // Throws std::runtime_error carrying the CUDA error string on any failure.
 int probe(int value, std::uintptr_t stream);
+#endif
 
 }  // namespace smlp::cuda

@@ -10,8 +10,8 @@
 #include <string>
 #include <utility>
 
+#include "cuda/common.cuh"
 #include "cuda/launchers.h"
-#include "cuda/platform.cuh"
 
 namespace smlp::cuda::detail {
 
@@ -26,37 +26,12 @@ inline void check_cuda(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw_cuda_error(status, what);
 }
 
-// Makes the device that owns `ptr` current for the launcher's lifetime, so that launches go
-// to the tensors' device whatever the calling thread's current device is.
-class DeviceGuard {
- public:
-  DeviceGuard(std::uintptr_t ptr, const char* fn, const char* arg) {
-    cudaPointerAttributes attributes{};
-    check_cuda(cudaPointerGetAttributes(&attributes, reinterpret_cast<const void*>(ptr)),
-               "cudaPointerGetAttributes");
-    if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged) {
-      throw std::invalid_argument(std::string(fn) + ": " + arg +
-                                  " is not in CUDA device memory");
-    }
-    check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-    device_ = attributes.device;
-    if (device_ != previous_) {
-      check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) (void)cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-  int device() const { return device_; }
-
- private:
-  int previous_ = 0;
-  int device_ = 0;
-  bool switched_ = false;
-};
+// The calling thread's current device: the op layer has made x's device current.
+inline int current_device() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
 
 inline int device_attribute(cudaDeviceAttr attribute, int device, const char* what) {
   int value = 0;
@@ -73,10 +48,12 @@ inline int sm_count(int device) {
   return device_attribute(cudaDevAttrMultiProcessorCount, device, "cudaDeviceGetAttribute");
 }
 
-// Upper bound on the number of splits of a weight-gradient reduction: the environment
-// variable SMLP_CUDA_MAX_SPLITS (a positive integer) when set, else `fallback`. Tests use it
-// to make one block walk many items; it changes the summation order, not the result's math.
+// Upper bound on the number of splits of a weight-gradient reduction: `fallback`, or in a
+// test build (SMLP_TEST_HOOKS) the environment variable SMLP_CUDA_MAX_SPLITS (a positive
+// integer) when it is smaller. Tests use it to make one block walk many items; it changes the
+// summation order, not the result's math.
 inline std::int64_t max_splits(std::int64_t fallback) {
+#if SMLP_TEST_HOOKS
   const char* env = std::getenv("SMLP_CUDA_MAX_SPLITS");
   if (env == nullptr || *env == '\0') return fallback;
   char* end = nullptr;
@@ -86,6 +63,9 @@ inline std::int64_t max_splits(std::int64_t fallback) {
                                 std::string(env) + "'");
   }
   return value < fallback ? value : fallback;
+#else
+  return fallback;
+#endif
 }
 
 // Sets the kernel's dynamic shared-memory limit, launches it and checks the launch.
@@ -104,37 +84,21 @@ void launch(void (*kernel)(KernelArgs...), const std::string& name, unsigned gri
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(limit)),
              ("cudaFuncSetAttribute for " + name).c_str());
-#if defined(SMLP_CUDA_EMULATION)
-  (void)stream;
-  smlp_emu::launch(kernel, grid, 256, smem_bytes, std::forward<Args>(args)...);
-#else
-  kernel<<<grid, 256, smem_bytes, stream>>>(std::forward<Args>(args)...);
-#endif
+  launch_kernel(kernel, grid, kThreads, smem_bytes, stream, std::forward<Args>(args)...);
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) throw_cuda_error(status, "launch of " + name);
 }
 
-// The launchers re-check what the binding checked (H, W range and dtype), so that a direct
-// C++ caller gets the same errors.
-inline void check_spatial(const char* fn, std::int64_t height, std::int64_t width) {
-  if (height < 1 || height > kMaxSpatial || width < 1 || width > kMaxSpatial) {
-    throw std::invalid_argument(std::string(fn) + ": H and W must lie in 1.." +
-                                std::to_string(kMaxSpatial));
-  }
-}
-
-[[noreturn]] inline void unsupported_dtype(const char* fn, int dtype) {
-  throw std::invalid_argument(std::string(fn) + ": dtype code " + std::to_string(dtype) +
-                              " is not supported by the CUDA kernels (float32, float16, "
-                              "bfloat16 only)");
-}
-
-// Runs a launcher body; a CUDA failure's message gets the launcher's name in front
-// (std::invalid_argument, a std::logic_error, passes through unchanged).
+// Runs body(T{}) for the compute dtype's element type T (float, __half or __nv_bfloat16; the
+// binding admits no other); a CUDA failure's message gets the launcher's name in front.
 template <typename Body>
-void with_launcher_name(const char* fn, Body&& body) {
+void run_launcher(const char* fn, DType dtype, Body&& body) {
   try {
-    body();
+    switch (dtype) {
+      case kFloat16: return body(__half{});
+      case kBFloat16: return body(__nv_bfloat16{});
+      default: return body(float{});
+    }
   } catch (const std::runtime_error& error) {
     throw std::runtime_error(std::string(fn) + ": " + error.what());
   }

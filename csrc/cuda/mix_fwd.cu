@@ -18,17 +18,8 @@ using MixFwdTile16 = MixFwdConfig<T, 16, 16, 64, 2, 2>;
 template <typename T>
 using MixFwdTile8 = MixFwdConfig<T, 8, 8, 128, 4, 2>;
 using MixFwdF32 = MixFwdConfig<float, 8, 8, 64, 4, 2>;
-
-template __global__ void mix_fwd_kernel<MixFwdTile16<__half>>(MixFwdArgs<__half>);
-template __global__ void mix_fwd_kernel<MixFwdTile8<__half>>(MixFwdArgs<__half>);
-template __global__ void mix_fwd_kernel<MixFwdTile16<__nv_bfloat16>>(MixFwdArgs<__nv_bfloat16>);
-template __global__ void mix_fwd_kernel<MixFwdTile8<__nv_bfloat16>>(MixFwdArgs<__nv_bfloat16>);
-template __global__ void mix_fwd_kernel<MixFwdF32>(MixFwdArgs<float>);
-
-template __global__ void axis_mix_fwd_kernel<AxisMixFwdConfig<__half>>(AxisMixFwdArgs<__half>);
-template __global__ void axis_mix_fwd_kernel<AxisMixFwdConfig<__nv_bfloat16>>(
-    AxisMixFwdArgs<__nv_bfloat16>);
-template __global__ void axis_mix_fwd_kernel<AxisMixFwdConfig<float>>(AxisMixFwdArgs<float>);
+// The launchers below instantiate each kernel they may launch; tests/test_cuda_ptxas.py
+// counts the instances.
 
 namespace {
 
@@ -89,28 +80,28 @@ void launch_mix_fwd(const MixFwdParams& p, int device, cudaStream_t stream) {
 }
 
 template <typename T>
-void run_mix_fwd(const MixFwdParams& p, std::uintptr_t stream) {
-  detail::DeviceGuard guard(p.x.ptr, "cuda_mix_fwd", "x");
+void run_mix_fwd(const MixFwdParams& p, cudaStream_t stream) {
+  const int device = detail::current_device();
   if constexpr (std::is_same<T, float>::value) {
-    launch_mix_fwd<MixFwdF32>(p, guard.device(), detail::as_stream(stream));
+    launch_mix_fwd<MixFwdF32>(p, device, stream);
   } else {
     const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
     const long area16 = static_cast<long>(round_up(H, 16)) * round_up(W, 16);
     const long area8 = static_cast<long>(round_up(H, 8)) * round_up(W, 8);
     const std::size_t smem16 = MixFwdSmem<MixFwdTile16<T>>(round_up(W, 16), round_up(H, 16)).bytes;
-    if (2 * area16 <= 3 * area8 && smem16 <= detail::max_dynamic_smem(guard.device())) {
-      launch_mix_fwd<MixFwdTile16<T>>(p, guard.device(), detail::as_stream(stream));
+    if (2 * area16 <= 3 * area8 && smem16 <= detail::max_dynamic_smem(device)) {
+      launch_mix_fwd<MixFwdTile16<T>>(p, device, stream);
     } else {
-      launch_mix_fwd<MixFwdTile8<T>>(p, guard.device(), detail::as_stream(stream));
+      launch_mix_fwd<MixFwdTile8<T>>(p, device, stream);
     }
   }
 }
 
 template <typename T>
-void run_axis_mix_fwd(const AxisMixFwdParams& p, std::uintptr_t stream) {
+void run_axis_mix_fwd(const AxisMixFwdParams& p, cudaStream_t stream) {
   using Cfg = AxisMixFwdConfig<T>;
   using S = typename Cfg::Shape;
-  detail::DeviceGuard guard(p.x.ptr, "cuda_axis_mix_fwd", "x");
+  const int device = detail::current_device();
   AxisMixFwdArgs<T> a{};
   a.x = detail::data<const T>(p.x);
   copy_strides(a.x_s, p.x, 4);
@@ -137,44 +128,21 @@ void run_axis_mix_fwd(const AxisMixFwdParams& p, std::uintptr_t stream) {
     a.b_begin = b0;
     const std::int64_t images = std::min(chunk, p.batch - b0);
     detail::launch(axis_mix_fwd_kernel<Cfg>, name, static_cast<unsigned>(images * per_image),
-                   smem, guard.device(), detail::as_stream(stream), a);
+                   smem, device, stream, a);
   }
 }
 
 }  // namespace
 
 void mix_fwd(const MixFwdParams& p, std::uintptr_t stream) {
-  detail::check_spatial("cuda_mix_fwd", p.height, p.width);
-  detail::with_launcher_name("cuda_mix_fwd", [&]() {
-    switch (p.dtype) {
-      case kFloat32:
-        return run_mix_fwd<float>(p, stream);
-      case kFloat16:
-        return run_mix_fwd<__half>(p, stream);
-      case kBFloat16:
-        return run_mix_fwd<__nv_bfloat16>(p, stream);
-      default:
-        detail::unsupported_dtype("cuda_mix_fwd", p.dtype);
-    }
+  detail::run_launcher("cuda_mix_fwd", p.dtype, [&](auto tag) {
+    run_mix_fwd<decltype(tag)>(p, detail::as_stream(stream));
   });
 }
 
 void axis_mix_fwd(const AxisMixFwdParams& p, std::uintptr_t stream) {
-  detail::check_spatial("cuda_axis_mix_fwd", p.height, p.width);
-  if (p.axis != 2 && p.axis != 3) {
-    throw std::invalid_argument("cuda_axis_mix_fwd: axis must be 2 or 3");
-  }
-  detail::with_launcher_name("cuda_axis_mix_fwd", [&]() {
-    switch (p.dtype) {
-      case kFloat32:
-        return run_axis_mix_fwd<float>(p, stream);
-      case kFloat16:
-        return run_axis_mix_fwd<__half>(p, stream);
-      case kBFloat16:
-        return run_axis_mix_fwd<__nv_bfloat16>(p, stream);
-      default:
-        detail::unsupported_dtype("cuda_axis_mix_fwd", p.dtype);
-    }
+  detail::run_launcher("cuda_axis_mix_fwd", p.dtype, [&](auto tag) {
+    run_axis_mix_fwd<decltype(tag)>(p, detail::as_stream(stream));
   });
 }
 

@@ -108,10 +108,7 @@ __global__ void __launch_bounds__(kThreads, Cfg::kMinBlocks)
   using Mma = WarpMma<T, 16, 16, S::KS>;
   SMLP_DYNAMIC_SMEM(smem);
   const MixFwdSmem<Cfg> L(a.Wp, a.Hp);
-  const CrossSmem<S> sm{smem_at<T>(smem, L.xr),        smem_at<T>(smem, L.xc),
-                        smem_at<T>(smem, L.rwt),       smem_at<T>(smem, L.cws),
-                        smem_at<float>(smem, L.rbias), smem_at<float>(smem, L.cbias),
-                        smem_at<float>(smem, L.scratch)};
+  const CrossSmem<S> sm = cross_smem<S>(smem, L);
   T* tiles = smem_at<T>(smem, L.t);
   T* fs = smem_at<T>(smem, L.fs);
 
@@ -244,10 +241,7 @@ __global__ void __launch_bounds__(kThreads)
   using S = typename Cfg::Shape;
   SMLP_DYNAMIC_SMEM(smem);
   const AxisMixFwdSmem<Cfg> L(a.Wp, a.Hp, a.axis);
-  const CrossSmem<S> sm{smem_at<T>(smem, L.xr),        smem_at<T>(smem, L.xc),
-                        smem_at<T>(smem, L.rwt),       smem_at<T>(smem, L.cws),
-                        smem_at<float>(smem, L.rbias), smem_at<float>(smem, L.cbias),
-                        smem_at<float>(smem, L.scratch)};
+  const CrossSmem<S> sm = cross_smem<S>(smem, L);
   T* out = smem_at<T>(smem, L.t);
 
   const index_t block = blockIdx.x;

@@ -26,23 +26,8 @@ using SpatialWgradCfg =
     typename std::conditional<std::is_same<T, float>::value,
                               SpatialWgradConfig<float, 32, kMixGrad, 1>,
                               SpatialWgradConfig<T, 64, kMixGrad, 1>>::type;
-
-template __global__ void fuse_wgrad_kernel<FuseWgradCfg<__half>>(FuseWgradArgs<__half>);
-template __global__ void fuse_wgrad_kernel<FuseWgradCfg<__nv_bfloat16>>(
-    FuseWgradArgs<__nv_bfloat16>);
-template __global__ void fuse_wgrad_kernel<FuseWgradCfg<float>>(FuseWgradArgs<float>);
-template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__half, true>>(
-    SpatialWgradArgs<__half>);
-template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__half, false>>(
-    SpatialWgradArgs<__half>);
-template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__nv_bfloat16, true>>(
-    SpatialWgradArgs<__nv_bfloat16>);
-template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<__nv_bfloat16, false>>(
-    SpatialWgradArgs<__nv_bfloat16>);
-template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<float, true>>(
-    SpatialWgradArgs<float>);
-template __global__ void spatial_wgrad_kernel<SpatialWgradCfg<float, false>>(
-    SpatialWgradArgs<float>);
+// The launchers below instantiate each kernel they may launch; tests/test_cuda_ptxas.py
+// counts the instances.
 
 namespace {
 
@@ -72,6 +57,27 @@ void sum_slots(const Output2d& o, const float* ws, std::int64_t slots, int devic
                cudaStream_t stream) {
   detail::launch(sum_slots_kernel, "sum_slots_kernel", elementwise_grid(o.rows * o.cols, device),
                  0, device, stream, o.data, o.rows, o.cols, o.s0, o.s1, ws, slots);
+}
+
+// g and x with their strides, in a weight-gradient kernel's arguments.
+template <typename T, class Args>
+void set_g_x(Args& a, const TensorRef& g, const TensorRef& x) {
+  a.g = detail::data<const T>(g);
+  a.x = detail::data<const T>(x);
+  std::copy(g.strides, g.strides + 4, a.g_s);
+  std::copy(x.strides, x.strides + 4, a.x_s);
+}
+
+// spatial_wgrad_kernel's row-mix outputs (d_rw, d_rb) for rows, else its column-mix outputs
+// (d_cw, d_cb).
+template <typename T>
+void set_outputs(SpatialWgradArgs<T>& s, bool rows, const Output2d& w, const Output2d& b) {
+  index_t* w_s = rows ? s.d_rw_s : s.d_cw_s;
+  (rows ? s.d_rw : s.d_cw) = w.data;
+  w_s[0] = w.s0;
+  w_s[1] = w.s1;
+  (rows ? s.d_rb : s.d_cb) = b.data;
+  (rows ? s.d_rb_s : s.d_cb_s) = b.s0;
 }
 
 template <class Cfg>
@@ -124,24 +130,17 @@ void launch_spatial(SpatialWgradArgs<typename Cfg::T> a, const SpatialPlan& plan
 }
 
 template <typename T>
-void run_mix_wgrad(const MixWgradParams& p, std::uintptr_t stream_handle) {
+void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
   using FCfg = FuseWgradCfg<T>;
   using SCfg = SpatialWgradCfg<T, true>;
   using S = typename FCfg::Shape;
-  detail::DeviceGuard guard(p.x.ptr, "cuda_mix_wgrad", "x");
-  const int device = guard.device();
-  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int device = detail::current_device();
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
   const std::int64_t B = p.batch, C = p.channels, Co = p.out_channels;
 
   // d_fuse: (BO x CB) blocks times splits over the (image, tile) items.
   FuseWgradArgs<T> f{};
-  f.g = detail::data<const T>(p.g);
-  f.x = detail::data<const T>(p.x);
-  for (int i = 0; i < 4; ++i) {
-    f.g_s[i] = p.g.strides[i];
-    f.x_s[i] = p.x.strides[i];
-  }
+  set_g_x<T>(f, p.g, p.x);
   f.rw = detail::data<const T>(p.row_weight);
   f.rw_s[0] = p.row_weight.strides[0];
   f.rw_s[1] = p.row_weight.strides[1];
@@ -179,12 +178,7 @@ void run_mix_wgrad(const MixWgradParams& p, std::uintptr_t stream_handle) {
 
   const SpatialPlan plan = plan_spatial<SCfg>(B, C, H, W, device);
   SpatialWgradArgs<T> s{};
-  s.g = f.g;
-  s.x = f.x;
-  for (int i = 0; i < 4; ++i) {
-    s.g_s[i] = f.g_s[i];
-    s.x_s[i] = f.x_s[i];
-  }
+  set_g_x<T>(s, p.g, p.x);
   s.fr = detail::data<const T>(p.f_row);
   s.fr_s[0] = p.f_row.strides[0];
   s.fr_s[1] = p.f_row.strides[1];
@@ -196,16 +190,8 @@ void run_mix_wgrad(const MixWgradParams& p, std::uintptr_t stream_handle) {
   const Output2d d_fuse = as_2d(p.d_fuse), d_rw = as_2d(p.d_row_weight),
                  d_rb = as_2d(p.d_row_bias), d_cw = as_2d(p.d_col_weight),
                  d_cb = as_2d(p.d_col_bias);
-  s.d_rw = d_rw.data;
-  s.d_rw_s[0] = d_rw.s0;
-  s.d_rw_s[1] = d_rw.s1;
-  s.d_rb = d_rb.data;
-  s.d_rb_s = d_rb.s0;
-  s.d_cw = d_cw.data;
-  s.d_cw_s[0] = d_cw.s0;
-  s.d_cw_s[1] = d_cw.s1;
-  s.d_cb = d_cb.data;
-  s.d_cb_s = d_cb.s0;
+  set_outputs(s, true, d_rw, d_rb);
+  set_outputs(s, false, d_cw, d_cb);
   s.B = B;
   s.C = C;
   s.Co = Co;
@@ -241,38 +227,19 @@ void run_mix_wgrad(const MixWgradParams& p, std::uintptr_t stream_handle) {
 }
 
 template <typename T>
-void run_axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream_handle) {
+void run_axis_mix_wgrad(const AxisMixWgradParams& p, cudaStream_t stream) {
   using SCfg = SpatialWgradCfg<T, false>;
-  detail::DeviceGuard guard(p.x.ptr, "cuda_axis_mix_wgrad", "x");
-  const int device = guard.device();
-  const cudaStream_t stream = detail::as_stream(stream_handle);
+  const int device = detail::current_device();
   const int H = static_cast<int>(p.height), W = static_cast<int>(p.width);
   const bool rows = p.axis == 3;
   const SpatialPlan plan = plan_spatial<SCfg>(p.batch, p.channels, H, W, device);
 
   SpatialWgradArgs<T> s{};
-  s.g = detail::data<const T>(p.g);
-  s.x = detail::data<const T>(p.x);
-  for (int i = 0; i < 4; ++i) {
-    s.g_s[i] = p.g.strides[i];
-    s.x_s[i] = p.x.strides[i];
-  }
+  set_g_x<T>(s, p.g, p.x);
   s.do_row = rows ? 1 : 0;
   s.do_col = rows ? 0 : 1;
   const Output2d d_w = as_2d(p.d_weight), d_b = as_2d(p.d_bias);
-  if (rows) {
-    s.d_rw = d_w.data;
-    s.d_rw_s[0] = d_w.s0;
-    s.d_rw_s[1] = d_w.s1;
-    s.d_rb = d_b.data;
-    s.d_rb_s = d_b.s0;
-  } else {
-    s.d_cw = d_w.data;
-    s.d_cw_s[0] = d_w.s0;
-    s.d_cw_s[1] = d_w.s1;
-    s.d_cb = d_b.data;
-    s.d_cb_s = d_b.s0;
-  }
+  set_outputs(s, rows, d_w, d_b);
   s.B = p.batch;
   s.C = p.channels;
   s.Co = p.channels;
@@ -305,37 +272,14 @@ void run_axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream_handl
 }  // namespace
 
 void mix_wgrad(const MixWgradParams& p, std::uintptr_t stream) {
-  detail::check_spatial("cuda_mix_wgrad", p.height, p.width);
-  detail::with_launcher_name("cuda_mix_wgrad", [&]() {
-    switch (p.dtype) {
-      case kFloat32:
-        return run_mix_wgrad<float>(p, stream);
-      case kFloat16:
-        return run_mix_wgrad<__half>(p, stream);
-      case kBFloat16:
-        return run_mix_wgrad<__nv_bfloat16>(p, stream);
-      default:
-        detail::unsupported_dtype("cuda_mix_wgrad", p.dtype);
-    }
+  detail::run_launcher("cuda_mix_wgrad", p.dtype, [&](auto tag) {
+    run_mix_wgrad<decltype(tag)>(p, detail::as_stream(stream));
   });
 }
 
 void axis_mix_wgrad(const AxisMixWgradParams& p, std::uintptr_t stream) {
-  detail::check_spatial("cuda_axis_mix_wgrad", p.height, p.width);
-  if (p.axis != 2 && p.axis != 3) {
-    throw std::invalid_argument("cuda_axis_mix_wgrad: axis must be 2 or 3");
-  }
-  detail::with_launcher_name("cuda_axis_mix_wgrad", [&]() {
-    switch (p.dtype) {
-      case kFloat32:
-        return run_axis_mix_wgrad<float>(p, stream);
-      case kFloat16:
-        return run_axis_mix_wgrad<__half>(p, stream);
-      case kBFloat16:
-        return run_axis_mix_wgrad<__nv_bfloat16>(p, stream);
-      default:
-        detail::unsupported_dtype("cuda_axis_mix_wgrad", p.dtype);
-    }
+  detail::run_launcher("cuda_axis_mix_wgrad", p.dtype, [&](auto tag) {
+    run_axis_mix_wgrad<decltype(tag)>(p, detail::as_stream(stream));
   });
 }
 

@@ -117,10 +117,7 @@ __global__ void __launch_bounds__(kThreads, Cfg::kMinBlocks)
   using Mma = WarpMma<T, 16, 16, S::KS>;
   SMLP_DYNAMIC_SMEM(smem);
   const FuseWgradSmem<Cfg> L(a.Wp, a.Hp);
-  const CrossSmem<S> sm{smem_at<T>(smem, L.xr),        smem_at<T>(smem, L.xc),
-                        smem_at<T>(smem, L.rwt),       smem_at<T>(smem, L.cws),
-                        smem_at<float>(smem, L.rbias), smem_at<float>(smem, L.cbias),
-                        smem_at<float>(smem, L.scratch)};
+  const CrossSmem<S> sm = cross_smem<S>(smem, L);
   T* gt = smem_at<T>(smem, L.gt);
   T* t = smem_at<T>(smem, L.t);
 

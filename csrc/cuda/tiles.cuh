@@ -59,6 +59,16 @@ struct CrossSmem {
   float* scratch;  // [kWarps][256]: one float tile per warp
 };
 
+// The cross of a kernel whose shared-memory layout L has every piece (offsets into smem).
+template <class S, class Layout>
+__device__ __forceinline__ CrossSmem<S> cross_smem(unsigned char* smem, const Layout& L) {
+  using T = typename S::T;
+  return {smem_at<T>(smem, L.xr),        smem_at<T>(smem, L.xc),
+          smem_at<T>(smem, L.rwt),       smem_at<T>(smem, L.cws),
+          smem_at<float>(smem, L.rbias), smem_at<float>(smem, L.cbias),
+          smem_at<float>(smem, L.scratch)};
+}
+
 // rwt and rbias for the tile's columns. rw may be any strided (W, W) view, rb may be null.
 template <class S>
 __device__ void load_row_weight(const CrossSmem<S>& sm, const TileGeometry& g,
@@ -161,6 +171,21 @@ __device__ void load_cols(const CrossSmem<S>& sm, const TileGeometry& g,
   }
 }
 
+// acc = a b over k < K (a multiple of KS), a row-major (M x K, ld lda), b row-major (K x N,
+// ld ldb), both in shared memory.
+template <class Mma, int KS, typename T>
+__device__ __forceinline__ void mma_rows(typename Mma::Acc& acc, const T* a, int lda, const T* b,
+                                         int ldb, int K) {
+  Mma::zero(acc);
+  for (int k = 0; k < K; k += KS) {
+    typename Mma::template A<RowMajor> af;
+    typename Mma::template B<RowMajor> bf;
+    Mma::load(af, a + k, lda);
+    Mma::load(bf, b + k * ldb, ldb);
+    Mma::mma(acc, af, bf);
+  }
+}
+
 // tr[c][p] = row mix of xr (+ rbias inside the image). Call between __syncthreads().
 template <class S>
 __device__ void row_mix(const CrossSmem<S>& sm, const TileGeometry& g,
@@ -172,14 +197,7 @@ __device__ void row_mix(const CrossSmem<S>& sm, const TileGeometry& g,
   float* scr = sm.scratch + warp * 256;
   for (int f = warp; f < kFrags; f += kWarps) {
     typename Mma::Acc acc;
-    Mma::zero(acc);
-    for (int k = 0; k < g.Wp; k += S::KS) {
-      typename Mma::template A<RowMajor> a;
-      typename Mma::template B<RowMajor> b;
-      Mma::load(a, sm.xr + (f * S::RM) * g.Wp + k, g.Wp);
-      Mma::load(b, sm.rwt + k * S::TW, S::TW);
-      Mma::mma(acc, a, b);
-    }
+    mma_rows<Mma, S::KS>(acc, sm.xr + (f * S::RM) * g.Wp, g.Wp, sm.rwt, S::TW, g.Wp);
     Mma::store(scr, S::RN, acc);
     __syncwarp();
     // The fragment's rows (c,h) are consecutive rows of tr viewed as [(c,h)][w].
@@ -205,14 +223,7 @@ __device__ void col_mix(const CrossSmem<S>& sm, const TileGeometry& g,
   float* scr = sm.scratch + warp * 256;
   for (int f = warp; f < kFrags; f += kWarps) {
     typename Mma::Acc acc;
-    Mma::zero(acc);
-    for (int k = 0; k < g.Hp; k += S::KS) {
-      typename Mma::template A<RowMajor> a;
-      typename Mma::template B<RowMajor> b;
-      Mma::load(a, sm.cws + k, g.Hp);
-      Mma::load(b, sm.xc + k * (S::CC * S::TW) + f * S::CN, S::CC * S::TW);
-      Mma::mma(acc, a, b);
-    }
+    mma_rows<Mma, S::KS>(acc, sm.cws, g.Hp, sm.xc + f * S::CN, S::CC * S::TW, g.Hp);
     Mma::store(scr, S::CN, acc);
     __syncwarp();
     for (int i = lane; i < S::CM * S::CN; i += 32) {

@@ -2,25 +2,16 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cuda/emulation/cuda_emulation.h"
+#include "cuda_emulation.h"
 
 cudaError_t cudaGetLastError() { return cudaSuccess; }
 const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
 const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
 
-cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void*) {
-  std::memset(attributes, 0, sizeof(*attributes));
-  attributes->type = cudaMemoryTypeDevice;
-  attributes->device = 0;
-  return cudaSuccess;
-}
-
 cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
-
-cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int) {
   *value = attribute == cudaDevAttrMultiProcessorCount ? smlp_emu::device().sm_count

@@ -1,6 +1,6 @@
-// Runs the CUDA launchers (mix_fwd.cu, mix_wgrad.cu, compiled as C++ with
-// -DSMLP_CUDA_EMULATION) on CPU threads and compares every output with a float64 reference.
-// Prints one line per case and exits non-zero on the first failure. Driven by
+// Runs the CUDA launchers (csrc/cuda/mix_fwd.cu, mix_wgrad.cu, compiled as C++ with
+// -DSMLP_CUDA_EMULATION -DSMLP_TEST_HOOKS=1) on CPU threads and compares every output with a
+// float64 reference. Prints one line per case and exits non-zero on the first failure. Driven by
 // tests/test_cuda_emulation.py; usage: harness [quick|full].
 #include <cmath>
 #include <cstdio>
@@ -12,16 +12,17 @@
 
 #include "cuda/common.cuh"
 #include "cuda/launchers.h"
+#include "tensor.h"
 
 namespace sc = smlp::cuda;
 
 namespace {
 
 template <typename T>
-int dtype_code() {
-  if constexpr (std::is_same<T, float>::value) return sc::kFloat32;
-  else if constexpr (std::is_same<T, __half>::value) return sc::kFloat16;
-  else return sc::kBFloat16;
+smlp::DType dtype_code() {
+  if constexpr (std::is_same<T, float>::value) return smlp::kFloat32;
+  else if constexpr (std::is_same<T, __half>::value) return smlp::kFloat16;
+  else return smlp::kBFloat16;
 }
 
 template <typename T>
@@ -65,9 +66,10 @@ struct Tensor {
     for (std::size_t d = 0; d < idx.size(); ++d) o += idx[d] * strides[d];
     return o;
   }
-  sc::TensorRef ref() {
-    sc::TensorRef r;
+  smlp::TensorRef ref() {
+    smlp::TensorRef r;
     r.ptr = reinterpret_cast<std::uintptr_t>(storage.data() + offset);
+    r.dtype = dtype_code<T>();
     r.ndim = static_cast<int>(sizes.size());
     for (std::size_t d = 0; d < sizes.size(); ++d) {
       r.sizes[d] = sizes[d];
@@ -197,6 +199,32 @@ std::string shape_name(const Shape& s) {
          "-H" + std::to_string(s.H) + "-W" + std::to_string(s.W);
 }
 
+template <typename T>
+void set_problem(smlp::Problem& p, const Shape& s) {
+  p.dtype = dtype_code<T>();
+  p.batch = s.B;
+  p.channels = s.C;
+  p.height = s.H;
+  p.width = s.W;
+}
+
+// The fused op's inputs as the binding fills them; absent biases stay absent.
+template <typename T>
+void set_inputs(smlp::MixInputs& p, const Shape& s, Tensor<T>& x, Tensor<T>& rw, Tensor<T>* rb,
+                Tensor<T>& cw, Tensor<T>* cb, Tensor<T>& f_id, Tensor<T>& f_row,
+                Tensor<T>& f_col) {
+  set_problem<T>(p, s);
+  p.out_channels = s.Co;
+  p.x = x.ref();
+  p.row_weight = rw.ref();
+  if (rb != nullptr) p.row_bias = rb->ref();
+  p.col_weight = cw.ref();
+  if (cb != nullptr) p.col_bias = cb->ref();
+  p.f_id = f_id.ref();
+  p.f_row = f_row.ref();
+  p.f_col = f_col.ref();
+}
+
 // r and k of the reference (with biases when given), logical [B][C][H][W].
 void mixes(const Shape& s, const std::vector<double>& x, const std::vector<double>& rw,
            const std::vector<double>* rb, const std::vector<double>& cw,
@@ -236,23 +264,8 @@ void test_mix_fwd(const Shape& s, const std::string& layout, bool bias, bool wei
   auto f_col = make<T>({Co, C}, wl, 1.0 / std::sqrt(3.0 * C));
   auto y = make<T>({B, Co, H, W}, y_layout, 0.0, false);
 
-  sc::MixFwdParams p;
-  p.dtype = dtype_code<T>();
-  p.batch = B;
-  p.channels = C;
-  p.out_channels = Co;
-  p.height = H;
-  p.width = W;
-  p.x = x.ref();
-  p.row_weight = rw.ref();
-  p.col_weight = cw.ref();
-  if (bias) {
-    p.row_bias = rb.ref();
-    p.col_bias = cb.ref();
-  }
-  p.f_id = f_id.ref();
-  p.f_row = f_row.ref();
-  p.f_col = f_col.ref();
+  smlp::MixFwdParams p;
+  set_inputs(p, s, x, rw, bias ? &rb : nullptr, cw, bias ? &cb : nullptr, f_id, f_row, f_col);
   p.y = y.ref();
   sc::mix_fwd(p, 0);
   y.read_back();
@@ -300,25 +313,10 @@ void test_mix_wgrad(const Shape& s, const std::string& layout, bool bias, bool d
   auto d_cw = make<float>({H, H}, "contiguous", 0.0, false);
   auto d_cb = make<float>({H}, "contiguous", 0.0, false);
 
-  sc::MixWgradParams p;
-  p.dtype = dtype_code<T>();
+  smlp::MixWgradParams p;
+  set_inputs(p, s, x, rw, bias ? &rb : nullptr, cw, bias ? &cb : nullptr, f_id, f_row, f_col);
   p.deterministic = deterministic;
-  p.batch = B;
-  p.channels = C;
-  p.out_channels = Co;
-  p.height = H;
-  p.width = W;
   p.g = g.ref();
-  p.x = x.ref();
-  p.row_weight = rw.ref();
-  p.col_weight = cw.ref();
-  if (bias) {
-    p.row_bias = rb.ref();
-    p.col_bias = cb.ref();
-  }
-  p.f_id = f_id.ref();
-  p.f_row = f_row.ref();
-  p.f_col = f_col.ref();
   p.d_fuse = d_fuse.ref();
   p.d_row_weight = d_rw.ref();
   p.d_row_bias = d_rb.ref();
@@ -398,13 +396,9 @@ void test_axis(const Shape& s, int axis, const std::string& layout, bool bias,
   auto bs = make<T>({n}, "sliced", 1.0);
   auto y = make<T>({B, C, H, W}, layout == "channels_last" ? "channels_last" : "contiguous", 0.0,
                    false);
-  sc::AxisMixFwdParams p;
-  p.dtype = dtype_code<T>();
+  smlp::AxisMixFwdParams p;
+  set_problem<T>(p, s);
   p.axis = axis;
-  p.batch = B;
-  p.channels = C;
-  p.height = H;
-  p.width = W;
   p.x = x.ref();
   p.weight = wt.ref();
   if (bias) p.bias = bs.ref();
@@ -439,14 +433,10 @@ void test_axis(const Shape& s, int axis, const std::string& layout, bool bias,
   auto g = make<T>({B, C, H, W}, layout == "expanded" ? "contiguous" : layout, 1.0);
   auto dw = make<float>({n, n}, "sliced", 0.0, false);
   auto db = make<float>({n}, "contiguous", 0.0, false);
-  sc::AxisMixWgradParams q;
-  q.dtype = dtype_code<T>();
+  smlp::AxisMixWgradParams q;
+  set_problem<T>(q, s);
   q.axis = axis;
   q.deterministic = deterministic;
-  q.batch = B;
-  q.channels = C;
-  q.height = H;
-  q.width = W;
   q.g = g.ref();
   q.x = x.ref();
   q.d_weight = dw.ref();

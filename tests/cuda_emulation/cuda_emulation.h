@@ -1,8 +1,9 @@
 // Host stand-ins for the CUDA features the kernels and launchers use, so that the real kernel
-// source runs on CPU threads (built by a host compiler with -DSMLP_CUDA_EMULATION; see
-// tests/test_cuda_emulation.py). It checks index math, masks, padding, layouts and barriers
-// on a machine without a GPU; it says nothing about speed, and fp16/bf16 products are summed
-// in fp32 in program order (tensor cores may order the sums differently).
+// source runs on CPU threads: built by a host compiler with -DSMLP_CUDA_EMULATION and this
+// directory on the include path, csrc/cuda/platform.cuh includes this header instead of the
+// CUDA headers (see tests/test_cuda_emulation.py). It checks index math, masks, padding,
+// layouts and barriers on a machine without a GPU; it says nothing about speed, and fp16/bf16
+// products are summed in fp32 in program order (tensor cores may order the sums differently).
 //
 // Emulated: one block at a time, its 256 threads as std::threads; __syncthreads and __syncwarp
 // as barriers; dynamic shared memory filled with NaN bytes before every block (reads of
@@ -28,6 +29,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #undef __global__
@@ -224,3 +226,17 @@ void launch(void (*kernel)(KernelArgs...), unsigned grid, unsigned threads,
 }
 
 }  // namespace smlp_emu
+
+// What csrc/cuda/platform.cuh provides on the device: the warp instructions and the launch.
+namespace smlp::cuda {
+
+using smlp_emu::ldmatrix;
+using smlp_emu::mma_16816;
+
+template <typename... KernelArgs, typename... Args>
+void launch_kernel(void (*kernel)(KernelArgs...), unsigned grid, unsigned threads,
+                   std::size_t smem_bytes, cudaStream_t, Args&&... args) {
+  smlp_emu::launch(kernel, grid, threads, smem_bytes, std::forward<Args>(args)...);
+}
+
+}  // namespace smlp::cuda
