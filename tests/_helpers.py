@@ -9,6 +9,7 @@ Backends are discovered with :func:`smlp_kernels.backends`, so the same tests co
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 import torch
@@ -87,6 +88,24 @@ def skip_unless_supported(backend: str, op: str, x: torch.Tensor, out_channels: 
     why = unsupported(backend, op, x, out_channels)
     if why is not None:
         pytest.skip(f"{backend}: {why}")
+
+
+_CASE = re.compile(r"B(\d+)-C(\d+)(?:-Co(\d+))?-H(\d+)-W(\d+)")
+
+
+def cases(spec: str) -> list:
+    """pytest params (B, C, C_out, H, W) from whitespace-separated ids such as
+    ``B2-C3-Co5-H4-W6`` or ``stage4-B2-C64-H7-W7`` (C_out = C when ``-Co`` is absent); each
+    id is kept as the param's id, so a failure names its shape."""
+    out = []
+    for token in spec.split():
+        m = _CASE.search(token)
+        if m is None:
+            raise ValueError(f"cases: {token!r} names no B..-C..-H..-W.. shape")
+        b, c, c_out, h, w = m.groups()
+        dims = (int(b), int(c), int(c_out or c), int(h), int(w))
+        out.append(pytest.param(*dims, id=token))
+    return out
 
 
 def make_args(

@@ -1,11 +1,11 @@
-"""The fused C++ CPU backend ("cpu", csrc/cpu) against the reference.
+"""What only the fused C++ CPU backend ("cpu", csrc/cpu) has; what every backend must do is
+in tests/test_backend_contract.py.
 
-* float64: forward and all six gradients within 1e-10 of the reference; gradcheck through
-  the C++ code.
-* float32: the backend's error against a float64 reference is at most twice the float32
-  reference's own error, plus 1e-6 of the output's scale.
-* awkward inputs: odd sizes, H != W, B = 1, strided / transposed / expanded / channels_last
-  tensors, a zero-stride upstream gradient, several image groups and channel blocks.
+* the kernels' blocking: several image groups, channel blocks, wide C, in float64 (within
+  1e-10 of the reference) and float32 (at most twice the float32 reference's own error
+  against float64, plus 1e-6 of the output's scale);
+* the automatic choice, threads (deterministic and thread-count independent; small
+  launches on one thread);
 * the raw launchers: outputs are poisoned with NaN before the call so an element left
   unwritten shows; bad arguments raise ValueError naming the argument.
 
@@ -15,9 +15,7 @@ Without a built extension the file skips (or fails under SMLP_REQUIRE_EXTENSION=
 from __future__ import annotations
 
 import functools
-import gc
 import os
-import weakref
 from pathlib import Path
 
 import _helpers
@@ -41,22 +39,13 @@ _C = smlp_kernels._extension.require_extension()
 F32_ABS = 1e-6  # float32: the absolute allowance, as a fraction of the output's largest value
 
 
-def _case(b, c, c_out, h, w, note=""):
-    return pytest.param(b, c, c_out, h, w, id=f"B{b}-C{c}-Co{c_out}-H{h}-W{w}{note}")
-
-
 # (B, C, C_out, H, W). The kernels group small images (P < 384 pixels) into one GEMM,
 # split output channels into blocks of <= 32 and input channels (weight gradients) into
 # blocks of 16 (32 from C = 256): the cases cross those boundaries.
-CASES = [
-    _case(2, 3, 5, 4, 6),
-    _case(1, 1, 1, 1, 1),
-    _case(2, 7, 13, 13, 7),
-    _case(1, 3, 4, 57, 13),
-    _case(9, 5, 3, 7, 7, "-two-groups"),
-    _case(2, 40, 37, 14, 14, "-channel-blocks"),
-    _case(1, 260, 6, 3, 2, "-wide-C"),
-]
+CASES = _helpers.cases(
+    "B2-C3-Co5-H4-W6 B1-C1-Co1-H1-W1 B2-C7-Co13-H13-W7 B1-C3-Co4-H57-W13"
+    " B9-C5-Co3-H7-W7-two-groups B2-C40-Co37-H14-W14-channel-blocks B1-C260-Co6-H3-W2-wide-C"
+)
 
 
 make_args = functools.partial(_helpers.make_args, dtype=torch.float64)
@@ -68,10 +57,10 @@ def randn(*shape, seed=1, dtype=torch.float64):
     return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
 
 
-def _forward_backward(args, grad, backend, dtype, op=smlp_kernels.smlp_mix):
+def _forward_backward(args, grad, backend, dtype):
     """Output and the gradients of every tensor argument (None for absent biases)."""
     leaves = [None if t is None else t.detach().to(dtype).requires_grad_() for t in args]
-    y = op(*leaves, backend=backend)
+    y = smlp_kernels.smlp_mix(*leaves, backend=backend)
     y.backward(grad.to(dtype))
     return [y.detach(), *(None if t is None else t.grad for t in leaves)]
 
@@ -102,74 +91,22 @@ def _assert_f32(ours, ref32, ref64, names):
 
 
 # ---------------------------------------------------------------------------------------------
-# Values and gradients through the public API
+# Blocking and the automatic choice, through the public API
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("b, c, c_out, h, w", CASES)
-def test_smlp_mix_float64(b, c, c_out, h, w, bias):
-    args = make_args(b, c, c_out, h, w, bias=bias)
-    grad = randn(b, c_out, h, w)
-    ours = _forward_backward(args, grad, "cpu", torch.float64)
-    ref = _forward_backward(args, grad, "reference", torch.float64)
-    _assert_f64(ours, ref, NAMES)
-
-
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("b, c, c_out, h, w", CASES)
-def test_smlp_mix_float32(b, c, c_out, h, w, bias):
-    args = make_args(b, c, c_out, h, w, bias=bias)
-    grad = randn(b, c_out, h, w)
-    ours = _forward_backward(args, grad, "cpu", torch.float32)
-    ref32 = _forward_backward(args, grad, "reference", torch.float32)
-    ref64 = _forward_backward(args, grad, "reference", torch.float64)
-    _assert_f32(ours, ref32, ref64, NAMES)
-
-
-AXIS_CASES = [
-    pytest.param(2, 3, 5, 6, id="B2-C3-H5-W6"),
-    pytest.param(1, 1, 1, 1, id="B1-C1-H1-W1"),
-    pytest.param(3, 70, 13, 57, id="B3-C70-H13-W57"),
-    pytest.param(1, 2, 128, 7, id="B1-C2-H128-W7"),
-]
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
-@pytest.mark.parametrize("b, c, h, w", AXIS_CASES)
-def test_axis_mix(b, c, h, w, op, dtype):
-    n = w if op == "row_mix" else h
-    g = torch.Generator().manual_seed(1)
-    args = [
-        torch.randn(b, c, h, w, generator=g, dtype=torch.float64),
-        torch.randn(n, n, generator=g, dtype=torch.float64) * n**-0.5,
-        torch.randn(n, generator=g, dtype=torch.float64),
-    ]
-    grad = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
-    fn = getattr(smlp_kernels, op)
-    names = ["y", "x", "weight", "bias"]
-    ours = _forward_backward(args, grad, "cpu", dtype, op=fn)
-    ref64 = _forward_backward(args, grad, "reference", torch.float64, op=fn)
+@pytest.mark.parametrize("b, c, c_out, h, w", CASES[3:])
+def test_blocking_boundaries(b, c, c_out, h, w, dtype):
+    """Forward and all six gradients across the kernels' image groups and channel blocks."""
+    args = make_args(b, c, c_out, h, w)
+    grad = randn(b, c_out, h, w)
+    ours = _forward_backward(args, grad, "cpu", dtype)
+    ref64 = _forward_backward(args, grad, "reference", torch.float64)
     if dtype == torch.float64:
-        _assert_f64(ours, ref64, names)
+        _assert_f64(ours, ref64, NAMES)
     else:
-        _assert_f32(ours, _forward_backward(args, grad, "reference", dtype, op=fn), ref64, names)
-
-
-def test_gradcheck_through_the_cpp_code():
-    args = [t.requires_grad_() for t in make_args(2, 2, 3, 3, 4)]
-    assert torch.autograd.gradcheck(
-        lambda *a: smlp_kernels.smlp_mix(*a, backend="cpu"), args, eps=1e-6, atol=1e-8
-    )
-    for op, n in (("row_mix", 4), ("col_mix", 3)):
-        axis_args = [
-            randn(2, 2, 3, 4, seed=2).requires_grad_(),
-            randn(n, n, seed=3).requires_grad_(),
-            randn(n, seed=4).requires_grad_(),
-        ]
-        fn = getattr(smlp_kernels, op)
-        assert torch.autograd.gradcheck(lambda *a, fn=fn: fn(*a, backend="cpu"), axis_args)
+        _assert_f32(ours, _forward_backward(args, grad, "reference", dtype), ref64, NAMES)
 
 
 def test_automatic_choice_is_cpu_for_fp32_and_fp64_only():
@@ -191,70 +128,7 @@ def test_automatic_choice_is_cpu_for_fp32_and_fp64_only():
 
 
 # ---------------------------------------------------------------------------------------------
-# Awkward layouts
-# ---------------------------------------------------------------------------------------------
-
-
-def _layouts(b, c, c_out, h, w):
-    """(id, args, grad): x and the parameters as strided views, the grad as given."""
-    base = make_args(b, c, c_out, h, w)
-    x, rw, rb, cw, cb, fw = base
-    grad = randn(b, c_out, h, w)
-
-    big = torch.zeros(b, 2 * c, h + 3, 2 * w, dtype=torch.float64)
-    sliced = big[:, 1::2, 2 : h + 2, ::2]
-    sliced.copy_(x)
-    yield "x-sliced", [sliced, *base[1:]], grad
-
-    transposed = x.transpose(2, 3).contiguous().transpose(2, 3)  # W-major storage
-    yield "x-transposed", [transposed, *base[1:]], grad
-
-    cl = x.contiguous(memory_format=torch.channels_last)
-    yield "x-channels-last", [cl, *base[1:]], grad.contiguous(memory_format=torch.channels_last)
-
-    expanded = x[:1, :, :1, :].expand(b, c, h, w)  # zero strides on B and H
-    yield "x-expanded", [expanded, *base[1:]], grad
-
-    # The gradient of y.sum(): ones with every stride zero.
-    yield (
-        "grad-zero-strides",
-        base,
-        torch.ones(1, 1, 1, 1, dtype=torch.float64).expand(b, c_out, h, w),
-    )
-
-    params = [
-        x,
-        rw.t().contiguous().t(),
-        torch.stack([rb, rb], 1)[:, 1],
-        cw.t().contiguous().t(),
-        torch.stack([cb, cb], 1)[:, 0],
-        fw.t().contiguous().t(),  # column-major fuse weight: transposed F blocks
-    ]
-    yield "params-strided", params, grad
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-def test_awkward_layouts(dtype):
-    for name, args, grad in _layouts(3, 5, 6, 9, 7):
-        assert not all(t is None or t.is_contiguous() for t in [*args, grad]), name
-        ours = _forward_backward(args, grad, "cpu", dtype)
-        ref64 = _forward_backward(args, grad, "reference", torch.float64)
-        names = [f"{name}: {n}" for n in NAMES]
-        if dtype == torch.float64:
-            _assert_f64(ours, ref64, names)
-        else:
-            _assert_f32(ours, _forward_backward(args, grad, "reference", dtype), ref64, names)
-
-
-def test_channels_last_output_keeps_layout():
-    args = make_args(2, 3, 4, 5, 6, dtype=torch.float32)
-    args[0] = args[0].contiguous(memory_format=torch.channels_last)
-    y = smlp_kernels.smlp_mix(*args, backend="cpu")
-    assert y.is_contiguous(memory_format=torch.channels_last)
-
-
-# ---------------------------------------------------------------------------------------------
-# Determinism and NaN
+# Threads
 # ---------------------------------------------------------------------------------------------
 
 
@@ -361,21 +235,6 @@ def test_tiny_call_on_a_loaded_machine_costs_what_the_reference_costs():
     # The reference is a few einsums (~0.2 ms); 3x it and a millisecond of slack keep
     # scheduler noise out while a barrier wait (tens of milliseconds) still fails.
     assert cpu <= max(3 * ref, 1e-3), f"cpu {cpu * 1e3:.3f} ms, reference {ref * 1e3:.3f} ms"
-
-
-def test_nan_in_x_propagates():
-    args = make_args(2, 3, 4, 6, 5)
-    args[0][1, 2, 3, 1] = float("nan")
-    grad = randn(2, 4, 6, 5)
-    ours = _forward_backward(args, grad, "cpu", torch.float64)
-    ref = _forward_backward(args, grad, "reference", torch.float64)
-    for o, r, name in zip(ours, ref, NAMES, strict=True):
-        if r is None:
-            continue
-        assert torch.equal(o.isnan(), r.isnan()), name
-        assert o.isnan().any() or not r.isnan().any(), name
-        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-10, equal_nan=True, msg=name)
-    assert ours[0].isnan().any() and not ours[0][0].isnan().any()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,17 +378,3 @@ def test_raw_launchers_reject_bad_arguments():
     wgrad[9] = tensor_arg(torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"cpu_mix_wgrad: d_fuse: expected shape \(C_out, 3C\)"):
         _C.cpu_mix_wgrad(*wgrad, False, 0)
-
-
-def test_tensor_arg_keeps_its_tensor_alive():
-    """A TensorArg carries a raw pointer, so it holds the tensor it points into: a
-    temporary (a parameter cast to x's dtype) lives as long as the TensorArg. Without this,
-    the launchers read freed memory."""
-    arg = tensor_arg(torch.randn(3, 4).double())  # nothing else references the float64 copy
-    owner = weakref.ref(arg.owner)
-    assert arg == (arg.owner.data_ptr(), 1, (3, 4), (4, 1))
-    gc.collect()
-    assert owner() is not None
-    del arg
-    gc.collect()
-    assert owner() is None

@@ -1,5 +1,7 @@
-"""The CUDA kernels (csrc/cuda) on a GPU: the raw ``_C.cuda_*`` launchers and the public ops
-with ``backend="cuda"``, against the float64 reference.
+"""What only the CUDA kernels (csrc/cuda) have, on a GPU: the raw ``_C.cuda_*`` launchers
+(tile shapes up to 128x128, transposed parameter views, the weight-gradient split), CUDA
+errors, float32 parameters with bfloat16 x, and the current stream. What every backend must
+do is in tests/test_backend_contract.py.
 
 Tolerances, the project's rule: the kernel's max error against the float64 truth may be at most
 2x PyTorch's own error in the same dtype (the reference computed in that dtype) plus a small
@@ -36,16 +38,10 @@ DTYPES = [
 
 # (B, C, C_out, H, W): 7x7 and H != W shapes take 8x8 tiles, 13..56 16x16 tiles; C and C_out
 # not multiples of the channel blocks; 1x1; 128x128 (the largest tile staging).
-SHAPES = [
-    pytest.param(2, 16, 16, 7, 7, id="B2-C16-Co16-H7-W7"),
-    pytest.param(1, 5, 9, 13, 13, id="B1-C5-Co9-H13-W13"),
-    pytest.param(2, 20, 70, 14, 14, id="B2-C20-Co70-H14-W14"),
-    pytest.param(1, 24, 40, 56, 56, id="B1-C24-Co40-H56-W56"),
-    pytest.param(3, 3, 5, 1, 1, id="B3-C3-Co5-H1-W1"),
-    pytest.param(2, 4, 6, 7, 57, id="B2-C4-Co6-H7-W57"),
-    pytest.param(1, 7, 3, 57, 13, id="B1-C7-Co3-H57-W13"),
-    pytest.param(1, 16, 33, 128, 128, id="B1-C16-Co33-H128-W128"),
-]
+SHAPES = _helpers.cases(
+    "B2-C16-Co16-H7-W7 B1-C5-Co9-H13-W13 B2-C20-Co70-H14-W14 B1-C24-Co40-H56-W56"
+    " B3-C3-Co5-H1-W1 B2-C4-Co6-H7-W57 B1-C7-Co3-H57-W13 B1-C16-Co33-H128-W128"
+)
 LAYOUTS = ["contiguous", "channels_last", "sliced"]
 
 
@@ -353,58 +349,6 @@ def run_api(args, grad, backend):
     return y.detach(), [t.grad for t in args]
 
 
-@pytest.mark.parametrize("kind", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("b, c, c_out, h, w", SHAPES[:3] + SHAPES[4:7])
-def test_smlp_mix_forward_and_six_gradients(cuda_backend, b, c, c_out, h, w, dtype, kind):
-    exact, low = make_params(b, c, c_out, h, w, dtype, seed=6)
-    low[0] = layout(low[0], kind)
-    grad64 = torch.randn(b, c_out, h, w, dtype=torch.float64, device="cuda")
-    grad = grad64.to(dtype)
-    y, grads = run_api(low, grad, "cuda")
-    y_truth, grads_truth = run_api(exact, grad64, "reference")
-    y_base, grads_base = run_api(low, grad, "reference")
-    assert y.dtype == dtype
-    if kind == "channels_last" and c_out > 1 and h * w > 1:
-        assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_within(y, y_truth, y_base, "y", atol_scale(dtype))
-    for name, got, want, base in zip(API_NAMES, grads, grads_truth, grads_base, strict=True):
-        assert got.dtype == dtype, name
-        assert_within(got, want, base, name, atol_scale(dtype))
-
-
-@pytest.mark.parametrize("op", ["row_mix", "col_mix"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", LAYOUTS)
-def test_axis_mix_forward_and_gradients(cuda_backend, op, dtype, kind):
-    b, c, h, w = 2, 9, 13, 57
-    n = w if op == "row_mix" else h
-    exact = [
-        torch.randn(b, c, h, w, dtype=torch.float64, device="cuda"),
-        torch.randn(n, n, dtype=torch.float64, device="cuda") * n**-0.5,
-        torch.randn(n, dtype=torch.float64, device="cuda"),
-    ]
-    low = [t.to(dtype) for t in exact]
-    exact = [t.double() for t in low]
-    low[0] = layout(low[0], kind)
-    grad64 = torch.randn(b, c, h, w, dtype=torch.float64, device="cuda")
-    fn = getattr(smlp_kernels, op)
-
-    def run(args, grad, backend):
-        args = [t.detach().requires_grad_() for t in args]
-        y = fn(*args, backend=backend)
-        y.backward(grad)
-        return y.detach(), [t.grad for t in args]
-
-    y, grads = run(low, grad64.to(dtype), "cuda")
-    y_truth, grads_truth = run(exact, grad64, "reference")
-    y_base, grads_base = run(low, grad64.to(dtype), "reference")
-    assert_within(y, y_truth, y_base, "y", atol_scale(dtype))
-    names = ["x", "weight", "bias"]
-    for name, got, want, base in zip(names, grads, grads_truth, grads_base, strict=True):
-        assert_within(got, want, base, name, atol_scale(dtype))
-
-
 def test_float32_parameters_with_bfloat16_input(cuda_backend):
     exact, _ = make_params(2, 12, 20, 14, 14, torch.float32, seed=7)
     params = [t.float() for t in exact[1:]]
@@ -418,28 +362,6 @@ def test_float32_parameters_with_bfloat16_input(cuda_backend):
     assert_within(y, y_truth, y_base, "y")
     for name, got, want, base in zip(API_NAMES, grads, grads_truth, grads_base, strict=True):
         assert_within(got, want, base, name)
-
-
-def test_sum_backward_with_expanded_gradient(cuda_backend):
-    """The upstream gradient of y.sum() has all strides 0."""
-    exact, low = make_params(2, 8, 8, 7, 7, torch.float32, seed=8)
-    args = [t.detach().requires_grad_() for t in low]
-    smlp_kernels.smlp_mix(*args, backend="cuda").sum().backward()
-    want = R.smlp_mix_bwd_ref(torch.ones(2, 8, 7, 7, dtype=torch.float64, device="cuda"), *exact)
-    for name, t in zip(API_NAMES, args, strict=True):
-        torch.testing.assert_close(t.grad.double(), getattr(want, name), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_deterministic_mode_is_bitwise_reproducible(cuda_backend, dtype):
-    _, low = make_params(4, 32, 48, 14, 14, dtype, seed=9)
-    grad = torch.randn(4, 48, 14, 14, device="cuda").to(dtype)
-    with smlp_kernels.deterministic():
-        _, first = run_api(low, grad, "cuda")
-        for _ in range(2):
-            _, again = run_api(low, grad, "cuda")
-            for name, a, b in zip(API_NAMES, first, again, strict=True):
-                assert torch.equal(a, b), f"{name} differs between deterministic runs"
 
 
 def test_launches_follow_the_current_stream(cuda_backend):

@@ -17,12 +17,7 @@ from smlp_kernels import registry as B
 from smlp_kernels.reference import AxisMixGrads
 
 # (B, C, C_out, H, W)
-SHAPES = [
-    pytest.param(2, 3, 3, 5, 7, id="B2-C3-Co3-H5-W7"),
-    pytest.param(1, 1, 1, 1, 1, id="B1-C1-Co1-H1-W1"),
-    pytest.param(3, 4, 6, 13, 2, id="B3-C4-Co6-H13-W2"),
-    pytest.param(1, 2, 1, 7, 57, id="B1-C2-Co1-H7-W57"),
-]
+SHAPES = _helpers.cases("B2-C3-Co3-H5-W7 B1-C1-Co1-H1-W1 B3-C4-Co6-H13-W2 B1-C2-Co1-H7-W57")
 
 
 # float64 by default: the op layer's tests compare with the reference exactly.
@@ -228,15 +223,9 @@ def test_nested_x_is_rejected():
 
 
 def test_bad_sizes():
+    x, weight = torch.randn(1, 0, 2, 2), torch.randn(2, 2)  # C = 0
     with pytest.raises(ValueError, match="C, H, W >= 1"):
-        smlp_kernels.smlp_mix(
-            torch.randn(1, 0, 2, 2),
-            torch.randn(2, 2),
-            None,
-            torch.randn(2, 2),
-            None,
-            torch.randn(1, 0),
-        )
+        smlp_kernels.smlp_mix(x, weight, None, weight, None, torch.randn(1, 0))
     with pytest.raises(ValueError, match=r"weight.*\(W, W\)"):
         smlp_kernels.row_mix(torch.randn(1, 2, 3, 4), torch.randn(3, 3))
     with pytest.raises(ValueError, match=r"weight.*\(H, H\)"):
