@@ -1,7 +1,7 @@
 """The compiled backends: "cpu" (csrc/cpu, C++ and OpenMP) and "cuda" (csrc/cuda).
 
 Both call the launchers of :mod:`smlp_kernels._C` through one ABI: every tensor crosses the
-binding as a ``TensorArg`` tuple ``(data_ptr, dtype_code, sizes, strides)`` (strides in
+binding as a tuple ``(data_ptr, dtype_code, sizes, strides)`` (strides in
 elements, views passed as they are), optional tensors as None, and the CUDA stream as an
 int (0 for the CPU). The launchers write into outputs allocated here:
 
@@ -22,31 +22,19 @@ from .registry import Backend
 
 __all__ = ["CpuBackend", "CudaBackend"]
 
+# The one Python copy of csrc/tensor.h's DType enum.
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
-class TensorArg(tuple):
-    """(data_ptr, dtype_code, sizes, strides): a tensor as the launchers take it.
+def tensor_arg(t: Tensor | None) -> tuple | None:
+    """``t`` as the launchers take it, ``(data_ptr, dtype_code, sizes, strides)``, or None.
 
-    A raw pointer does not keep memory alive, so the TensorArg holds the tensor it points
-    into (``owner``): a temporary, such as a parameter cast to x's dtype, lives as long as
-    any TensorArg made from it. pybind11 reads it as the plain 4-tuple of the launcher ABI.
+    A raw pointer keeps nothing alive: callers hold every tensor they pass (casts included)
+    in a local until the launcher returns.
     """
-
-    owner: Tensor
-
-    @classmethod
-    def of(cls, owner: Tensor, ptr: int, code: int, sizes, strides) -> TensorArg:
-        arg = cls((ptr, code, tuple(sizes), tuple(strides)))
-        arg.owner = owner
-        return arg
-
-
-def tensor_arg(t: Tensor | None) -> TensorArg | None:
-    """``t`` as the launchers take it, or None."""
     if t is None:
         return None
-    return TensorArg.of(t, t.data_ptr(), DTYPE_CODES[t.dtype], t.shape, t.stride())
+    return (t.data_ptr(), DTYPE_CODES[t.dtype], tuple(t.shape), tuple(t.stride()))
 
 
 def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:

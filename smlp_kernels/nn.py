@@ -8,14 +8,14 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_size
 from .ops import smlp_mix
+from .reference import _SpachLayers
 from .registry import get_backend
 
 __all__ = ["SparseMLP", "convert_spach"]
 
 
-class SparseMLP(nn.Module):
+class SparseMLP(_SpachLayers):
     """BN -> GELU -> :func:`smlp_kernels.smlp_mix`: SPACH's ``sMLPBlock``, fused.
 
     Its submodules, state_dict keys and shapes are those of SPACH's block, so a SPACH
@@ -49,24 +49,10 @@ class SparseMLP(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        # Plain ints from here on: numpy/torch integers would otherwise reach the modules,
-        # extra_repr and the state_dict checks as foreign types.
-        channels = check_size(channels, "channels", "SparseMLP")
-        height = check_size(height, "height", "SparseMLP")
-        width = height if width is None else check_size(width, "width", "SparseMLP")
+        super().__init__(channels, height, width, "SparseMLP", device, dtype)
         if backend is not None:
             get_backend(backend)  # an unknown name fails here, not at the first forward
-        kw = {"device": device, "dtype": dtype}
-        self.channels = channels
-        self.height = height
-        self.width = width
         self.backend = backend
-        self.activation = nn.GELU()
-        self.BN = nn.BatchNorm2d(channels, **kw)
-        self.proj_h = nn.Conv2d(width, width, 1, **kw)
-        self.proh_w = nn.Conv2d(height, height, 1, **kw)
-        self.fuse = nn.Conv2d(3 * channels, channels, 1, bias=False, **kw)
 
     @classmethod
     def from_spach(cls, block: nn.Module, *, backend: str | None = None) -> SparseMLP:

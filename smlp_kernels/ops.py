@@ -134,16 +134,15 @@ def _mix_input_grad(be: Backend, g: Tensor, row_weight, col_weight, f_blocks) ->
 # --------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("smlp::mix_fwd", mutates_args=())
-def _mix_fwd(
-    x: Tensor,
-    row_weight: Tensor,
-    row_bias: Tensor | None,
-    col_weight: Tensor,
-    col_bias: Tensor | None,
-    fuse_weight: Tensor,
-    backend: str,
-) -> Tensor:
+# The ops' schemas, written out: the arguments of smlp_mix, then the backend's name.
+_MIX_ARGS = (
+    "Tensor x, Tensor row_weight, Tensor? row_bias, Tensor col_weight, Tensor? col_bias, "
+    "Tensor fuse_weight, str backend"
+)
+
+
+@torch.library.custom_op("smlp::mix_fwd", mutates_args=(), schema=f"({_MIX_ARGS}) -> Tensor")
+def _mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend) -> Tensor:
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     b, _, h, w = x.shape
     fmt = _memory_format(x)
@@ -163,17 +162,12 @@ def _(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
     return _empty((b, fuse_weight.shape[0], h, w), x, x.dtype, _memory_format(x))
 
 
-@torch.library.custom_op("smlp::mix_bwd", mutates_args=())
-def _mix_bwd(
-    grad: Tensor,
-    x: Tensor,
-    row_weight: Tensor,
-    row_bias: Tensor | None,
-    col_weight: Tensor,
-    col_bias: Tensor | None,
-    fuse_weight: Tensor,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+@torch.library.custom_op(
+    "smlp::mix_bwd",
+    mutates_args=(),
+    schema=f"(Tensor grad, {_MIX_ARGS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def _mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     fmt = _memory_format(x)
     if x.shape[0] == 0:  # an empty dx and all-zero parameter gradients
@@ -382,6 +376,15 @@ def smlp_mix(
     return torch.ops.smlp.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
 
 
+def _axis_mix(op: str, x: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None):
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
+    check_axis_mix_args(op, x, weight, bias)
+    name = resolve_backend(backend, op, x, x.shape[1])
+    return getattr(torch.ops.smlp, f"{op}_fwd")(x, weight, bias, name)
+
+
 def row_mix(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
@@ -390,25 +393,12 @@ def row_mix(
     x: (B, C, H, W); weight: (W, W); bias: (W,) or None. Returns (B, C, H, W) in x's dtype.
     Dtypes, devices, autocast and ``backend`` as in :func:`smlp_mix`.
     """
-    dtype = _autocast_dtype(x)
-    if dtype is not None:
-        x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
-    check_axis_mix_args("row_mix", x, weight, bias)
-    name = resolve_backend(backend, "row_mix", x, x.shape[1])
-    return torch.ops.smlp.row_mix_fwd(x, weight, bias, name)
+    return _axis_mix("row_mix", x, weight, bias, backend)
 
 
 def col_mix(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, *, backend: str | None = None
 ) -> Tensor:
-    """Mix along H: ``out[b,c,h,w] = sum_u weight[h,u] x[b,c,u,w] + bias[h]``.
-
-    x: (B, C, H, W); weight: (H, H); bias: (H,) or None. Returns (B, C, H, W) in x's dtype.
-    Dtypes, devices, autocast and ``backend`` as in :func:`smlp_mix`.
-    """
-    dtype = _autocast_dtype(x)
-    if dtype is not None:
-        x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
-    check_axis_mix_args("col_mix", x, weight, bias)
-    name = resolve_backend(backend, "col_mix", x, x.shape[1])
-    return torch.ops.smlp.col_mix_fwd(x, weight, bias, name)
+    """Mix along H: ``out[b,c,h,w] = sum_u weight[h,u] x[b,c,u,w] + bias[h]``, weight (H, H),
+    bias (H,) or None; otherwise as :func:`row_mix`."""
+    return _axis_mix("col_mix", x, weight, bias, backend)

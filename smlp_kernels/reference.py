@@ -214,7 +214,29 @@ def smlp_mix_spach_style(
     return F.conv2d(torch.cat([x, x_row, x_col], dim=1), fw.reshape(*fw.shape, 1, 1))
 
 
-class SpachStyleSMLPBlock(nn.Module):
+class _SpachLayers(nn.Module):
+    """SPACH's sMLPBlock submodules, shared by :class:`SpachStyleSMLPBlock` and
+    :class:`smlp_kernels.nn.SparseMLP` so that both have SPACH's state_dict keys and shapes:
+    ``BN`` (C), ``proj_h`` (mixes along W, weight (W, W, 1, 1), bias (W,)), ``proh_w``
+    (along H, (H, H, 1, 1), (H,)), ``fuse`` (C, 3C, 1, 1), no bias; and ``activation``."""
+
+    def __init__(self, channels, height, width, where: str, device, dtype) -> None:
+        super().__init__()
+        # Plain ints from here on: numpy/torch integers would otherwise reach the modules,
+        # extra_repr and the state_dict checks as foreign types.
+        channels = check_size(channels, "channels", where)
+        height = check_size(height, "height", where)
+        width = height if width is None else check_size(width, "width", where)
+        kw = {"device": device, "dtype": dtype}
+        self.channels, self.height, self.width = channels, height, width
+        self.activation = nn.GELU()
+        self.BN = nn.BatchNorm2d(channels, **kw)
+        self.proj_h = nn.Conv2d(width, width, 1, **kw)
+        self.proh_w = nn.Conv2d(height, height, 1, **kw)
+        self.fuse = nn.Conv2d(3 * channels, channels, 1, bias=False, **kw)
+
+
+class SpachStyleSMLPBlock(_SpachLayers):
     """SPACH's ``sMLPBlock`` (BN -> GELU -> permute/conv/cat/conv), generalised to H != W.
 
     Same submodules, state_dict keys and shapes as SPACH's block and as
@@ -232,18 +254,7 @@ class SpachStyleSMLPBlock(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        where = "SpachStyleSMLPBlock"
-        channels = check_size(channels, "channels", where)
-        height = check_size(height, "height", where)
-        width = height if width is None else check_size(width, "width", where)
-        kw = {"device": device, "dtype": dtype}
-        self.channels = channels
-        self.activation = nn.GELU()
-        self.BN = nn.BatchNorm2d(channels, **kw)
-        self.proj_h = nn.Conv2d(width, width, 1, **kw)
-        self.proh_w = nn.Conv2d(height, height, 1, **kw)
-        self.fuse = nn.Conv2d(3 * channels, channels, 1, bias=False, **kw)
+        super().__init__(channels, height, width, "SpachStyleSMLPBlock", device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.activation(self.BN(x))

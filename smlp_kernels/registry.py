@@ -91,37 +91,17 @@ class Backend(ABC):
             return f"H = {h}, W = {w}: the {self.name} kernels take H, W <= {self.max_side}"
         return None
 
+    # Tensor arguments as documented in each docstring (optional ones: Tensor or None).
     @abstractmethod
-    def mix(
-        self,
-        x: Tensor,
-        row_weight: Tensor,
-        row_bias: Tensor | None,
-        col_weight: Tensor,
-        col_bias: Tensor | None,
-        f_id: Tensor,
-        f_row: Tensor,
-        f_col: Tensor,
-    ) -> Tensor:
+    def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col) -> Tensor:
         """``y = F_id x + F_row R(x) + F_col K(x)``, R and K the row and column mixes with
         their biases. x (B, C, H, W); row_weight (W, W); col_weight (H, H); biases (W,),
         (H,) or None; f_id, f_row, f_col (C_out, C): the column blocks of fuse_weight, or
         their transposes. Returns (B, C_out, H, W)."""
 
     @abstractmethod
-    def mix_wgrad(
-        self,
-        g: Tensor,
-        x: Tensor,
-        row_weight: Tensor,
-        row_bias: Tensor | None,
-        col_weight: Tensor,
-        col_bias: Tensor | None,
-        f_id: Tensor,
-        f_row: Tensor,
-        f_col: Tensor,
-        deterministic: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                  deterministic: bool) -> tuple[Tensor, ...]:  # fmt: skip
         """The weight gradients of :meth:`mix` given ``g = dL/dy`` (B, C_out, H, W):
         ``(d_fuse (C_out, 3C), d_row_weight, d_row_bias, d_col_weight, d_col_bias)``, bias
         gradients whether or not the biases are None. ``deterministic``: bitwise the same

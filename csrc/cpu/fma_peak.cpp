@@ -85,25 +85,25 @@ constexpr int kChainsNarrow = 12;  // AVX2, SSE: 16 vector registers
     return sum;                                                                         \
   }
 
+// Both element types of one instruction set; PREFIX names its intrinsics (PREFIX##_set1_ps,
+// PREFIX##_storeu_pd, ...), STEP its multiply-add (STEP##_ps, STEP##_pd).
+#define SMLP_FMA_CHAINS_PS_PD(ISA, TARGET, VEC, CHAINS, PREFIX, STEP)                      \
+  SMLP_FMA_CHAINS(chains_##ISA##_f32, TARGET, VEC, float, CHAINS, PREFIX##_set1_ps,          \
+                  STEP##_ps, PREFIX##_storeu_ps)                                            \
+  SMLP_FMA_CHAINS(chains_##ISA##_f64, TARGET, VEC##d, double, CHAINS, PREFIX##_set1_pd,      \
+                  STEP##_pd, PREFIX##_storeu_pd)
+
 // The SSE step has no FMA: a multiply, then an add (2 FLOPs per lane, as an FMA).
-#define SMLP_SSE_STEP_PS(a, m, b) _mm_add_ps(_mm_mul_ps(a, m), b)
-#define SMLP_SSE_STEP_PD(a, m, b) _mm_add_pd(_mm_mul_pd(a, m), b)
+#define SMLP_SSE_STEP_ps(a, m, b) _mm_add_ps(_mm_mul_ps(a, m), b)
+#define SMLP_SSE_STEP_pd(a, m, b) _mm_add_pd(_mm_mul_pd(a, m), b)
 
-SMLP_FMA_CHAINS(chains_avx512_f32, "avx512f", __m512, float, kChainsWide, _mm512_set1_ps,
-                _mm512_fmadd_ps, _mm512_storeu_ps)
-SMLP_FMA_CHAINS(chains_avx512_f64, "avx512f", __m512d, double, kChainsWide, _mm512_set1_pd,
-                _mm512_fmadd_pd, _mm512_storeu_pd)
-SMLP_FMA_CHAINS(chains_avx2_f32, "avx2,fma", __m256, float, kChainsNarrow, _mm256_set1_ps,
-                _mm256_fmadd_ps, _mm256_storeu_ps)
-SMLP_FMA_CHAINS(chains_avx2_f64, "avx2,fma", __m256d, double, kChainsNarrow, _mm256_set1_pd,
-                _mm256_fmadd_pd, _mm256_storeu_pd)
-SMLP_FMA_CHAINS(chains_sse_f32, "sse2", __m128, float, kChainsNarrow, _mm_set1_ps,
-                SMLP_SSE_STEP_PS, _mm_storeu_ps)
-SMLP_FMA_CHAINS(chains_sse_f64, "sse2", __m128d, double, kChainsNarrow, _mm_set1_pd,
-                SMLP_SSE_STEP_PD, _mm_storeu_pd)
+SMLP_FMA_CHAINS_PS_PD(avx512, "avx512f", __m512, kChainsWide, _mm512, _mm512_fmadd)
+SMLP_FMA_CHAINS_PS_PD(avx2, "avx2,fma", __m256, kChainsNarrow, _mm256, _mm256_fmadd)
+SMLP_FMA_CHAINS_PS_PD(sse, "sse2", __m128, kChainsNarrow, _mm, SMLP_SSE_STEP)
 
-#undef SMLP_SSE_STEP_PS
-#undef SMLP_SSE_STEP_PD
+#undef SMLP_FMA_CHAINS_PS_PD
+#undef SMLP_SSE_STEP_ps
+#undef SMLP_SSE_STEP_pd
 #undef SMLP_FMA_CHAINS
 
 // vdpbf16ps: acc (16 fp32 lanes) += a[2l] b[2l] + a[2l+1] b[2l+1]. Every lane adds

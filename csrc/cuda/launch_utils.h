@@ -127,6 +127,19 @@ T* data(const TensorRef& t) {
   return reinterpret_cast<T*>(t.ptr);
 }
 
+// A kernel argument pair from t: its address (null when t is absent) and its first N
+// strides, or its one stride.
+template <typename P, int N>
+void bind(P*& ptr, index_t (&strides)[N], const TensorRef& t) {
+  ptr = data<P>(t);
+  for (int i = 0; i < N; ++i) strides[i] = t.strides[i];
+}
+template <typename P>
+void bind(P*& ptr, index_t& stride, const TensorRef& t) {
+  ptr = data<P>(t);
+  stride = t.strides[0];
+}
+
 inline cudaStream_t as_stream(std::uintptr_t handle) {
   return reinterpret_cast<cudaStream_t>(handle);
 }

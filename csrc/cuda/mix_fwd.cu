@@ -30,33 +30,19 @@ std::string kernel_name(const char* kernel) {
          "x" + std::to_string(S::TW) + ">";
 }
 
-void copy_strides(index_t* dst, const TensorRef& t, int n) {
-  for (int i = 0; i < n; ++i) dst[i] = t.strides[i];
-}
-
 template <class Cfg>
 void launch_mix_fwd(const MixFwdParams& p, int device, cudaStream_t stream) {
   using T = typename Cfg::T;
   using S = typename Cfg::Shape;
   MixFwdArgs<T> a{};
-  a.x = detail::data<const T>(p.x);
-  copy_strides(a.x_s, p.x, 4);
-  a.rw = detail::data<const T>(p.row_weight);
-  copy_strides(a.rw_s, p.row_weight, 2);
-  a.rb = detail::data<const T>(p.row_bias);  // null when absent
-  a.rb_s = p.row_bias.strides[0];
-  a.cw = detail::data<const T>(p.col_weight);
-  copy_strides(a.cw_s, p.col_weight, 2);
-  a.cb = detail::data<const T>(p.col_bias);
-  a.cb_s = p.col_bias.strides[0];
+  detail::bind(a.x, a.x_s, p.x);
+  detail::bind(a.rw, a.rw_s, p.row_weight);
+  detail::bind(a.rb, a.rb_s, p.row_bias);  // null when absent
+  detail::bind(a.cw, a.cw_s, p.col_weight);
+  detail::bind(a.cb, a.cb_s, p.col_bias);
   const TensorRef* f[3] = {&p.f_id, &p.f_row, &p.f_col};
-  for (int s = 0; s < 3; ++s) {
-    a.f[s] = detail::data<const T>(*f[s]);
-    a.f_s[s][0] = f[s]->strides[0];
-    a.f_s[s][1] = f[s]->strides[1];
-  }
-  a.y = detail::data<T>(p.y);
-  copy_strides(a.y_s, p.y, 4);
+  for (int s = 0; s < 3; ++s) detail::bind(a.f[s], a.f_s[s], *f[s]);
+  detail::bind(a.y, a.y_s, p.y);
   a.C = p.channels;
   a.Co = p.out_channels;
   a.H = static_cast<int>(p.height);
@@ -103,14 +89,10 @@ void run_axis_mix_fwd(const AxisMixFwdParams& p, cudaStream_t stream) {
   using S = typename Cfg::Shape;
   const int device = detail::current_device();
   AxisMixFwdArgs<T> a{};
-  a.x = detail::data<const T>(p.x);
-  copy_strides(a.x_s, p.x, 4);
-  a.wt = detail::data<const T>(p.weight);
-  copy_strides(a.wt_s, p.weight, 2);
-  a.bias = detail::data<const T>(p.bias);
-  a.bias_s = p.bias.strides[0];
-  a.y = detail::data<T>(p.y);
-  copy_strides(a.y_s, p.y, 4);
+  detail::bind(a.x, a.x_s, p.x);
+  detail::bind(a.wt, a.wt_s, p.weight);
+  detail::bind(a.bias, a.bias_s, p.bias);
+  detail::bind(a.y, a.y_s, p.y);
   a.C = p.channels;
   a.H = static_cast<int>(p.height);
   a.W = static_cast<int>(p.width);

@@ -62,10 +62,8 @@ void sum_slots(const Output2d& o, const float* ws, std::int64_t slots, int devic
 // g and x with their strides, in a weight-gradient kernel's arguments.
 template <typename T, class Args>
 void set_g_x(Args& a, const TensorRef& g, const TensorRef& x) {
-  a.g = detail::data<const T>(g);
-  a.x = detail::data<const T>(x);
-  std::copy(g.strides, g.strides + 4, a.g_s);
-  std::copy(x.strides, x.strides + 4, a.x_s);
+  detail::bind(a.g, a.g_s, g);
+  detail::bind(a.x, a.x_s, x);
 }
 
 // spatial_wgrad_kernel's row-mix outputs (d_rw, d_rb) for rows, else its column-mix outputs
@@ -141,19 +139,11 @@ void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
   // d_fuse: (BO x CB) blocks times splits over the (image, tile) items.
   FuseWgradArgs<T> f{};
   set_g_x<T>(f, p.g, p.x);
-  f.rw = detail::data<const T>(p.row_weight);
-  f.rw_s[0] = p.row_weight.strides[0];
-  f.rw_s[1] = p.row_weight.strides[1];
-  f.rb = detail::data<const T>(p.row_bias);
-  f.rb_s = p.row_bias.strides[0];
-  f.cw = detail::data<const T>(p.col_weight);
-  f.cw_s[0] = p.col_weight.strides[0];
-  f.cw_s[1] = p.col_weight.strides[1];
-  f.cb = detail::data<const T>(p.col_bias);
-  f.cb_s = p.col_bias.strides[0];
-  f.out = detail::data<float>(p.d_fuse);
-  f.out_s[0] = p.d_fuse.strides[0];
-  f.out_s[1] = p.d_fuse.strides[1];
+  detail::bind(f.rw, f.rw_s, p.row_weight);
+  detail::bind(f.rb, f.rb_s, p.row_bias);
+  detail::bind(f.cw, f.cw_s, p.col_weight);
+  detail::bind(f.cb, f.cb_s, p.col_bias);
+  detail::bind(f.out, f.out_s, p.d_fuse);
   f.B = B;
   f.C = C;
   f.Co = Co;
@@ -179,12 +169,8 @@ void run_mix_wgrad(const MixWgradParams& p, cudaStream_t stream) {
   const SpatialPlan plan = plan_spatial<SCfg>(B, C, H, W, device);
   SpatialWgradArgs<T> s{};
   set_g_x<T>(s, p.g, p.x);
-  s.fr = detail::data<const T>(p.f_row);
-  s.fr_s[0] = p.f_row.strides[0];
-  s.fr_s[1] = p.f_row.strides[1];
-  s.fc = detail::data<const T>(p.f_col);
-  s.fc_s[0] = p.f_col.strides[0];
-  s.fc_s[1] = p.f_col.strides[1];
+  detail::bind(s.fr, s.fr_s, p.f_row);
+  detail::bind(s.fc, s.fc_s, p.f_col);
   s.do_row = 1;
   s.do_col = 1;
   const Output2d d_fuse = as_2d(p.d_fuse), d_rw = as_2d(p.d_row_weight),

@@ -1,5 +1,5 @@
 """What every kernel family of the triton backend shares: the JIT helpers the kernels
-call (``mm``, ``pairs``, ``mix_rows``), the dtype and precision rules, and the
+call (``mm``, ``pairs``, ``unravel``, ``mix_rows``), the dtype and precision rules, and the
 launchers' small helpers.
 
 Conventions shared by all kernels:
@@ -37,6 +37,13 @@ def pairs(a0, b0, A, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     a = a0 + offs // BLOCK_B
     b = b0 + offs % BLOCK_B
     return a, b, (a < A) & (b < B)
+
+
+@triton.jit
+def unravel(i, n_mid, n_inner):
+    """Index i of a row-major (n_outer, n_mid, n_inner) grid as (outer, mid, inner)."""
+    j = i // n_inner
+    return j // n_mid, j % n_mid, i % n_inner
 
 
 @triton.jit

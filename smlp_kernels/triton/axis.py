@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import _common as cm
 from . import _tuning
-from ._common import mix_rows, mm, pairs
+from ._common import mix_rows, mm, pairs, unravel
 
 
 @triton.jit
@@ -89,9 +89,7 @@ def axis_wgrad_kernel(
     acc_b = tl.zeros((BLOCK_LA,), dtype=tl.float32)
     n_items = B * n_s * n_c
     for item in range(split, n_items, SPLITS):
-        tc = item % n_c
-        ts = (item // n_c) % n_s
-        b = item // (n_c * n_s)
+        b, ts, tc = unravel(item, n_s, n_c)
         c0 = tc * BLOCK_C
         s0 = ts * BLOCK_S
         qc = c0 + offs_q // BLOCK_S

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import _common as cm
 from . import _tuning
-from ._common import mix_rows, mm, pairs
+from ._common import mix_rows, mm, pairs, unravel
 
 
 @triton.jit
@@ -117,11 +117,7 @@ def mix_fwd_kernel(
     BLOCK_M: tl.constexpr = BLOCK_H * BLOCK_W
     pid = tl.program_id(0)
     to = pid % n_o
-    t = pid // n_o
-    tw = t % n_w
-    t = t // n_w
-    th = t % n_h
-    b = t // n_h
+    b, th, tw = unravel(pid // n_o, n_h, n_w)
     h0 = th * BLOCK_H
     w0 = tw * BLOCK_W
 

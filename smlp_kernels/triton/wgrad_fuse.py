@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import _common as cm
 from . import _tuning
-from ._common import mm, pairs
+from ._common import mm, pairs, unravel
 from .mix import mixed_tiles
 
 
@@ -46,9 +46,7 @@ def mix_wgrad_fuse_kernel(
     acc_col = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
     n_tiles = B * n_h * n_w
     for t in range(split, n_tiles, SPLITS):
-        tw = t % n_w
-        th = (t // n_w) % n_h
-        b = t // (n_w * n_h)
+        b, th, tw = unravel(t, n_h, n_w)
         h0 = th * BLOCK_H
         w0 = tw * BLOCK_W
         xs, rx, kx = mixed_tiles(
