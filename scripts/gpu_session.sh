@@ -130,7 +130,8 @@ step_build() {
 
 # GPU-heavy files first, so a deadline cuts the least useful ones; then every other file.
 FIRST_TESTS=(
-  tests/test_cuda_backend.py tests/test_triton.py tests/test_ops.py tests/test_cuda_graphs.py
+  tests/test_backend_contract.py tests/test_cuda_backend.py tests/test_triton.py tests/test_ops.py
+  tests/test_cuda_graphs.py
   tests/test_autocast.py tests/test_memory.py tests/test_compile_export.py tests/test_fuzz.py
   tests/test_flops.py tests/test_nn.py tests/test_models.py tests/test_bench.py benchmarks
   tests/test_extension.py tests/test_cuda_launchers.py tests/test_info.py
