@@ -136,6 +136,12 @@ def register_backend(backend: Backend) -> None:
     global _GENERATION
     if not backend.name:
         raise ValueError("register_backend: the backend needs a non-empty name")
+    for attr in ("device_types", "dtypes"):
+        if not getattr(backend, attr):
+            raise ValueError(
+                f"register_backend: backend {backend.name!r} declares no {attr}: set it to what "
+                f"the kernels take (e.g. dtypes = (torch.float32,), device_types = ('cuda',))"
+            )
     _REGISTRY[backend.name] = backend
     _AVAILABILITY.pop(backend.name, None)
     _GENERATION += 1

@@ -95,11 +95,12 @@ def _assert_f32(ours, ref32, ref64, names):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("b, c, c_out, h, w", CASES[3:])
-def test_blocking_boundaries(b, c, c_out, h, w, dtype):
+def test_blocking_boundaries(b, c, c_out, h, w, dtype, bias):
     """Forward and all six gradients across the kernels' image groups and channel blocks."""
-    args = make_args(b, c, c_out, h, w)
+    args = make_args(b, c, c_out, h, w, bias=bias)
     grad = randn(b, c_out, h, w)
     ours = _forward_backward(args, grad, "cpu", dtype)
     ref64 = _forward_backward(args, grad, "reference", torch.float64)
@@ -305,10 +306,11 @@ def test_raw_launchers_write_every_element(b, c, c_out, h, w, dtype):
 
 
 def _mix_fwd_args(dtype=torch.float32):
+    """(tensors, their launcher tuples): the caller holds the tensors while the tuples' raw
+    pointers are in use."""
     x, rw, rb, cw, cb, fw = make_args(2, 3, 4, 5, 6, dtype=dtype)
-    f_id, f_row, f_col = fw.split(3, dim=1)
-    y = torch.empty(2, 4, 5, 6, dtype=dtype)
-    return [tensor_arg(t) for t in (x, rw, rb, cw, cb, f_id, f_row, f_col, y)]
+    tensors = (x, rw, rb, cw, cb, *fw.split(3, dim=1), torch.empty(2, 4, 5, 6, dtype=dtype))
+    return tensors, [tensor_arg(t) for t in tensors]
 
 
 def _with(args, index, value):
@@ -316,7 +318,9 @@ def _with(args, index, value):
 
 
 def test_raw_launchers_reject_bad_arguments():
-    args = _mix_fwd_args()
+    # Every tensor a launcher gets a pointer into is held by a local until the call returns,
+    # so a check that failed to reject would read live memory, not freed memory.
+    _alive, args = _mix_fwd_args()
     x = args[0]
     bad = [
         (_with(args, 0, (x[0], 7, x[2], x[3])), r"cpu_mix_fwd: x: unknown dtype code 7"),
@@ -339,42 +343,32 @@ def test_raw_launchers_reject_bad_arguments():
             _C.cpu_mix_fwd(*call_args, 0)
 
     big = torch.zeros(1, 1, 129, 2)
+    axis_fwd = (big, torch.zeros(129, 129), None, torch.empty_like(big))
     with pytest.raises(ValueError, match=r"cpu_axis_mix_fwd: x: H = 129 is out of range 1\.\.128"):
-        _C.cpu_axis_mix_fwd(
-            *map(tensor_arg, (big, torch.zeros(129, 129), None, torch.empty_like(big))), 2, 0
-        )
+        _C.cpu_axis_mix_fwd(*map(tensor_arg, axis_fwd), 2, 0)
     x4 = torch.zeros(1, 1, 3, 4)
+    axis_wgrad = (x4, x4, torch.zeros(4, 4), torch.zeros(4))
     with pytest.raises(ValueError, match=r"cpu_axis_mix_wgrad: axis: must be 3"):
-        _C.cpu_axis_mix_wgrad(
-            *map(tensor_arg, (x4, x4, torch.zeros(4, 4), torch.zeros(4))), 1, False, 0
-        )
+        _C.cpu_axis_mix_wgrad(*map(tensor_arg, axis_wgrad), 1, False, 0)
+    axis_wgrad64 = (x4, x4, torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4))
     with pytest.raises(ValueError, match=r"cpu_axis_mix_wgrad: d_weight: dtype float64"):
-        _C.cpu_axis_mix_wgrad(
-            *map(
-                tensor_arg,
-                (x4, x4, torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4)),
-            ),
-            3,
-            False,
-            0,
-        )
-    wgrad = [
-        tensor_arg(t)
-        for t in (
-            torch.zeros(1, 2, 3, 4),
-            torch.zeros(1, 1, 3, 4),
-            torch.zeros(4, 4),
-            None,
-            torch.zeros(3, 3),
-            None,
-            *torch.zeros(2, 3).split(1, dim=1),
-            torch.zeros(2, 3),
-            torch.zeros(4, 4),
-            torch.zeros(4),
-            torch.zeros(3, 3),
-            torch.zeros(3),
-        )
+        _C.cpu_axis_mix_wgrad(*map(tensor_arg, axis_wgrad64), 3, False, 0)
+    wgrad_tensors = [
+        torch.zeros(1, 2, 3, 4),
+        torch.zeros(1, 1, 3, 4),
+        torch.zeros(4, 4),
+        None,
+        torch.zeros(3, 3),
+        None,
+        *torch.zeros(2, 3).split(1, dim=1),
+        torch.zeros(2, 3),
+        torch.zeros(4, 4),
+        torch.zeros(4),
+        torch.zeros(3, 3),
+        torch.zeros(3),
+        torch.zeros(2, 4),  # a d_fuse of the wrong shape, swapped in below
     ]
-    wgrad[9] = tensor_arg(torch.zeros(2, 4))
+    wgrad = [tensor_arg(t) for t in wgrad_tensors[:-1]]
+    wgrad[9] = tensor_arg(wgrad_tensors[-1])
     with pytest.raises(ValueError, match=r"cpu_mix_wgrad: d_fuse: expected shape \(C_out, 3C\)"):
         _C.cpu_mix_wgrad(*wgrad, False, 0)

@@ -342,6 +342,32 @@ def test_forced_backend_errors(registry):
         smlp_kernels.smlp_mix(*[t.to("meta") for t in args], backend="narrow")
 
 
+def test_a_backend_must_declare_its_dtypes_and_devices(registry):
+    """Without them every call would be refused with an empty list in the message."""
+
+    class Undeclared(R.ReferenceBackend):
+        name = "undeclared"
+        dtypes = ()
+
+    with pytest.raises(ValueError, match="'undeclared' declares no dtypes"):
+        registry.register_backend(Undeclared())
+    Undeclared.dtypes, Undeclared.device_types = (torch.float32,), ()
+    with pytest.raises(ValueError, match="'undeclared' declares no device_types"):
+        registry.register_backend(Undeclared())
+    assert "undeclared" not in smlp_kernels.backends()
+
+
+def test_pytorch_deterministic_flag_turns_deterministic_mode_on():
+    old = torch.are_deterministic_algorithms_enabled()
+    try:
+        assert not smlp_kernels.is_deterministic()
+        torch.use_deterministic_algorithms(True)
+        assert smlp_kernels.is_deterministic()
+    finally:
+        torch.use_deterministic_algorithms(old)
+    assert not smlp_kernels.is_deterministic()
+
+
 @pytest.mark.parametrize("bad", [3, b"cpu", ["cpu"], True])
 def test_backend_of_the_wrong_type_raises_type_error(bad):
     """A backend that is not a str (or None) is a wrong type: TypeError naming it, from every
