@@ -36,7 +36,8 @@ from torch import Tensor
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``, for messages."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -52,8 +53,8 @@ def _check_x(x: object, op: str) -> Tensor:
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     _check_dense(x, "x", op)
     if x.dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(_dtype_name(d) for d in SUPPORTED_DTYPES)
-        raise TypeError(f"{op}: x must have a floating dtype ({names}); got {_dtype_name(x.dtype)}")
+        names = ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES)
+        raise TypeError(f"{op}: x must have a floating dtype ({names}); got {dtype_name(x.dtype)}")
     if x.dim() != 4:
         raise ValueError(
             f"{op}: x must be 4-D with shape (B, C, H, W); got {x.dim()}-D shape {tuple(x.shape)}"
@@ -90,9 +91,9 @@ def _check_param(
         allowed = (
             "float32, like x"
             if x.dtype == torch.float32
-            else f"x's dtype ({_dtype_name(x.dtype)}) or float32"
+            else f"x's dtype ({dtype_name(x.dtype)}) or float32"
         )
-        raise TypeError(f"{op}: {name} must have dtype {allowed}; got {_dtype_name(t.dtype)}")
+        raise TypeError(f"{op}: {name} must have dtype {allowed}; got {dtype_name(t.dtype)}")
     if t.device != x.device:
         raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}; move both to one")
     shape = tuple(t.shape)

@@ -37,15 +37,16 @@ def tensor_arg(t: Tensor | None) -> tuple | None:
     return (t.data_ptr(), DTYPE_CODES[t.dtype], tuple(t.shape), tuple(t.stride()))
 
 
-def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return t if t is None or t.dtype == dtype else t.to(dtype)
+def _cast(dtype: torch.dtype, *tensors: Tensor | None) -> list[Tensor | None]:
+    """The tensors in ``dtype`` (None stays None); the caller holds the casts while the
+    launcher runs."""
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
 class _CompiledBackend(Backend):
     """The calls shared by the CPU and CUDA backends; subclasses name the launchers."""
 
     prefix = ""  # launcher name prefix in _C: "cpu" or "cuda"
-    dtypes: tuple[torch.dtype, ...] = ()  # compute dtypes the launchers take
 
     def _call(self, x: Tensor, name: str, *args) -> None:
         launcher = getattr(_extension.require_extension(), f"{self.prefix}_{name}")
@@ -66,9 +67,7 @@ class _CompiledBackend(Backend):
         # The launchers take every tensor in the compute dtype (x's); the casts are kept in
         # locals, alive until the launch returns.
         dt = x.dtype
-        params = [
-            _as(t, dt) for t in (row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
-        ]
+        params = _cast(dt, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
         b, _, h, w = x.shape
         y = torch.empty((b, f_id.shape[0], h, w), dtype=dt, device=x.device)
         self._call(x, "mix_fwd", *map(tensor_arg, (x, *params, y)))
@@ -77,9 +76,7 @@ class _CompiledBackend(Backend):
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip
         dt = x.dtype
-        params = [
-            _as(t, dt) for t in (row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
-        ]
+        params = _cast(dt, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
         c, h, w = x.shape[1:]
         gdt = self._wgrad_dtype(x)
         grads = [
@@ -91,7 +88,7 @@ class _CompiledBackend(Backend):
 
     def axis_mix(self, x, weight, bias, axis):
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        weight, bias = _as(weight, x.dtype), _as(bias, x.dtype)
+        weight, bias = _cast(x.dtype, weight, bias)
         self._call(x, "axis_mix_fwd", *map(tensor_arg, (x, weight, bias, y)), axis)
         return y
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_size
+from ._validation import SUPPORTED_DTYPES, check_size
 from .registry import Backend
 
 __all__ = [
@@ -269,7 +269,7 @@ class ReferenceBackend(Backend):
 
     name = "reference"
     device_types = ("*",)
-    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtypes = SUPPORTED_DTYPES
     priority = 0
 
     def availability(self) -> tuple[bool, str]:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._validation import dtype_name
+
 __all__ = [
     "Backend",
     "BackendStatus",
@@ -117,11 +119,6 @@ class Backend(ABC):
         self, g: Tensor, x: Tensor, axis: int, deterministic: bool
     ) -> tuple[Tensor, Tensor]:
         """``(d_weight, d_bias)`` of :meth:`axis_mix` given ``g`` (B, C, H, W)."""
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``"float32"``, for messages."""
-    return str(dtype).removeprefix("torch.")
 
 
 _REGISTRY: dict[str, Backend] = {}

@@ -18,9 +18,6 @@ import smlp_kernels
 from smlp_kernels import registry
 
 HAS_CUDA = torch.cuda.is_available()
-# On a CPU machine tests/conftest.py runs Triton on its interpreter, which is slow: tests keep
-# its shapes tiny.
-TRITON_INTERPRETED = not HAS_CUDA
 
 
 def backend_devices() -> list[tuple[str, str]]:

@@ -36,6 +36,7 @@ import torch
 import smlp_kernels
 from smlp_kernels import reference as R
 from smlp_kernels import registry
+from smlp_kernels._validation import SUPPORTED_DTYPES, dtype_name
 
 BACKENDS = _helpers.backend_params()
 
@@ -53,7 +54,6 @@ def atol(dtype: torch.dtype, device: str) -> float:
     return 1e-5 if (dtype == torch.float32 and device == "cuda") else _ATOL[dtype]
 
 
-ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 MIX_NAMES = ("y", "x", "row_weight", "row_bias", "col_weight", "col_bias", "fuse_weight")
 AXIS_NAMES = ("y", "x", "weight", "bias")
 
@@ -63,7 +63,7 @@ def backend_dtype_params() -> list:
     out = []
     for name, device in _helpers.backend_devices():
         for dtype in registry.get_backend(name).dtypes:
-            dt = str(dtype).removeprefix("torch.")
+            dt = dtype_name(dtype)
             out.append(pytest.param(name, device, dtype, id=f"{name}-{device}-{dt}"))
     return out
 
@@ -324,12 +324,12 @@ def test_empty_batch(backend, device):
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_refuses_dtypes_it_does_not_declare(backend, device):
     be = registry.get_backend(backend)
-    refused = [d for d in ALL_DTYPES if d not in be.dtypes]
+    refused = [d for d in SUPPORTED_DTYPES if d not in be.dtypes]
     if not refused:
         pytest.skip(f"{backend} declares every floating dtype")
     for dtype in refused:
         args = _helpers.make_args(1, 2, 2, 3, 3, dtype=dtype, device=device)
-        name = str(dtype).removeprefix("torch.")
+        name = dtype_name(dtype)
         with pytest.raises(ValueError, match=rf"'{backend}' cannot run mix.*not {name}"):
             smlp_kernels.smlp_mix(*args, backend=backend)
         with pytest.raises(ValueError, match=rf"'{backend}' cannot run row_mix.*not {name}"):
