@@ -3,7 +3,8 @@
 and report what each compilation uses: registers, spills, shared memory and the
 matrix-unit and copy instructions of its PTX.
 
-The compilations are the launchers' own. The backend's four primitives run on meta tensors
+The compilations are the launchers' own. The backends' primitives (``--backend``: version 1,
+``triton``, and version 0, ``triton_v0``; both by default) run on meta tensors
 (batch 128), called as the op layer calls them (the input gradients are the forward
 primitives on transposed weight views), with every JIT kernel of the family modules
 replaced by a recorder and every tile configuration of the autotuner tried; each recorded
@@ -17,7 +18,8 @@ Usage (lists are comma-separated, and each option may also be repeated):
     python scripts/triton_aot.py --arch 90 --dtype bf16 --shapes T1,T4 --json out.json
 
 writes a JSON list with one record per (kernel, shape, config): kernel, role (fwd: the mix,
-forward and input gradient; wgrad_fuse; wgrad_axis; axis_mix), shape, config, default
+forward and input gradient; prepass: version 1's concat pre-pass; wgrad_fuse; wgrad_axis;
+axis_mix), shape, config, default
 (the config used without tuning), arch, dtype, param_dtype, flags, launches, wgmma,
 mma_sync, tma (cp.async.bulk.tensor copies), cp_async (cp.async copies), wait_group_max
 (the deepest wgmma.wait_group), regs, spill_bytes, smem, ok, error, seconds, triton.
@@ -50,7 +52,12 @@ from typing import Any
 
 BATCH = 128  # a training batch: enters only run-time ints (tile counts, loop bounds)
 DTYPES = ("fp32", "fp16", "bf16")
+BACKENDS = ("triton", "triton_v0")  # version 1 and version 0 of the fused mix
 ROLES = {
+    "fuse_gemm_kernel": "fwd",
+    "fuse_wgrad_kernel": "wgrad_fuse",
+    "concat_kernel": "prepass",
+    "pixel_major_kernel": "prepass",
     "mix_fwd_kernel": "fwd",
     "mix_wgrad_fuse_kernel": "wgrad_fuse",
     "axis_wgrad_kernel": "wgrad_axis",
@@ -160,7 +167,8 @@ class _Recorder:
                 divisible.append(name)
         kw = dict(kwargs)
         warps, stages = kw.pop("num_warps"), kw.pop("num_stages")
-        kw["COMPUTE"] = str(kw["COMPUTE"])  # a tl.dtype: "fp16", "bf16", "fp32"
+        if "COMPUTE" in kw:
+            kw["COMPUTE"] = str(kw["COMPUTE"])  # a tl.dtype: "fp16", "bf16", "fp32"
         signature += [(name, "constexpr") for name in kw]
         constexprs.update(kw)
         if len(signature) != len(self.arg_names):
@@ -233,6 +241,11 @@ def _drive(backend, state: dict, c: int, c_out: int, h: int, w: int, torch_dtype
     for row_bias in (rb, None):
         for col_bias in (cb, None):
             launch("mix forward").mix(x, rw, row_bias, cw, col_bias, f_id, f_row, f_col)
+            if backend.fused_prologue:
+                scale, shift = empty(c), empty(c)
+                launch("mix_bn_gelu forward").mix_bn_gelu(
+                    x, scale, shift, rw, row_bias, cw, col_bias, f_id, f_row, f_col
+                )
             for det in (False, True):
                 launch(f"mix_wgrad deterministic={det}").mix_wgrad(
                     g, x, rw, row_bias, cw, col_bias, f_id, f_row, f_col, det
@@ -248,16 +261,17 @@ def _drive(backend, state: dict, c: int, c_out: int, h: int, w: int, torch_dtype
 
 
 def record(shapes: dict[str, tuple[int, int, int, int]], archs: list[int], dtypes: list[str],
-           params: str = "same", all_configs: bool = True) -> list[Job]:  # fmt: skip
-    """Every launch the backend makes for these shapes ((C, C_out, H, W) by label), archs
+           params: str = "same", all_configs: bool = True,
+           backends: tuple[str, ...] = BACKENDS) -> list[Job]:  # fmt: skip
+    """Every launch the backends make for these shapes ((C, C_out, H, W) by label), archs
     and x dtypes, parameters in x's dtype ("same"), in float32 ("fp32") or both ("both"):
     one Job per distinct (compilation, shape), in launch order."""
     import torch
 
-    from smlp_kernels.triton import TritonBackend
+    from smlp_kernels.triton import TritonBackend, TritonV0Backend
 
     torch_dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    backend = TritonBackend()
+    classes = {"triton": TritonBackend, "triton_v0": TritonV0Backend}
     state: dict = {"jobs": []}
     for arch in archs:
         state["arch"] = arch
@@ -267,8 +281,9 @@ def record(shapes: dict[str, tuple[int, int, int, int]], archs: list[int], dtype
                     p_names = {"same": [dtype], "fp32": ["fp32"], "both": [dtype, "fp32"]}[params]
                     for p_name in dict.fromkeys(p_names):
                         state.update(shape=label, dtype=dtype, param_dtype=p_name)
-                        _drive(backend, state, c, c_out, h, w, torch_dtypes[dtype],
-                               torch_dtypes[p_name])  # fmt: skip
+                        for name in backends:
+                            _drive(classes[name](), state, c, c_out, h, w, torch_dtypes[dtype],
+                                   torch_dtypes[p_name])  # fmt: skip
     seen: dict[tuple, Job] = {}
     for job in state["jobs"]:
         first = seen.setdefault((job, job.shape), job)
@@ -415,7 +430,8 @@ def compile_jobs(jobs: list[Job], workers: int) -> list[dict]:
 
     unique = list(dict.fromkeys(jobs))
     # Longest first (the mix kernels take several times as long) so the pool ends evenly.
-    unique.sort(key=lambda j: j.kernel not in ("mix_fwd_kernel", "mix_wgrad_fuse_kernel"))
+    slow = ("mix_fwd_kernel", "mix_wgrad_fuse_kernel", "fuse_gemm_kernel", "fuse_wgrad_kernel")
+    unique.sort(key=lambda j: j.kernel not in slow)
     if workers <= 1:
         results = [compile_job(j) for j in unique]
     else:
@@ -498,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", type=_list(), action="append", metavar="LIST",
                         help="stage labels T1..T4, B1..B4 (batch 128, C_out = C) or CxHxW; "
                         "default T1,T2,T3,T4")  # fmt: skip
+    parser.add_argument("--backend", type=_list(BACKENDS), action="append", metavar="LIST",
+                        help="triton (version 1), triton_v0 (version 0); default both")  # fmt: skip
     parser.add_argument("--json", required=True, metavar="PATH", help="output file")
     parser.add_argument("--params", choices=("same", "fp32", "both"), default="same",
                         help="parameter dtype: x's (default), float32, or both")  # fmt: skip
@@ -533,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
               "kernels, which cannot be compiled; unset it to compile ahead of time",
               file=sys.stderr)  # fmt: skip
         return 2
-    jobs = record(shapes, archs, dtypes, args.params, all_configs=not args.default_only)
+    backends = tuple(_flat(args.backend, list(BACKENDS)))
+    jobs = record(shapes, archs, dtypes, args.params, all_configs=not args.default_only,
+                  backends=backends)  # fmt: skip
     if args.ci:
         jobs = ci_jobs(jobs)
     elif args.variants == "heaviest":

@@ -17,11 +17,17 @@ from .nn import SparseMLP, convert_spach
 from .ops import col_mix, row_mix, smlp_mix
 from .reference import ReferenceBackend
 from .registry import Backend, BackendStatus, backends, register_backend
-from .triton import TritonBackend
+from .triton import TritonBackend, TritonV0Backend
 
 # The built-in backends, registered here and nowhere else. None of them imports its
 # compiled code or Triton before its first call.
-for _backend in (ReferenceBackend(), CpuBackend(), CudaBackend(), TritonBackend()):
+for _backend in (
+    ReferenceBackend(),
+    CpuBackend(),
+    CudaBackend(),
+    TritonBackend(),
+    TritonV0Backend(),
+):
     register_backend(_backend)
 del _backend
 

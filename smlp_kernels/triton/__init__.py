@@ -38,7 +38,7 @@ import torch
 
 from ..registry import Backend
 
-__all__ = ["TritonBackend"]
+__all__ = ["TritonBackend", "TritonV0Backend"]
 
 
 def _interpreting() -> bool:
@@ -46,12 +46,14 @@ def _interpreting() -> bool:
 
 
 class TritonBackend(Backend):
-    """Fused Triton kernels; CUDA tensors (CPU tensors under the Triton interpreter)."""
+    """Fused Triton kernels, version 1 (:mod:`.gemm`): the mix as a pre-pass and a
+    pipelined GEMM; CUDA tensors (CPU tensors under the Triton interpreter)."""
 
     name = "triton"
     priority = 30
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     max_side = 128
+    fused_prologue = True
 
     @property
     def device_types(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -73,17 +75,29 @@ class TritonBackend(Backend):
         return True, f"fused Triton kernels (triton {triton.__version__})"
 
     def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
-        from .mix import mix
+        from .gemm import mix
 
         return mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
+
+    def mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight, col_bias,
+                    f_id, f_row, f_col):  # fmt: skip
+        from .gemm import mix
+
+        return mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                   scale=scale, shift=shift)  # fmt: skip
+
+    def _wgrad_fuse(self, g, x, row_weight, row_bias, col_weight, col_bias, deterministic):
+        from .gemm import wgrad_fuse
+
+        return wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
+                          deterministic=deterministic)  # fmt: skip
 
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip
         from .axis import axis_wgrad
-        from .wgrad_fuse import wgrad_fuse
 
-        d_fuse = wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
-                            deterministic=deterministic)  # fmt: skip
+        d_fuse = self._wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
+                                  deterministic)  # fmt: skip
         # Row and column weights: z = F_row^T g (along W) and F_col^T g (along H).
         d_rw, d_rb = axis_wgrad(g, x, 3, f_row, deterministic=deterministic)
         d_cw, d_cb = axis_wgrad(g, x, 2, f_col, deterministic=deterministic)
@@ -98,3 +112,29 @@ class TritonBackend(Backend):
         from .axis import axis_wgrad
 
         return axis_wgrad(g, x, axis, None, deterministic=deterministic)
+
+
+class TritonV0Backend(TritonBackend):
+    """Fused Triton kernels, version 0 (:mod:`.mix`, :mod:`.wgrad_fuse`): the mix on pixel
+    boxes with R(x) and K(x) recomputed in registers. Kept selectable by name until GPU
+    measurements decide between the versions; the automatic choice takes version 1."""
+
+    name = "triton_v0"
+    priority = 29
+    fused_prologue = False
+
+    def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
+        from .mix import mix
+
+        return mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
+
+    def mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight, col_bias,
+                    f_id, f_row, f_col):  # fmt: skip
+        return Backend.mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight,
+                                   col_bias, f_id, f_row, f_col)  # fmt: skip
+
+    def _wgrad_fuse(self, g, x, row_weight, row_bias, col_weight, col_bias, deterministic):
+        from .wgrad_fuse import wgrad_fuse
+
+        return wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
+                          deterministic=deterministic)  # fmt: skip

@@ -1,0 +1,432 @@
+"""Version 1 of the fused mix: the op as one GEMM over a concat laid out for it.
+
+Notation (the README's Design notes): R = row mix (along W) and K = column mix (along H),
+both without bias; F = fuse_weight = [F_id | F_row | F_col], (C_out, 3C). Per pixel the op
+is a matrix product over the 3C inputs:
+
+    y[(b, h, w), o] = sum_kk A[(b, h, w), kk] F[o, kk],   A = [x | R(x) + rb | K(x) + cb]
+
+so the fused mix is a GEMM with the pixels on M, the output channels on N and the 3C
+inputs on K. Two kernels per batch chunk:
+
+1. ``concat_kernel`` (the pre-pass) writes A for a chunk of images into a scratch buffer,
+   pixel-major (row (b, h, w), 3C contiguous values): x (through the optional BN -> GELU
+   prologue), R(x) + rb and K(x) + cb, each rounded to the compute dtype as an unfused
+   implementation would store them. Every x value is read from memory once per mix.
+2. ``fuse_gemm_kernel`` multiplies A by F^T in one flattened K loop: both operands are
+   K-contiguous with 16-byte aligned rows (3C is a multiple of 8 at every sMLPNet shape),
+   the loads vectorise and the loop is software-pipelined (cp.async feeding wgmma with
+   ``wgmma.wait_group 1`` on sm_90, mma.sync on sm_80). r and k never take a separate loop
+   or a per-segment branch.
+
+The batch is cut into chunks whose scratch fits ``SCRATCH_BYTES``, and one scratch buffer
+is reused by every chunk: written by the pre-pass and read right away by the GEMM, it can
+stay in the GPU's L2 cache (50 MB on an H100 / H200), so the global-memory traffic is about
+x read once and y written once. Whether it does is for a GPU to show (benchmarks/NOTES.md
+holds the predictions).
+
+The fuse-weight gradient is the same GEMM turned around: ``fuse_wgrad_kernel`` computes
+dF = G^T A with the pixels as the reduction, split over pixel tiles (split-K), on the same
+pre-pass's A; partial sums go to fixed slots added in a fixed order in deterministic mode,
+else to one buffer with atomics. The input gradient is ``mix`` on g with the transposed
+weights and no biases (the op layer's call), so it runs this same pair of kernels.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import _common as cm
+from . import _tuning
+from ._common import mm
+
+# Scratch per batch chunk: about half the L2 of an H100 / H200, so A stays cached between
+# the pre-pass that writes it and the GEMM that reads it, next to the chunk's x and y.
+SCRATCH_BYTES = 24 << 20
+
+
+@triton.jit
+def bn_gelu(v, scale, shift, ok):
+    """gelu(v * scale + shift) in float32 (exact erf GELU, as nn.GELU), zero where not ok
+    (padding stays zero, so it adds nothing to any product)."""
+    u = v.to(tl.float32) * scale + shift
+    out = 0.5 * u * (1.0 + tl.math.erf(u * 0.7071067811865476))
+    return tl.where(ok, out, 0.0)
+
+
+@triton.jit
+def concat_kernel(
+    x_ptr, sxb, sxc, sxh, sxw,
+    rw_ptr, srw0, srw1, rb_ptr, srb,
+    cw_ptr, scw0, scw1, cb_ptr, scb,
+    scale_ptr, sscale, shift_ptr, sshift,
+    a_ptr,  # (n_images * H * W, 3C) row-major
+    C, H, W, n_c, n_lh,
+    HAS_RB: tl.constexpr, HAS_CB: tl.constexpr, PROLOGUE: tl.constexpr,
+    LINES: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    COMPUTE: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """A = [x' | R(x') + rb | K(x') + cb] for one image and BLOCK_C channels, x' = x or
+    gelu(x * scale + shift).
+
+    Grid (images x channel blocks, row groups + column groups). A program of the first
+    n_lh groups takes LINES rows h of the plane and writes x' and R(x') there (each row is
+    a (W, BLOCK_C) tile, mixed by Rw (W, W)); the others take LINES columns w and write
+    K(x') (each column an (H, BLOCK_C) tile, mixed by Cw (H, H)). Rw[w, v] =
+    rw_ptr[w*srw0 + v*srw1], Cw[h, u] = cw_ptr[h*scw0 + u*scw1].
+    """
+    pid = tl.program_id(0)
+    group = tl.program_id(1)
+    b = pid // n_c
+    offs_c = (pid % n_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    x_c = x_ptr + b.to(tl.int64) * sxb + offs_c.to(tl.int64)[None, :] * sxc
+    k3 = 3 * C
+    a_c = a_ptr + b.to(tl.int64) * H * W * k3 + offs_c.to(tl.int64)[None, :]
+    scale = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    shift = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if PROLOGUE:
+        scale = tl.load(scale_ptr + offs_c.to(tl.int64) * sscale, mask=c_ok, other=0.0)
+        shift = tl.load(shift_ptr + offs_c.to(tl.int64) * sshift, mask=c_ok, other=0.0)
+        scale = scale.to(tl.float32)
+        shift = shift.to(tl.float32)
+    if group < n_lh:
+        ow = tl.arange(0, BLOCK_W)
+        ow_ok = ow < W
+        rw = tl.load(
+            rw_ptr + ow.to(tl.int64)[:, None] * srw0 + ow.to(tl.int64)[None, :] * srw1,
+            mask=ow_ok[:, None] & ow_ok[None, :],
+            other=0.0,
+        ).to(COMPUTE)
+        rb = tl.zeros((BLOCK_W,), dtype=tl.float32)
+        if HAS_RB:
+            rb = tl.load(rb_ptr + ow.to(tl.int64) * srb, mask=ow_ok, other=0.0).to(tl.float32)
+        ok = ow_ok[:, None] & c_ok[None, :]
+        for h in range(group * LINES, tl.minimum(group * LINES + LINES, H)):
+            xt = tl.load(x_c + h * sxh + ow.to(tl.int64)[:, None] * sxw, mask=ok, other=0.0)
+            if PROLOGUE:
+                xt = bn_gelu(xt, scale[None, :], shift[None, :], ok)
+            xt = xt.to(COMPUTE)
+            r = mm(rw, xt, tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32), COMPUTE, PREC)
+            r += rb[:, None]
+            a_row = a_c + (h * W + ow).to(tl.int64)[:, None] * k3
+            tl.store(a_row, xt.to(a_ptr.dtype.element_ty), mask=ok)
+            tl.store(a_row + C, r.to(a_ptr.dtype.element_ty), mask=ok)
+    else:
+        oh = tl.arange(0, BLOCK_H)
+        oh_ok = oh < H
+        cw = tl.load(
+            cw_ptr + oh.to(tl.int64)[:, None] * scw0 + oh.to(tl.int64)[None, :] * scw1,
+            mask=oh_ok[:, None] & oh_ok[None, :],
+            other=0.0,
+        ).to(COMPUTE)
+        cb = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        if HAS_CB:
+            cb = tl.load(cb_ptr + oh.to(tl.int64) * scb, mask=oh_ok, other=0.0).to(tl.float32)
+        ok = oh_ok[:, None] & c_ok[None, :]
+        w0 = (group - n_lh) * LINES
+        for w in range(w0, tl.minimum(w0 + LINES, W)):
+            xu = tl.load(x_c + w * sxw + oh.to(tl.int64)[:, None] * sxh, mask=ok, other=0.0)
+            if PROLOGUE:
+                xu = bn_gelu(xu, scale[None, :], shift[None, :], ok)
+            k = mm(cw, xu.to(COMPUTE), tl.zeros((BLOCK_H, BLOCK_C), dtype=tl.float32),
+                   COMPUTE, PREC)  # fmt: skip
+            k += cb[:, None]
+            a_col = a_c + (oh * W + w).to(tl.int64)[:, None] * k3 + 2 * C
+            tl.store(a_col, k.to(a_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def fuse_gemm_kernel(
+    a_ptr,  # (M, K3) row-major
+    f_ptr,  # (C_OUT, K3) row-major
+    y_ptr, syb, syo, syh, syw,
+    M, K3, C_OUT, HW, W, n_n,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    COMPUTE: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """y[(b, h, w), o] = sum_kk A[(b, h, w), kk] F[o, kk] over one (BLOCK_M, BLOCK_N) tile.
+
+    One program per (pixel tile, output-channel tile), the channel tile fastest so that the
+    programs reading one A tile run together. Pixel m of the chunk is image m // HW, pixel
+    m % HW of its plane; y has any strides.
+    """
+    pid = tl.program_id(0)
+    pid_m = pid // n_n
+    pid_n = pid % n_n
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < C_OUT
+    a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * K3
+    f_cols = f_ptr + offs_n.to(tl.int64)[None, :] * K3
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K3, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K3
+        a = tl.load(a_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        f = tl.load(f_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = mm(a, f, acc, COMPUTE, PREC)
+
+    b = offs_m // HW
+    p = offs_m % HW
+    y_off = (b.to(tl.int64) * syb + (p // W).to(tl.int64) * syh + (p % W).to(tl.int64) * syw)[
+        :, None
+    ] + offs_n.to(tl.int64)[None, :] * syo
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def pixel_major_kernel(
+    src_ptr, ssb, ssc, ssh, ssw,
+    dst_ptr,  # (n_images * H * W, C) row-major
+    C, H, W, n_c,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """dst[(b, h, w), c] = src[b, c, h, w] in dst's dtype, for one image, BLOCK_C channels
+    and BLOCK_P pixels: the upstream gradient laid out for the weight-gradient GEMM."""
+    pid = tl.program_id(0)
+    b = pid // n_c
+    offs_c = (pid % n_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ok = (offs_c < C)[:, None] & (p < H * W)[None, :]
+    v = tl.load(
+        src_ptr
+        + b.to(tl.int64) * ssb
+        + offs_c.to(tl.int64)[:, None] * ssc
+        + ((p // W).to(tl.int64) * ssh + (p % W).to(tl.int64) * ssw)[None, :],
+        mask=ok,
+        other=0.0,
+    )
+    dst = dst_ptr + (b.to(tl.int64) * H * W + p.to(tl.int64))[None, :] * C + offs_c[:, None]
+    tl.store(dst, v.to(dst_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def fuse_wgrad_kernel(
+    g_ptr,  # (M, C_OUT) row-major
+    a_ptr,  # (M, K3) row-major
+    out_ptr,  # float32 (SPLITS, C_OUT, K3) when DETERMINISTIC, else (C_OUT, K3)
+    M, K3, C_OUT, SPLITS,
+    DETERMINISTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    COMPUTE: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """dF[o, kk] += sum_m G[m, o] A[m, kk] over the pixels m of one chunk.
+
+    Grid (o tiles, kk tiles, SPLITS): split s reduces the pixel tiles s, s + SPLITS, ...
+    Deterministic: split s owns slot s, stored (the first chunk) or added to (ACCUMULATE,
+    the later chunks, launched in order); otherwise atomics into one buffer.
+    """
+    to = tl.program_id(0)
+    tn = tl.program_id(1)
+    split = tl.program_id(2)
+    offs_o = to * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_n = tn * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_ok = offs_o < C_OUT
+    n_ok = offs_n < K3
+    acc = tl.zeros((BLOCK_O, BLOCK_N), dtype=tl.float32)
+    for t in range(split, tl.cdiv(M, BLOCK_P), SPLITS):
+        m = t * BLOCK_P + tl.arange(0, BLOCK_P)
+        m_ok = m < M
+        g = tl.load(
+            g_ptr + m.to(tl.int64)[:, None] * C_OUT + offs_o[None, :],
+            mask=m_ok[:, None] & o_ok[None, :],
+            other=0.0,
+        )
+        a = tl.load(
+            a_ptr + m.to(tl.int64)[:, None] * K3 + offs_n[None, :],
+            mask=m_ok[:, None] & n_ok[None, :],
+            other=0.0,
+        )
+        acc = mm(tl.trans(g), a, acc, COMPUTE, PREC)
+
+    off = offs_o.to(tl.int64)[:, None] * K3 + offs_n[None, :]
+    mask = o_ok[:, None] & n_ok[None, :]
+    if DETERMINISTIC:
+        slot = out_ptr + split.to(tl.int64) * C_OUT * K3 + off
+        if ACCUMULATE:
+            acc += tl.load(slot, mask=mask, other=0.0)
+        tl.store(slot, acc, mask=mask)
+    else:
+        tl.atomic_add(out_ptr + off, acc, mask=mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiles
+# --------------------------------------------------------------------------------------------
+
+
+def concat_config(c: int, h: int, w: int) -> _tuning.Config:
+    """The pre-pass's tiles: whole rows and columns (at least 16 long, tl.dot's minimum),
+    BLOCK_C channels (32 when there are that many, so each pixel's stores are 64 bytes),
+    8 lines per program."""
+    bc = 32 if c >= 32 else 16
+    bh, bw = max(16, _tuning.np2(h)), max(16, _tuning.np2(w))
+    warps = 8 if max(bh, bw) >= 128 else 4
+    return _tuning.config(warps, 1, LINES=8, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw)
+
+
+def gemm_configs(c_out: int, fp32: bool) -> list[_tuning.Config]:
+    """Tiles of fuse_gemm_kernel. The default is 128 pixels x up to 128 output channels on
+    8 warps (two warpgroups of 64 rows: the smallest tile wgmma takes), BLOCK_K 64 and
+    3 stages for 16-bit; float32 (FMA or TF32) takes half the K depth. The alternative has
+    64-channel tiles (less padding when C_out is just above a power of two)."""
+    bn = min(128, max(16, _tuning.np2(c_out)))
+    bk = 32 if fp32 else 64
+    stages = 2 if fp32 else 3
+    out = [_tuning.config(8, stages, BLOCK_M=128, BLOCK_N=bn, BLOCK_K=bk)]
+    if bn > 64:
+        out.append(_tuning.config(4, stages + 1, BLOCK_M=128, BLOCK_N=64, BLOCK_K=bk))
+    return _tuning.dedup(out)
+
+
+def wgrad_configs(c_out: int, k3: int, fp32: bool) -> list[_tuning.Config]:
+    """Tiles of fuse_wgrad_kernel: 128 (or fewer) output channels on M, 128 of the 3C
+    inputs on N, 64 pixels of reduction per step."""
+    bo = min(128, max(64, _tuning.np2(c_out)))
+    bn = min(128, max(16, _tuning.np2(k3)))
+    bp = 32 if fp32 else 64
+    stages = 2 if fp32 else 3
+    return [_tuning.config(8, stages, BLOCK_O=bo, BLOCK_N=bn, BLOCK_P=bp)]
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _torch_compute(x: Tensor) -> torch.dtype:
+    return torch.float32 if cm.compute_dtype(x.dtype) == tl.float32 else x.dtype
+
+
+def _chunk(batch: int, image_bytes: int) -> int:
+    """Images per chunk: as many as SCRATCH_BYTES holds, at least one."""
+    return max(1, min(batch, SCRATCH_BYTES // max(1, image_bytes)))
+
+
+class _Concat:
+    """The pre-pass's launch for chunks of one x (the arguments that do not change)."""
+
+    def __init__(self, x, row_weight, row_bias, col_weight, col_bias, scale, shift):
+        _, self.c, self.h, self.w = x.shape
+        self.x = x
+        self.cfg = concat_config(self.c, self.h, self.w)
+        k = self.cfg.constexprs()
+        self.n_c = triton.cdiv(self.c, k["BLOCK_C"])
+        self.n_lh = triton.cdiv(self.h, k["LINES"])
+        self.n_lw = triton.cdiv(self.w, k["LINES"])
+        rb_t, srb = cm.bias_args(row_bias, row_weight)
+        cb_t, scb = cm.bias_args(col_bias, col_weight)
+        sc_t, ssc = cm.bias_args(scale, row_weight)
+        sh_t, ssh = cm.bias_args(shift, row_weight)
+        self.params = (row_weight, *cm.strides2(row_weight), rb_t, srb,
+                       col_weight, *cm.strides2(col_weight), cb_t, scb,
+                       sc_t, ssc, sh_t, ssh)  # fmt: skip
+        self.flags = dict(HAS_RB=row_bias is not None, HAS_CB=col_bias is not None,
+                          PROLOGUE=scale is not None)  # fmt: skip
+
+    def __call__(self, b0: int, nb: int, a: Tensor) -> None:
+        x = self.x
+
+        def run(cfg: _tuning.Config) -> None:
+            concat_kernel[(nb * self.n_c, self.n_lh + self.n_lw)](
+                x[b0:], *cm.strides4(x), *self.params, a,
+                self.c, self.h, self.w, self.n_c, self.n_lh,
+                COMPUTE=cm.compute_dtype(x.dtype), PREC=cm.precision(),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                **self.flags, **cfg.constexprs(),
+            )  # fmt: skip
+
+        # One configuration: pick returns it without timing anything.
+        run(_tuning.pick(("concat_kernel",), [self.cfg], x.device, run))
+
+
+def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tensor,
+        col_bias: Tensor | None, f_id: Tensor, f_row: Tensor, f_col: Tensor,
+        scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:  # fmt: skip
+    """y = F_id x' + F_row R(x') + F_col K(x') with R and K's biases, x' = x, or
+    gelu(x * scale + shift) when scale and shift (C,) are given; any strides everywhere."""
+    b, c, h, w = x.shape
+    c_out = f_id.shape[0]
+    k3 = 3 * c
+    y = cm.empty_like_layout(x, c_out)
+    dtype = _torch_compute(x)
+    # F as one K-contiguous (C_out, 3C) matrix in the compute dtype (a copy of the
+    # parameters only): the GEMM's loads of it then vectorise like A's.
+    f = torch.cat([f_id, f_row, f_col], dim=1).to(dtype).contiguous()
+    concat = _Concat(x, row_weight, row_bias, col_weight, col_bias, scale, shift)
+    bc = _chunk(b, h * w * k3 * torch.finfo(dtype).bits // 8)
+    a = torch.empty((bc * h * w, k3), dtype=dtype, device=x.device)
+    compute, prec = cm.compute_dtype(x.dtype), cm.precision()
+    key = ("fuse_gemm_kernel", c, c_out, h, w, x.dtype, prec)
+    configs = gemm_configs(c_out, dtype == torch.float32)
+    state = {"b0": 0, "nb": min(bc, b)}
+
+    def run(cfg: _tuning.Config) -> None:
+        k = cfg.constexprs()
+        n_n = triton.cdiv(c_out, k["BLOCK_N"])
+        m = state["nb"] * h * w
+        fuse_gemm_kernel[(triton.cdiv(m, k["BLOCK_M"]) * n_n,)](
+            a, f, y[state["b0"]:], *cm.strides4(y),
+            m, k3, c_out, h * w, w, n_n,
+            COMPUTE=compute, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **k,
+        )  # fmt: skip
+
+    for b0 in range(0, b, bc):
+        state.update(b0=b0, nb=min(bc, b - b0))
+        concat(b0, state["nb"], a)
+        # Tuned on the first chunk, then a cache hit.
+        run(_tuning.pick(key, configs, x.device, run))
+    return y
+
+
+def wgrad_fuse(g: Tensor, x: Tensor, row_weight: Tensor, row_bias: Tensor | None,
+               col_weight: Tensor, col_bias: Tensor | None, *, deterministic: bool,
+               scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:  # fmt: skip
+    """d fuse_weight (C_out, 3C) in float32, given g (B, C_out, H, W) and x (B, C, H, W)
+    (through the prologue when scale and shift are given)."""
+    b, c, h, w = x.shape
+    c_out = g.shape[1]
+    k3 = 3 * c
+    dtype = _torch_compute(x)
+    concat = _Concat(x, row_weight, row_bias, col_weight, col_bias, scale, shift)
+    bc = _chunk(b, h * w * (k3 + c_out) * torch.finfo(dtype).bits // 8)
+    a = torch.empty((bc * h * w, k3), dtype=dtype, device=x.device)
+    gp = torch.empty((bc * h * w, c_out), dtype=dtype, device=x.device)
+    # One configuration, never tuned: the summation order must not depend on timings, and
+    # the atomics' buffer accumulates over the chunks.
+    cfg = wgrad_configs(c_out, k3, dtype == torch.float32)[0]
+    k = cfg.constexprs()
+    n_o, n_n = triton.cdiv(c_out, k["BLOCK_O"]), triton.cdiv(k3, k["BLOCK_N"])
+    n_splits = cm.splits(triton.cdiv(bc * h * w, k["BLOCK_P"]), n_o * n_n, x.device)
+    if deterministic:
+        buf = torch.empty((n_splits, c_out, k3), dtype=torch.float32, device=x.device)
+    else:
+        buf = torch.zeros((c_out, k3), dtype=torch.float32, device=x.device)
+    pm_cfg = _tuning.config(4, 1, BLOCK_C=32, BLOCK_P=64)
+    n_pc = triton.cdiv(c_out, 32)
+    for i, b0 in enumerate(range(0, b, bc)):
+        nb = min(bc, b - b0)
+        concat(b0, nb, a)
+
+        def transpose(cfg: _tuning.Config, b0=b0, nb=nb) -> None:
+            pixel_major_kernel[(nb * n_pc, triton.cdiv(h * w, 64))](
+                g[b0:], *cm.strides4(g), gp, c_out, h, w, n_pc,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs(),
+            )  # fmt: skip
+
+        def run(cfg: _tuning.Config, nb=nb, accumulate=i > 0) -> None:
+            fuse_wgrad_kernel[(n_o, n_n, n_splits)](
+                gp, a, buf, nb * h * w, k3, c_out, n_splits,
+                DETERMINISTIC=deterministic, ACCUMULATE=accumulate,
+                COMPUTE=cm.compute_dtype(x.dtype), PREC=cm.precision(),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs(),
+            )  # fmt: skip
+
+        transpose(_tuning.pick(("pixel_major_kernel",), [pm_cfg], x.device, transpose))
+        run(_tuning.pick(("fuse_wgrad_kernel",), [cfg], x.device, run, tune=False))
+    return cm.finish_sum(buf, deterministic)
