@@ -86,21 +86,18 @@ class TritonBackend(Backend):
         return mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                    scale=scale, shift=shift)  # fmt: skip
 
-    def _wgrad_fuse(self, g, x, row_weight, row_bias, col_weight, col_bias, deterministic):
-        from .gemm import wgrad_fuse
-
-        return wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
-                          deterministic=deterministic)  # fmt: skip
-
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip
         from .axis import axis_wgrad
+        from .gemm import mix_wgrad
 
-        d_fuse = self._wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
-                                  deterministic)  # fmt: skip
-        # Row and column weights: z = F_row^T g (along W) and F_col^T g (along H).
-        d_rw, d_rb = axis_wgrad(g, x, 3, f_row, deterministic=deterministic)
-        d_cw, d_cb = axis_wgrad(g, x, 2, f_col, deterministic=deterministic)
+        d_fuse, z = mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_row, f_col,
+                              deterministic=deterministic)  # fmt: skip
+        # Row and column weights: reductions of z_row = F_row^T g along W, z_col = F_col^T g
+        # along H, against x.
+        c = x.shape[1]
+        d_rw, d_rb = axis_wgrad(z[:, :c], x, 3, None, deterministic=deterministic)
+        d_cw, d_cb = axis_wgrad(z[:, c:], x, 2, None, deterministic=deterministic)
         return d_fuse, d_rw, d_rb, d_cw, d_cb
 
     def axis_mix(self, x, weight, bias, axis):
@@ -133,8 +130,14 @@ class TritonV0Backend(TritonBackend):
         return Backend.mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight,
                                    col_bias, f_id, f_row, f_col)  # fmt: skip
 
-    def _wgrad_fuse(self, g, x, row_weight, row_bias, col_weight, col_bias, deterministic):
+    def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                  deterministic):  # fmt: skip
+        from .axis import axis_wgrad
         from .wgrad_fuse import wgrad_fuse
 
-        return wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
-                          deterministic=deterministic)  # fmt: skip
+        d_fuse = wgrad_fuse(g, x, row_weight, row_bias, col_weight, col_bias,
+                            deterministic=deterministic)  # fmt: skip
+        # Row and column weights: z = F_row^T g (along W) and F_col^T g (along H), on the fly.
+        d_rw, d_rb = axis_wgrad(g, x, 3, f_row, deterministic=deterministic)
+        d_cw, d_cb = axis_wgrad(g, x, 2, f_col, deterministic=deterministic)
+        return d_fuse, d_rw, d_rb, d_cw, d_cb

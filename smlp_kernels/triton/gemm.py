@@ -102,17 +102,17 @@ def concat_kernel(
         rb = tl.zeros((BLOCK_W,), dtype=tl.float32)
         if HAS_RB:
             rb = tl.load(rb_ptr + ow.to(tl.int64) * srb, mask=ow_ok, other=0.0).to(tl.float32)
-        ok = ow_ok[:, None] & c_ok[None, :]
+        row_ok = ow_ok[:, None] & c_ok[None, :]
         for h in range(group * LINES, tl.minimum(group * LINES + LINES, H)):
-            xt = tl.load(x_c + h * sxh + ow.to(tl.int64)[:, None] * sxw, mask=ok, other=0.0)
+            xt = tl.load(x_c + h * sxh + ow.to(tl.int64)[:, None] * sxw, mask=row_ok, other=0.0)
             if PROLOGUE:
-                xt = bn_gelu(xt, scale[None, :], shift[None, :], ok)
+                xt = bn_gelu(xt, scale[None, :], shift[None, :], row_ok)
             xt = xt.to(COMPUTE)
             r = mm(rw, xt, tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32), COMPUTE, PREC)
             r += rb[:, None]
             a_row = a_c + (h * W + ow).to(tl.int64)[:, None] * k3
-            tl.store(a_row, xt.to(a_ptr.dtype.element_ty), mask=ok)
-            tl.store(a_row + C, r.to(a_ptr.dtype.element_ty), mask=ok)
+            tl.store(a_row, xt.to(a_ptr.dtype.element_ty), mask=row_ok)
+            tl.store(a_row + C, r.to(a_ptr.dtype.element_ty), mask=row_ok)
     else:
         oh = tl.arange(0, BLOCK_H)
         oh_ok = oh < H
@@ -124,17 +124,17 @@ def concat_kernel(
         cb = tl.zeros((BLOCK_H,), dtype=tl.float32)
         if HAS_CB:
             cb = tl.load(cb_ptr + oh.to(tl.int64) * scb, mask=oh_ok, other=0.0).to(tl.float32)
-        ok = oh_ok[:, None] & c_ok[None, :]
+        col_ok = oh_ok[:, None] & c_ok[None, :]
         w0 = (group - n_lh) * LINES
         for w in range(w0, tl.minimum(w0 + LINES, W)):
-            xu = tl.load(x_c + w * sxw + oh.to(tl.int64)[:, None] * sxh, mask=ok, other=0.0)
+            xu = tl.load(x_c + w * sxw + oh.to(tl.int64)[:, None] * sxh, mask=col_ok, other=0.0)
             if PROLOGUE:
-                xu = bn_gelu(xu, scale[None, :], shift[None, :], ok)
+                xu = bn_gelu(xu, scale[None, :], shift[None, :], col_ok)
             k = mm(cw, xu.to(COMPUTE), tl.zeros((BLOCK_H, BLOCK_C), dtype=tl.float32),
                    COMPUTE, PREC)  # fmt: skip
             k += cb[:, None]
             a_col = a_c + (oh * W + w).to(tl.int64)[:, None] * k3 + 2 * C
-            tl.store(a_col, k.to(a_ptr.dtype.element_ty), mask=ok)
+            tl.store(a_col, k.to(a_ptr.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
@@ -259,12 +259,13 @@ def fuse_wgrad_kernel(
 # --------------------------------------------------------------------------------------------
 
 
-def concat_config(c: int, h: int, w: int) -> _tuning.Config:
+def concat_config(c: int, h: int, w: int, fp32: bool) -> _tuning.Config:
     """The pre-pass's tiles: whole rows and columns (at least 16 long, tl.dot's minimum),
     BLOCK_C channels (32 when there are that many, so each pixel's stores are 64 bytes),
-    8 lines per program."""
-    bc = 32 if c >= 32 else 16
+    8 lines per program. float32 with 64-long lines takes 16 channels: 32 spilled (688
+    bytes on sm_80, Triton 3.6)."""
     bh, bw = max(16, _tuning.np2(h)), max(16, _tuning.np2(w))
+    bc = 32 if c >= 32 and not (fp32 and max(bh, bw) >= 64) else 16
     warps = 8 if max(bh, bw) >= 128 else 4
     return _tuning.config(warps, 1, LINES=8, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw)
 
@@ -279,15 +280,18 @@ def gemm_configs(c_out: int, fp32: bool) -> list[_tuning.Config]:
     stages = 2 if fp32 else 3
     out = [_tuning.config(8, stages, BLOCK_M=128, BLOCK_N=bn, BLOCK_K=bk)]
     if bn > 64:
-        out.append(_tuning.config(4, stages + 1, BLOCK_M=128, BLOCK_N=64, BLOCK_K=bk))
+        # float32 on 4 warps spilled 8 bytes on sm_90 (Triton 3.6).
+        out.append(_tuning.config(8 if fp32 else 4, stages + 1, BLOCK_M=128, BLOCK_N=64,
+                                  BLOCK_K=bk))  # fmt: skip
     return _tuning.dedup(out)
 
 
 def wgrad_configs(c_out: int, k3: int, fp32: bool) -> list[_tuning.Config]:
     """Tiles of fuse_wgrad_kernel: 128 (or fewer) output channels on M, 128 of the 3C
-    inputs on N, 64 pixels of reduction per step."""
+    inputs on N (64 in float32: 128 spilled 72 bytes on sm_80 and sm_90, Triton 3.6), 64
+    pixels of reduction per step (32 in float32)."""
     bo = min(128, max(64, _tuning.np2(c_out)))
-    bn = min(128, max(16, _tuning.np2(k3)))
+    bn = min(64 if fp32 else 128, max(16, _tuning.np2(k3)))
     bp = 32 if fp32 else 64
     stages = 2 if fp32 else 3
     return [_tuning.config(8, stages, BLOCK_O=bo, BLOCK_N=bn, BLOCK_P=bp)]
@@ -313,7 +317,7 @@ class _Concat:
     def __init__(self, x, row_weight, row_bias, col_weight, col_bias, scale, shift):
         _, self.c, self.h, self.w = x.shape
         self.x = x
-        self.cfg = concat_config(self.c, self.h, self.w)
+        self.cfg = concat_config(self.c, self.h, self.w, _torch_compute(x) == torch.float32)
         k = self.cfg.constexprs()
         self.n_c = triton.cdiv(self.c, k["BLOCK_C"])
         self.n_lh = triton.cdiv(self.h, k["LINES"])
@@ -344,15 +348,37 @@ class _Concat:
         run(_tuning.pick(("concat_kernel",), [self.cfg], x.device, run))
 
 
+def _gemm(a: Tensor, f: Tensor, y: Tensor, b0: int, nb: int, key: tuple) -> None:
+    """y[b0 : b0 + nb] = A F^T, pixel by pixel: a (nb * H * W, K) and f (N, K) row-major in
+    the compute dtype, y (B, N, H, W) with any strides. Tuned once per key, then cached."""
+    _, n, h, w = y.shape
+    k_len = a.shape[1]
+    compute, prec = cm.compute_dtype(y.dtype), cm.precision()
+    m = nb * h * w
+
+    def run(cfg: _tuning.Config) -> None:
+        k = cfg.constexprs()
+        n_n = triton.cdiv(n, k["BLOCK_N"])
+        fuse_gemm_kernel[(triton.cdiv(m, k["BLOCK_M"]) * n_n,)](
+            a, f, y[b0:], *cm.strides4(y),
+            m, k_len, n, h * w, w, n_n,
+            COMPUTE=compute, PREC=prec,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **k,
+        )  # fmt: skip
+
+    configs = gemm_configs(n, a.dtype == torch.float32)
+    run(_tuning.pick(("fuse_gemm_kernel", *key, n, k_len, h, w, y.dtype, prec), configs,
+                     y.device, run))  # fmt: skip
+
+
 def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tensor,
         col_bias: Tensor | None, f_id: Tensor, f_row: Tensor, f_col: Tensor,
         scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:  # fmt: skip
     """y = F_id x' + F_row R(x') + F_col K(x') with R and K's biases, x' = x, or
     gelu(x * scale + shift) when scale and shift (C,) are given; any strides everywhere."""
     b, c, h, w = x.shape
-    c_out = f_id.shape[0]
     k3 = 3 * c
-    y = cm.empty_like_layout(x, c_out)
+    y = cm.empty_like_layout(x, f_id.shape[0])
     dtype = _torch_compute(x)
     # F as one K-contiguous (C_out, 3C) matrix in the compute dtype (a copy of the
     # parameters only): the GEMM's loads of it then vectorise like A's.
@@ -360,43 +386,34 @@ def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tens
     concat = _Concat(x, row_weight, row_bias, col_weight, col_bias, scale, shift)
     bc = _chunk(b, h * w * k3 * torch.finfo(dtype).bits // 8)
     a = torch.empty((bc * h * w, k3), dtype=dtype, device=x.device)
-    compute, prec = cm.compute_dtype(x.dtype), cm.precision()
-    key = ("fuse_gemm_kernel", c, c_out, h, w, x.dtype, prec)
-    configs = gemm_configs(c_out, dtype == torch.float32)
-    state = {"b0": 0, "nb": min(bc, b)}
-
-    def run(cfg: _tuning.Config) -> None:
-        k = cfg.constexprs()
-        n_n = triton.cdiv(c_out, k["BLOCK_N"])
-        m = state["nb"] * h * w
-        fuse_gemm_kernel[(triton.cdiv(m, k["BLOCK_M"]) * n_n,)](
-            a, f, y[state["b0"]:], *cm.strides4(y),
-            m, k3, c_out, h * w, w, n_n,
-            COMPUTE=compute, PREC=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **k,
-        )  # fmt: skip
-
     for b0 in range(0, b, bc):
-        state.update(b0=b0, nb=min(bc, b - b0))
-        concat(b0, state["nb"], a)
-        # Tuned on the first chunk, then a cache hit.
-        run(_tuning.pick(key, configs, x.device, run))
+        nb = min(bc, b - b0)
+        concat(b0, nb, a)
+        _gemm(a, f, y, b0, nb, ("y", c))
     return y
 
 
-def wgrad_fuse(g: Tensor, x: Tensor, row_weight: Tensor, row_bias: Tensor | None,
-               col_weight: Tensor, col_bias: Tensor | None, *, deterministic: bool,
-               scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:  # fmt: skip
-    """d fuse_weight (C_out, 3C) in float32, given g (B, C_out, H, W) and x (B, C, H, W)
-    (through the prologue when scale and shift are given)."""
+def mix_wgrad(g: Tensor, x: Tensor, row_weight: Tensor, row_bias: Tensor | None,
+              col_weight: Tensor, col_bias: Tensor | None, f_row: Tensor, f_col: Tensor, *,
+              deterministic: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(d fuse_weight (C_out, 3C) in float32, Z (B, 2C, H, W) in x's dtype) given g
+    (B, C_out, H, W) and x (B, C, H, W): Z = [F_row^T g | F_col^T g], from which the row
+    and column weight gradients are reductions along W and H.
+
+    Per batch chunk: the pre-pass writes A, g is re-laid pixel-major (G), then two GEMMs
+    read G: dF += G^T A (split over pixels) and Z = G [F_row | F_col] (the fuse GEMM with
+    K = C_out).
+    """
     b, c, h, w = x.shape
     c_out = g.shape[1]
     k3 = 3 * c
     dtype = _torch_compute(x)
-    concat = _Concat(x, row_weight, row_bias, col_weight, col_bias, scale, shift)
+    concat = _Concat(x, row_weight, row_bias, col_weight, col_bias, None, None)
     bc = _chunk(b, h * w * (k3 + c_out) * torch.finfo(dtype).bits // 8)
     a = torch.empty((bc * h * w, k3), dtype=dtype, device=x.device)
     gp = torch.empty((bc * h * w, c_out), dtype=dtype, device=x.device)
+    fz = torch.cat([f_row.t(), f_col.t()], dim=0).to(dtype).contiguous()  # (2C, C_out)
+    z = torch.empty((b, 2 * c, h, w), dtype=x.dtype, device=x.device)
     # One configuration, never tuned: the summation order must not depend on timings, and
     # the atomics' buffer accumulates over the chunks.
     cfg = wgrad_configs(c_out, k3, dtype == torch.float32)[0]
@@ -429,4 +446,5 @@ def wgrad_fuse(g: Tensor, x: Tensor, row_weight: Tensor, row_bias: Tensor | None
 
         transpose(_tuning.pick(("pixel_major_kernel",), [pm_cfg], x.device, transpose))
         run(_tuning.pick(("fuse_wgrad_kernel",), [cfg], x.device, run, tune=False))
-    return cm.finish_sum(buf, deterministic)
+        _gemm(gp, fz, z, b0, nb, ("z",))
+    return cm.finish_sum(buf, deterministic), z
