@@ -12,8 +12,13 @@ compilation FAILS here when
 * its shared memory exceeds the per-block opt-in limit (A100: 166912 bytes, H100:
   232448 bytes), which is what makes Triton raise OutOfResources at the first launch;
 * ptxas reports spill stores or spill loads (any byte);
-* a 16-bit compile holds no matrix-unit instruction (every kernel is built on tl.dot, so
-  its 16-bit PTX must use wgmma or mma.sync, never the FMA path).
+* a 16-bit compile holds no matrix-unit instruction (every kernel but the re-layout copy
+  ``pixel_major_kernel`` is built on tl.dot, so its 16-bit PTX must use wgmma or
+  mma.sync, never the FMA path).
+
+Version 1's GEMMs (``test_v1_pipelined_wgmma_on_hopper``) must also, in their default
+config at the 8 sMLPNet stage shapes in bf16, keep wgmma in flight on sm_90
+(``wgmma.wait_group`` >= 1, fed by cp.async) and use mma.sync on sm_80.
 
 Shapes (C, C_out, H, W): the four sMLPNet-T stages T1-T4 with C_out = C, 96x56x28 for
 H != W, and 16x128x128 for the largest tile. The full matrix (every launch: HAS_* /
@@ -79,18 +84,20 @@ SHAPES = {
     "16x128x128": (16, 16, 128, 128),
 }
 ARCH_IDS = {80: "sm80", 90: "sm90"}
+COPY_KERNELS = ("pixel_major_kernel",)  # re-layout copies: no product, no matrix unit
 FULL_ENV = "SMLP_AOT_FULL"
 CHILD_TIMEOUT_S = {False: 1800, True: 6 * 3600}  # a hang guard, by full
 
 
-def _run_child(out_dir: Path, *options: str) -> dict:
-    """Run scripts/triton_aot.py on SHAPES with the interpreter off; its records."""
+def _run_child(out_dir: Path, *options: str, shapes: tuple[str, ...] = tuple(SHAPES)) -> dict:
+    """Run scripts/triton_aot.py on shapes (default SHAPES) with the interpreter off; its
+    records."""
     out = out_dir / "aot.json"
     package_root = str(Path(importlib.util.find_spec("smlp_kernels").origin).parents[1])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(out_dir / "triton-cache")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, str(SCRIPT), "--shapes", ",".join(SHAPES), "--json", str(out), *options]
+    cmd = [sys.executable, str(SCRIPT), "--shapes", ",".join(shapes), "--json", str(out), *options]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
@@ -115,7 +122,11 @@ def _failures(row: dict) -> list[str]:
         why.append(f"shared {row['smem']} B > {limit} B")
     if row["spill_bytes"] > 0:
         why.append(f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads")
-    if row["dtype"] != "fp32" and row["wgmma"] + row["mma_sync"] == 0:
+    if (
+        row["dtype"] != "fp32"
+        and row["kernel"] not in COPY_KERNELS
+        and row["wgmma"] + row["mma_sync"] == 0
+    ):
         why.append("no wgmma or mma.sync in a 16-bit compile")
     return why
 
@@ -205,9 +216,20 @@ def _family_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list]:
     """What the family modules' config lists offer each kernel for one shape: the mix runs
     forward and (channels swapped) for the input gradient; the weight gradient along W and
     along H, with and without F; the axis mix along W and along H."""
-    from smlp_kernels.triton import axis, mix, wgrad_fuse
+    from smlp_kernels.triton import axis, gemm, mix, wgrad_fuse
 
     lists = {
+        "concat_kernel": [
+            gemm.concat_config(ch, h, w, fp32) for ch in (c, c_out) for fp32 in (False, True)
+        ],
+        # y = A F^T forward (N = C_out) and for the input gradient (N = C); Z (N = 2C).
+        "fuse_gemm_kernel": [
+            cfg
+            for n in (c_out, c, 2 * c)
+            for fp32 in (False, True)
+            for cfg in gemm.gemm_configs(n, fp32)
+        ],
+        "fuse_wgrad_kernel": [gemm.wgrad_configs(c_out, 3 * c, fp32)[0] for fp32 in (False, True)],
         "mix_fwd_kernel": mix.configs(c, c_out, h, w) + mix.configs(c_out, c, h, w),
         "mix_wgrad_fuse_kernel": wgrad_fuse.configs(c, c_out, h, w),
         "axis_wgrad_kernel": [
@@ -234,7 +256,11 @@ def test_ci_subset_covers_every_config(recorded):
                     assert (kernel, str(cfg), arch) in launched, (shape, kernel, cfg, arch)
                     assert (kernel, str(cfg), arch) in compiled, (shape, kernel, cfg, arch)
     assert len({(j.kernel, j.config, j.arch, j.dtype) for j in ci}) == len(ci) == len(set(ci))
-    assert {j.dtype for j in ci if j.arch == 90} <= {"fp16", "bf16"}
+    # fp32 on sm_90 only for a config no 16-bit launch uses.
+    half_configs = {(j.kernel, j.config) for j in recorded if j.dtype != "fp32"}
+    for j in ci:
+        if j.arch == 90 and j.dtype == "fp32":
+            assert (j.kernel, j.config) not in half_configs, j
 
 
 @pytest.mark.parametrize(
@@ -250,11 +276,16 @@ def test_configs_are_legal_tiles(shape):
             k = cfg.constexprs()
             for key, value in k.items():
                 assert value >= 1 and value & (value - 1) == 0, (name, key, value)
-            if "BLOCK_H" in k:
+            if "BLOCK_U" in k:
                 assert k["BLOCK_H"] * k["BLOCK_W"] >= 16, (name, cfg)
                 assert k["BLOCK_C"] >= 16 and k["BLOCK_U"] >= 16 and k["BLOCK_V"] >= 16
             if name == "axis_wgrad_kernel":
                 assert k["BLOCK_C"] * k["BLOCK_S"] >= 16 and k["BLOCK_L"] >= 16
+            if name == "concat_kernel":
+                assert min(k["BLOCK_C"], k["BLOCK_H"], k["BLOCK_W"]) >= 16, (name, cfg)
+                assert k["BLOCK_H"] >= shape[2] and k["BLOCK_W"] >= shape[3], (name, cfg)
+            if name in ("fuse_gemm_kernel", "fuse_wgrad_kernel"):
+                assert min(k.values()) >= 16, (name, cfg)
 
 
 def test_recording_covers_every_launch(recorded):
@@ -280,12 +311,31 @@ def test_recording_covers_every_launch(recorded):
                                              for d in two for f in two
                                              for p in (two if f else (True,))}  # fmt: skip
     assert variants("axis_mix_kernel") == {(flags(HAS_BIAS=b), p) for b in two for p in two}
+    # Version 1: the pre-pass with and without biases and prologue; the weight-gradient GEMM
+    # storing or adding (later chunks) its slots, or with atomics; neither depends on the
+    # parameters' dtype (A is the pre-pass's, in the compute dtype).
+    assert variants("concat_kernel") == {(flags(HAS_RB=r, HAS_CB=c, PROLOGUE=q), p)
+                                         for r in two for c in two for q in two
+                                         for p in two}  # fmt: skip
+    assert variants("fuse_wgrad_kernel") == {(flags(ACCUMULATE=a, DETERMINISTIC=d), True)
+                                             for a in two for d in two}  # fmt: skip
+    assert variants("fuse_gemm_kernel") == {("", True)}
     # The input gradient: the mix kernel on transposed weights (stride 1 along the rows).
-    transposed = [j for j in recorded if j.launch == "mix input-grad"]
+    transposed = [
+        j for j in recorded if j.launch == "mix input-grad" and j.kernel == "mix_fwd_kernel"
+    ]
     for name in ("sfo", "srw0", "scw0"):
+        assert transposed and all((name, 1) in j.constexprs for j in transposed), name
+    transposed = [
+        j for j in recorded if j.launch == "mix input-grad" and j.kernel == "concat_kernel"
+    ]
+    for name in ("srw0", "scw0"):
         assert transposed and all((name, 1) in j.constexprs for j in transposed), name
     for kernel in aot.ROLES:
         assert any(j.default for j in recorded if j.kernel == kernel), kernel
+    # Kernels with a choice of configs: the alternatives are launched too.
+    for kernel in ("mix_fwd_kernel", "mix_wgrad_fuse_kernel", "axis_wgrad_kernel",
+                   "axis_mix_kernel", "fuse_gemm_kernel"):  # fmt: skip
         assert any(not j.default for j in recorded if j.kernel == kernel), kernel
 
 
@@ -328,3 +378,35 @@ def test_aot_compile(request, ci_report, kernel, arch):
 def test_full_matrix(request, tmp_path):
     report = _run_child(tmp_path, "--variants", "all", "--params", "both")
     _check(request, report, report["records"], "full-matrix")
+
+
+STAGES = ("T1", "T2", "T3", "T4", "B1", "B2", "B3", "B4")
+
+
+@pytest.fixture(scope="module")
+def v1_report(tmp_path_factory) -> dict:
+    """Version 1's default configs at the 8 sMLPNet stage shapes, bf16, sm_80 and sm_90."""
+    out = tmp_path_factory.mktemp("aot-v1")
+    return _run_child(out, "--backend", "triton", "--dtype", "bf16", "--default-only",
+                      shapes=STAGES)  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ["fwd", "wgrad_fuse"])
+def test_v1_pipelined_wgmma_on_hopper(request, v1_report, role):
+    """Version 1's GEMMs, default config, every stage shape, bf16: on sm_90 wgmma kept in
+    flight (``wgmma.wait_group`` >= 1: the next loads and products overlap the previous
+    ones) with cp.async copies; on both archs no spills and shared memory within the
+    limit."""
+    rows = [r for r in v1_report["records"] if r["role"] == role and r["default"]
+            and r["kernel"] in ("fuse_gemm_kernel", "fuse_wgrad_kernel")]  # fmt: skip
+    _check(request, v1_report, rows, f"version 1 {role}")
+    for arch in aot.ARCHS:
+        assert {r["shape"] for r in rows if r["arch"] == arch} == set(STAGES), arch
+    for r in rows:
+        where = f"{r['kernel']} {r['shape']} sm_{r['arch']} {r['config']}"
+        if r["arch"] == 90:
+            assert r["wgmma"] > 0, f"{where}: no wgmma"
+            assert r["wait_group_max"] >= 1, f"{where}: every wgmma waited at once"
+            assert r["cp_async"] > 0, f"{where}: no cp.async copies"
+        else:
+            assert r["mma_sync"] > 0, f"{where}: no mma.sync"
