@@ -58,6 +58,7 @@ ROLES = {
     "fuse_wgrad_kernel": "wgrad_fuse",
     "concat_kernel": "prepass",
     "pixel_major_kernel": "prepass",
+    "line_wgrad_kernel": "wgrad_axis",
     "mix_fwd_kernel": "fwd",
     "mix_wgrad_fuse_kernel": "wgrad_fuse",
     "axis_wgrad_kernel": "wgrad_axis",

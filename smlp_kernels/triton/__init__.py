@@ -88,17 +88,10 @@ class TritonBackend(Backend):
 
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip
-        from .axis import axis_wgrad
         from .gemm import mix_wgrad
 
-        d_fuse, z = mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_row, f_col,
-                              deterministic=deterministic)  # fmt: skip
-        # Row and column weights: reductions of z_row = F_row^T g along W, z_col = F_col^T g
-        # along H, against x.
-        c = x.shape[1]
-        d_rw, d_rb = axis_wgrad(z[:, :c], x, 3, None, deterministic=deterministic)
-        d_cw, d_cb = axis_wgrad(z[:, c:], x, 2, None, deterministic=deterministic)
-        return d_fuse, d_rw, d_rb, d_cw, d_cb
+        return mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_row, f_col,
+                         deterministic=deterministic)  # fmt: skip
 
     def axis_mix(self, x, weight, bias, axis):
         from .axis import axis_mix

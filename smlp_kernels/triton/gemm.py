@@ -254,6 +254,59 @@ def fuse_wgrad_kernel(
         tl.atomic_add(out_ptr + off, acc, mask=mask)
 
 
+@triton.jit
+def line_wgrad_kernel(
+    z_ptr,  # float32 (M, 2C) row-major: [F_row^T g | F_col^T g] per pixel
+    a_ptr,  # (M, 3C) row-major: x is its first C columns
+    dw_ptr,  # float32 (SPLITS, L, L) when DETERMINISTIC, else (L, L)
+    db_ptr,  # float32 (SPLITS, L) when DETERMINISTIC, else (L,)
+    C, HW, S, L, s_stride, l_stride, z_off, n_items, n_cc, SPLITS,
+    DETERMINISTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    COMPUTE: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """dW[l, l'] += sum_{b, c, s} z[b, c, s, l] x[b, c, s, l'] and db[l] += sum z[b, c, s, l]
+    along one axis of the chunk: L = W (rows: s = h, z = F_row^T g) or L = H (columns:
+    s = w, z = F_col^T g). Pixel (b, s, l) is row b * HW + s * s_stride + l * l_stride of Z
+    and A; z_off selects Z's half.
+
+    Grid (SPLITS,): split s reduces the (line, channel chunk) items s, s + SPLITS, ... of
+    the flattened list (one loop); each item is one line's (L, BLOCK_C) tiles of Z and x and
+    one (L, L) product. Slots and atomics as in fuse_wgrad_kernel.
+    """
+    split = tl.program_id(0)
+    offs_l = tl.arange(0, BLOCK_L)
+    l_ok = offs_l < L
+    k3 = 3 * C
+    k2 = 2 * C
+    acc = tl.zeros((BLOCK_L, BLOCK_L), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    for t in range(split, n_items * n_cc, SPLITS):
+        item = t // n_cc
+        offs_c = (t % n_cc) * BLOCK_C + tl.arange(0, BLOCK_C)
+        pix = (item // S) * HW + (item % S) * s_stride + offs_l * l_stride
+        ok = l_ok[:, None] & (offs_c < C)[None, :]
+        zt = tl.load(z_ptr + pix.to(tl.int64)[:, None] * k2 + z_off + offs_c[None, :], mask=ok,
+                     other=0.0)  # fmt: skip
+        xt = tl.load(a_ptr + pix.to(tl.int64)[:, None] * k3 + offs_c[None, :], mask=ok, other=0.0)
+        acc = mm(zt.to(COMPUTE), tl.trans(xt.to(COMPUTE)), acc, COMPUTE, PREC)
+        acc_b += tl.sum(zt, axis=1)
+
+    w_off = offs_l.to(tl.int64)[:, None] * L + offs_l[None, :]
+    w_mask = l_ok[:, None] & l_ok[None, :]
+    if DETERMINISTIC:
+        dw_slot = dw_ptr + split.to(tl.int64) * L * L + w_off
+        db_slot = db_ptr + split.to(tl.int64) * L + offs_l
+        if ACCUMULATE:
+            acc += tl.load(dw_slot, mask=w_mask, other=0.0)
+            acc_b += tl.load(db_slot, mask=l_ok, other=0.0)
+        tl.store(dw_slot, acc, mask=w_mask)
+        tl.store(db_slot, acc_b, mask=l_ok)
+    else:
+        tl.atomic_add(dw_ptr + w_off, acc, mask=w_mask)
+        tl.atomic_add(db_ptr + offs_l, acc_b, mask=l_ok)
+
+
 # --------------------------------------------------------------------------------------------
 # Tiles
 # --------------------------------------------------------------------------------------------
@@ -295,6 +348,14 @@ def wgrad_configs(c_out: int, k3: int, fp32: bool) -> list[_tuning.Config]:
     bp = 32 if fp32 else 64
     stages = 2 if fp32 else 3
     return [_tuning.config(8, stages, BLOCK_O=bo, BLOCK_N=bn, BLOCK_P=bp)]
+
+
+def line_wgrad_config(c: int, length: int, fp32: bool) -> _tuning.Config:
+    """Tiles of line_wgrad_kernel: one whole line (at least 16, tl.dot's minimum) and 32
+    channels (16 in float32 for lines of 64 and more) per product."""
+    bl = max(16, _tuning.np2(length))
+    bc = 16 if fp32 and bl >= 64 else 32
+    return _tuning.config(4, 2, BLOCK_C=bc, BLOCK_L=bl)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +414,7 @@ def _gemm(a: Tensor, f: Tensor, y: Tensor, b0: int, nb: int, key: tuple) -> None
     the compute dtype, y (B, N, H, W) with any strides. Tuned once per key, then cached."""
     _, n, h, w = y.shape
     k_len = a.shape[1]
-    compute, prec = cm.compute_dtype(y.dtype), cm.precision()
+    compute, prec = cm.compute_dtype(a.dtype), cm.precision()
     m = nb * h * w
 
     def run(cfg: _tuning.Config) -> None:
@@ -395,37 +456,54 @@ def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tens
 
 def mix_wgrad(g: Tensor, x: Tensor, row_weight: Tensor, row_bias: Tensor | None,
               col_weight: Tensor, col_bias: Tensor | None, f_row: Tensor, f_col: Tensor, *,
-              deterministic: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(d fuse_weight (C_out, 3C) in float32, Z (B, 2C, H, W) in x's dtype) given g
-    (B, C_out, H, W) and x (B, C, H, W): Z = [F_row^T g | F_col^T g], from which the row
-    and column weight gradients are reductions along W and H.
+              deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """The weight gradients of the mix, in float32: (d fuse_weight (C_out, 3C), d row_weight,
+    d row_bias, d col_weight, d col_bias), given g (B, C_out, H, W) and x (B, C, H, W).
 
     Per batch chunk: the pre-pass writes A, g is re-laid pixel-major (G), then two GEMMs
-    read G: dF += G^T A (split over pixels) and Z = G [F_row | F_col] (the fuse GEMM with
-    K = C_out).
+    read G: dF += G^T A (split over pixels) and Z = G [F_row | F_col] = [F_row^T g |
+    F_col^T g] (the fuse GEMM with K = C_out, in float32 so that the bias gradients sum
+    unrounded values); the row and column weight gradients are then reductions of Z's
+    halves against x along W and along H (the axis kernels, z = g). Every buffer is
+    the chunk's, so it can stay in L2; the chunks' sums are added in order.
     """
     b, c, h, w = x.shape
     c_out = g.shape[1]
     k3 = 3 * c
     dtype = _torch_compute(x)
+    dev = x.device
     concat = _Concat(x, row_weight, row_bias, col_weight, col_bias, None, None)
-    bc = _chunk(b, h * w * (k3 + c_out) * torch.finfo(dtype).bits // 8)
-    a = torch.empty((bc * h * w, k3), dtype=dtype, device=x.device)
-    gp = torch.empty((bc * h * w, c_out), dtype=dtype, device=x.device)
+    size = torch.finfo(dtype).bits // 8
+    bc = _chunk(b, h * w * ((k3 + c_out) * size + 2 * c * 4))
+    a = torch.empty((bc * h * w, k3), dtype=dtype, device=dev)
+    gp = torch.empty((bc * h * w, c_out), dtype=dtype, device=dev)
     fz = torch.cat([f_row.t(), f_col.t()], dim=0).to(dtype).contiguous()  # (2C, C_out)
-    z = torch.empty((b, 2 * c, h, w), dtype=x.dtype, device=x.device)
-    # One configuration, never tuned: the summation order must not depend on timings, and
-    # the atomics' buffer accumulates over the chunks.
+    # Z pixel-major: (bc, 2C, H, W) channels_last is (bc * H * W, 2C) row-major.
+    z = torch.empty((bc, 2 * c, h, w), dtype=torch.float32, device=dev,
+                    memory_format=torch.channels_last)  # fmt: skip
+    # One configuration per kernel, never tuned: the summation order must not depend on
+    # timings, and the reductions accumulate over the chunks.
     cfg = wgrad_configs(c_out, k3, dtype == torch.float32)[0]
     k = cfg.constexprs()
     n_o, n_n = triton.cdiv(c_out, k["BLOCK_O"]), triton.cdiv(k3, k["BLOCK_N"])
-    n_splits = cm.splits(triton.cdiv(bc * h * w, k["BLOCK_P"]), n_o * n_n, x.device)
-    if deterministic:
-        buf = torch.empty((n_splits, c_out, k3), dtype=torch.float32, device=x.device)
-    else:
-        buf = torch.zeros((c_out, k3), dtype=torch.float32, device=x.device)
+    n_splits = cm.splits(triton.cdiv(bc * h * w, k["BLOCK_P"]), n_o * n_n, dev)
     pm_cfg = _tuning.config(4, 1, BLOCK_C=32, BLOCK_P=64)
     n_pc = triton.cdiv(c_out, 32)
+    # The row (along W) and column (along H) reductions: (L, S, s_stride, l_stride, z_off).
+    axes = ((w, h, w, 1, 0), (h, w, 1, w, c))
+    ax_cfgs = [line_wgrad_config(c, length, dtype == torch.float32) for length in (w, h)]
+    ax_splits = [cm.splits(bc * s_len * triton.cdiv(c, cf.constexprs()["BLOCK_C"]), 1, dev)
+                 for (_, s_len, *_), cf in zip(axes, ax_cfgs, strict=True)]  # fmt: skip
+
+    def buffers(*shape: int, splits: int) -> Tensor:
+        if deterministic:
+            return torch.empty((splits, *shape), dtype=torch.float32, device=dev)
+        return torch.zeros(shape, dtype=torch.float32, device=dev)
+
+    buf = buffers(c_out, k3, splits=n_splits)
+    ax_bufs = [(buffers(n, n, splits=sp), buffers(n, splits=sp))
+               for n, sp in zip((w, h), ax_splits, strict=True)]  # fmt: skip
+    compute, prec = cm.compute_dtype(x.dtype), cm.precision()
     for i, b0 in enumerate(range(0, b, bc)):
         nb = min(bc, b - b0)
         concat(b0, nb, a)
@@ -440,11 +518,30 @@ def mix_wgrad(g: Tensor, x: Tensor, row_weight: Tensor, row_bias: Tensor | None,
             fuse_wgrad_kernel[(n_o, n_n, n_splits)](
                 gp, a, buf, nb * h * w, k3, c_out, n_splits,
                 DETERMINISTIC=deterministic, ACCUMULATE=accumulate,
-                COMPUTE=cm.compute_dtype(x.dtype), PREC=cm.precision(),
+                COMPUTE=compute, PREC=prec,
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs(),
             )  # fmt: skip
 
-        transpose(_tuning.pick(("pixel_major_kernel",), [pm_cfg], x.device, transpose))
-        run(_tuning.pick(("fuse_wgrad_kernel",), [cfg], x.device, run, tune=False))
-        _gemm(gp, fz, z, b0, nb, ("z",))
-    return cm.finish_sum(buf, deterministic), z
+        transpose(_tuning.pick(("pixel_major_kernel",), [pm_cfg], dev, transpose))
+        run(_tuning.pick(("fuse_wgrad_kernel",), [cfg], dev, run, tune=False))
+        _gemm(gp, fz, z, 0, nb, ("z",))
+        for (length, s_len, s_stride, l_stride, z_off), ax_cfg, sp, (dw, db) in zip(
+            axes, ax_cfgs, ax_splits, ax_bufs, strict=True
+        ):
+
+            def reduce(cfg: _tuning.Config, nb=nb, accumulate=i > 0, length=length,
+                       s_len=s_len, s_stride=s_stride, l_stride=l_stride, z_off=z_off,
+                       sp=sp, dw=dw, db=db) -> None:  # fmt: skip
+                n_cc = triton.cdiv(c, cfg.constexprs()["BLOCK_C"])
+                line_wgrad_kernel[(sp,)](
+                    z, a, dw, db, c, h * w, s_len, length, s_stride, l_stride, z_off,
+                    nb * s_len, n_cc, sp,
+                    DETERMINISTIC=deterministic, ACCUMULATE=accumulate,
+                    COMPUTE=compute, PREC=prec,
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs(),
+                )  # fmt: skip
+
+            reduce(_tuning.pick(("line_wgrad_kernel",), [ax_cfg], dev, reduce, tune=False))
+    (d_rw, d_rb), (d_cw, d_cb) = ((cm.finish_sum(t, deterministic) for t in pair)
+                                  for pair in ax_bufs)  # fmt: skip
+    return cm.finish_sum(buf, deterministic), d_rw, d_rb, d_cw, d_cb
