@@ -355,7 +355,9 @@ def line_wgrad_config(c: int, length: int, fp32: bool) -> _tuning.Config:
     channels (16 in float32 for lines of 64 and more) per product."""
     bl = max(16, _tuning.np2(length))
     bc = 16 if fp32 and bl >= 64 else 32
-    return _tuning.config(4, 2, BLOCK_C=bc, BLOCK_L=bl)
+    # 8 warps for 128-long lines: on 4, the 128 x 128 float32 accumulator spilled 300 to
+    # 680 bytes (Triton 3.6, sm_80 and sm_90).
+    return _tuning.config(8 if bl >= 128 else 4, 2, BLOCK_C=bc, BLOCK_L=bl)
 
 
 # --------------------------------------------------------------------------------------------
