@@ -21,8 +21,8 @@ writes a JSON list with one record per (kernel, shape, config): kernel, role (fw
 forward and input gradient; prepass: version 1's concat pre-pass; wgrad_fuse; wgrad_axis;
 axis_mix), shape, config, default
 (the config used without tuning), arch, dtype, param_dtype, flags, launches, wgmma,
-mma_sync, tma (cp.async.bulk.tensor copies), cp_async (cp.async copies), wait_group_max
-(the deepest wgmma.wait_group), regs, spill_bytes, smem, ok, error, seconds, triton.
+wgmma_shapes, mma_sync, tma (cp.async.bulk.tensor copies), cp_async (cp.async copies),
+wait_group_max (the deepest wgmma.wait_group), regs, spill_bytes, smem, ok, error, seconds, triton.
 By default each record compiles the heaviest launch of its (kernel, shape, config): every
 optional operand present (biases, F, partial-sum stores); ``--variants all`` records every
 distinct launch instead. Shapes are the sMLPNet stage labels of
@@ -357,18 +357,26 @@ def parse_ptxas(log: str) -> tuple[int, int, int, int]:
     return int(regs.group(1)), stores, loads, frame
 
 
-def ptx_counts(ptx: str) -> dict[str, int]:
+_WGMMA_SHAPE = re.compile(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)")
+
+
+def ptx_counts(ptx: str) -> dict[str, Any]:
     """Instructions of the PTX, each counted once per appearance in the code (not per
     execution): wgmma (``wgmma.mma_async``: Hopper's warpgroup matrix unit, the only one that
     reaches its peak), mma_sync (``mma.sync``: Ampere's, which sm_90 also runs; neither
     appears for IEEE fp32 dots, which take the FMA path), tma (``cp.async.bulk.tensor``
-    copies), cp_async (``cp.async`` copies to shared memory, not the bulk ones) and
-    wait_group_max (the deepest ``wgmma.wait_group`` argument, 0 if none)."""
-    out = {"wgmma": 0, "mma_sync": 0, "tma": 0, "cp_async": 0, "wait_group_max": 0}
+    copies), cp_async (``cp.async`` copies to shared memory, not the bulk ones),
+    wait_group_max (the deepest ``wgmma.wait_group`` argument, 0 if none) and wgmma_shapes
+    (the distinct wgmma instruction shapes, e.g. "m64n128k16", comma-separated)."""
+    out: dict[str, Any] = {"wgmma": 0, "mma_sync": 0, "tma": 0, "cp_async": 0,
+                           "wait_group_max": 0}  # fmt: skip
+    shapes: set[str] = set()
     for line in ptx.splitlines():
         op = line.lstrip()
         if op.startswith("wgmma.mma_async"):
             out["wgmma"] += 1
+            if shape := _WGMMA_SHAPE.match(op):
+                shapes.add(shape.group(1))
         elif op.startswith("mma.sync"):
             out["mma_sync"] += 1
         elif op.startswith("cp.async.bulk.tensor"):
@@ -377,6 +385,9 @@ def ptx_counts(ptx: str) -> dict[str, int]:
             out["cp_async"] += 1
         elif wait := _WAIT_GROUP.match(op):
             out["wait_group_max"] = max(out["wait_group_max"], int(wait.group(1)))
+    out["wgmma_shapes"] = ",".join(
+        sorted(shapes, key=lambda t: [int(n) for n in re.findall(r"\d+", t)])
+    )
     return out
 
 
@@ -449,7 +460,7 @@ def compile_jobs(jobs: list[Job], workers: int) -> list[dict]:
             "kernel": job.kernel, "role": ROLES.get(job.kernel, job.kernel), "shape": job.shape,
             "config": job.config, "default": job.default, "arch": job.arch, "dtype": job.dtype,
             "param_dtype": job.param_dtype, "flags": job.flags, "launch": job.launch,
-            "wgmma": None, "mma_sync": None, "tma": None, "cp_async": None,
+            "wgmma": None, "wgmma_shapes": None, "mma_sync": None, "tma": None, "cp_async": None,
             "wait_group_max": None, "regs": None, "spill_bytes": None, "smem": None,
             **measured[job], "triton": triton.__version__,
         })  # fmt: skip

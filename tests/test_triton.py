@@ -326,6 +326,7 @@ def _chunks(monkeypatch, images_per_chunk: int, per_image_bytes: int) -> None:
     from smlp_kernels.triton import gemm
 
     monkeypatch.setattr(gemm, "SCRATCH_BYTES", images_per_chunk * per_image_bytes)
+    monkeypatch.delenv(gemm.SCRATCH_ENV, raising=False)
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])
@@ -394,3 +395,22 @@ def test_v1_fused_prologue(b, c, c_out, h, w, dtype, chunked, monkeypatch):
     hit[:, 2] = True
     assert torch.isnan(y_nan[0][:, hit]).all()
     assert not torch.isnan(y_nan[0][:, ~hit]).any() and not torch.isnan(y_nan[1:]).any()
+
+
+def test_v1_scratch_budget_from_the_environment(monkeypatch):
+    """SMLP_TRITON_SCRATCH_MIB sets the scratch per batch chunk; anything but a positive
+    whole number is refused with the variable's name."""
+    from smlp_kernels.triton import gemm
+
+    monkeypatch.delenv(gemm.SCRATCH_ENV, raising=False)
+    assert gemm.scratch_bytes() == gemm.SCRATCH_BYTES
+    monkeypatch.setenv(gemm.SCRATCH_ENV, "3")
+    assert gemm.scratch_bytes() == 3 << 20
+    assert gemm._chunk(128, 1 << 20) == 3
+    for bad in ("0", "-2", "1.5", "lots"):
+        monkeypatch.setenv(gemm.SCRATCH_ENV, bad)
+        with pytest.raises(ValueError, match=gemm.SCRATCH_ENV):
+            gemm.scratch_bytes()
+    args = cast(make_args(2, 3, 4, 5, 6), torch.float32)
+    with pytest.raises(ValueError, match=gemm.SCRATCH_ENV):
+        smlp_kernels.smlp_mix(*args, backend="triton")

@@ -208,8 +208,13 @@ def test_ptx_counts():
     ])  # fmt: skip
     assert aot.ptx_counts(ptx) == {
         "wgmma": 1, "mma_sync": 2, "tma": 1, "cp_async": 2, "wait_group_max": 1,
+        "wgmma_shapes": "m64n64k16",
     }  # fmt: skip
-    assert set(aot.ptx_counts("").values()) == {0}
+    assert aot.ptx_counts("") == {"wgmma": 0, "mma_sync": 0, "tma": 0, "cp_async": 0,
+                                  "wait_group_max": 0, "wgmma_shapes": ""}  # fmt: skip
+    two = "\n".join(f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{%f1}};"
+                    for n in (256, 16, 128, 16))  # fmt: skip
+    assert aot.ptx_counts(two)["wgmma_shapes"] == "m64n16k16,m64n128k16,m64n256k16"
 
 
 def _family_configs(c: int, c_out: int, h: int, w: int) -> dict[str, list]:

@@ -19,11 +19,11 @@ inputs on K. Two kernels per batch chunk:
    ``wgmma.wait_group 1`` on sm_90, mma.sync on sm_80). r and k never take a separate loop
    or a per-segment branch.
 
-The batch is cut into chunks whose scratch fits ``SCRATCH_BYTES``, and one scratch buffer
-is reused by every chunk: written by the pre-pass and read right away by the GEMM, it can
-stay in the GPU's L2 cache (50 MB on an H100 / H200), so the global-memory traffic is about
-x read once and y written once. Whether it does is for a GPU to show (benchmarks/NOTES.md
-holds the predictions).
+The batch is cut into chunks whose scratch fits a budget (``SCRATCH_BYTES``, or the
+environment variable ``SMLP_TRITON_SCRATCH_MIB``), and one scratch buffer is reused by every
+chunk: written by the pre-pass and read right away by the GEMM, a small one can stay in the
+GPU's L2 cache (50 MB on an H100 / H200); a large one means fewer launches. Which wins is
+for a GPU to show (benchmarks/NOTES.md holds the predictions).
 
 The fuse-weight gradient is the same GEMM turned around: ``fuse_wgrad_kernel`` computes
 dF = G^T A with the pixels as the reduction, split over pixel tiles (split-K), on the same
@@ -31,6 +31,8 @@ pre-pass's A; partial sums go to fixed slots added in a fixed order in determini
 else to one buffer with atomics. The input gradient is ``mix`` on g with the transposed
 weights and no biases (the op layer's call), so it runs this same pair of kernels.
 """
+
+import os
 
 import torch
 import triton
@@ -41,9 +43,13 @@ from . import _common as cm
 from . import _tuning
 from ._common import mm
 
-# Scratch per batch chunk: about half the L2 of an H100 / H200, so A stays cached between
-# the pre-pass that writes it and the GEMM that reads it, next to the chunk's x and y.
-SCRATCH_BYTES = 24 << 20
+# Scratch per batch chunk, unless SCRATCH_ENV says otherwise. Smaller chunks keep the
+# scratch in L2 (50 MB on an H100 / H200) between the kernel that writes it and the one that
+# reads it; larger ones launch fewer kernels. benchmarks/triton_v1_model.py predicts 64 MiB
+# to be the better side of that trade at every sMLPNet stage shape (launches cost more than
+# the scratch's extra HBM traffic); the first GPU run is to sweep it.
+SCRATCH_BYTES = 64 << 20
+SCRATCH_ENV = "SMLP_TRITON_SCRATCH_MIB"
 
 
 @triton.jit
@@ -369,9 +375,25 @@ def _torch_compute(x: Tensor) -> torch.dtype:
     return torch.float32 if cm.compute_dtype(x.dtype) == tl.float32 else x.dtype
 
 
+def scratch_bytes() -> int:
+    """The scratch budget per batch chunk: SMLP_TRITON_SCRATCH_MIB MiB if set, else
+    SCRATCH_BYTES. ValueError naming the variable if it is not a positive integer."""
+    text = os.environ.get(SCRATCH_ENV, "").strip()
+    if not text:
+        return SCRATCH_BYTES
+    try:
+        mib = int(text)
+    except ValueError:
+        mib = 0
+    if mib < 1:
+        raise ValueError(f"{SCRATCH_ENV}={text!r}: expected a positive whole number of MiB "
+                         "(the Triton backend's scratch per batch chunk)")  # fmt: skip
+    return mib << 20
+
+
 def _chunk(batch: int, image_bytes: int) -> int:
-    """Images per chunk: as many as SCRATCH_BYTES holds, at least one."""
-    return max(1, min(batch, SCRATCH_BYTES // max(1, image_bytes)))
+    """Images per chunk: as many as the scratch budget holds, at least one."""
+    return max(1, min(batch, scratch_bytes() // max(1, image_bytes)))
 
 
 class _Concat:
