@@ -153,7 +153,9 @@ def test_suites_hold_the_cases_the_performance_issues_need():
         ("smlpnet_base", "fwd"),
         ("smlpnet_base", "train"),
     }
-    assert {"triton", "cuda", "spach-compile-max-autotune"} <= set(SUITES["gpu"].op_providers)
+    assert {"triton", "triton_v0", "cuda", "spach-compile-max-autotune"} <= set(
+        SUITES["gpu"].op_providers
+    )
     stages = suite_cases(["stages"])
     assert len(stages) == 8 * 3 * 3 and {c.batch for c in stages} == {1, 32, 128}
     assert {c.name for c in suite_cases(["models"])} == {
