@@ -147,8 +147,8 @@ def concat_kernel(
 def fuse_gemm_kernel(
     a_ptr,  # (M, K3) row-major
     f_ptr,  # (C_OUT, K3) row-major
-    y_ptr, syb, syo, syh, syw,
-    M, K3, C_OUT, HW, W, n_n,
+    y_ptr, syb, syo, syp,  # pixel p = h * W + w of image b at y_ptr + b * syb + p * syp
+    M, K3, C_OUT, HW, n_n,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     COMPUTE: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -156,7 +156,7 @@ def fuse_gemm_kernel(
 
     One program per (pixel tile, output-channel tile), the channel tile fastest so that the
     programs reading one A tile run together. Pixel m of the chunk is image m // HW, pixel
-    m % HW of its plane; y has any strides.
+    m % HW of its plane; y's planes have one pixel stride (contiguous or channels_last y).
     """
     pid = tl.program_id(0)
     pid_m = pid // n_n
@@ -176,12 +176,19 @@ def fuse_gemm_kernel(
         f = tl.load(f_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = mm(a, f, acc, COMPUTE, PREC)
 
+    # One division per row: with (h, w) through separate strides, Triton 3.9 computed the
+    # row offsets per element of the tile and spilled (8 to 2032 bytes).
     b = offs_m // HW
-    p = offs_m % HW
-    y_off = (b.to(tl.int64) * syb + (p // W).to(tl.int64) * syh + (p % W).to(tl.int64) * syw)[
-        :, None
-    ] + offs_n.to(tl.int64)[None, :] * syo
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    p = offs_m - b * HW
+    row = y_ptr + (b.to(tl.int64) * syb + p.to(tl.int64) * syp)[:, None]
+    # Two halves of the tile, one after the other: the pointers of a whole 128 x 128 tile
+    # (two registers each) pushed Triton 3.9 over the register limit at some shapes.
+    halves = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+    for i in tl.static_range(2):
+        n = pid_n * BLOCK_N + i * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        half = halves[i]
+        tl.store(row + n.to(tl.int64)[None, :] * syo, half.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & (n < C_OUT)[None, :])  # fmt: skip
 
 
 @triton.jit
@@ -437,6 +444,8 @@ def _gemm(a: Tensor, f: Tensor, y: Tensor, b0: int, nb: int, key: tuple) -> None
     """y[b0 : b0 + nb] = A F^T, pixel by pixel: a (nb * H * W, K) and f (N, K) row-major in
     the compute dtype, y (B, N, H, W) with any strides. Tuned once per key, then cached."""
     _, n, h, w = y.shape
+    if h > 1 and y.stride(2) != w * y.stride(3):
+        raise ValueError("fuse_gemm_kernel needs y's (h, w) planes with one pixel stride")
     k_len = a.shape[1]
     compute, prec = cm.compute_dtype(a.dtype), cm.precision()
     m = nb * h * w
@@ -445,8 +454,8 @@ def _gemm(a: Tensor, f: Tensor, y: Tensor, b0: int, nb: int, key: tuple) -> None
         k = cfg.constexprs()
         n_n = triton.cdiv(n, k["BLOCK_N"])
         fuse_gemm_kernel[(triton.cdiv(m, k["BLOCK_M"]) * n_n,)](
-            a, f, y[b0:], *cm.strides4(y),
-            m, k_len, n, h * w, w, n_n,
+            a, f, y[b0:], y.stride(0), y.stride(1), y.stride(3),
+            m, k_len, n, h * w, n_n,
             COMPUTE=compute, PREC=prec,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **k,
         )  # fmt: skip
