@@ -1,13 +1,16 @@
 """bn_gelu_smlp_mix, the mix with SPACH's BN -> GELU prologue, outside the backend contract:
 argument checks, the op layer's backward against autograd of the unfused PyTorch, a backend
 that overrides ``mix_bn_gelu``, the custom ops under opcheck, torch.compile, torch.export,
-FlopCounterMode and autocast.
+FlopCounterMode and autocast, and SparseMLP's eval-mode path (which configurations take the
+fused op and that they give BN -> GELU -> smlp_mix's result).
 
 Every backend's forward and gradients in every dtype, layouts, NaN and empty batches:
 test_backend_contract.py.
 """
 
 from __future__ import annotations
+
+import copy
 
 import _helpers
 import pytest
@@ -23,6 +26,7 @@ import smlp_kernels
 from smlp_kernels import flops
 from smlp_kernels import reference as R
 from smlp_kernels import registry as B
+from smlp_kernels.nn import SparseMLP
 
 BACKENDS = backend_params()
 NAMES = ("x", "scale", "shift", "row_weight", "row_bias", "col_weight", "col_bias", "fuse_weight")
@@ -406,3 +410,186 @@ def test_autocast_like_smlp_mix():
     assert torch.equal(y, y_manual)
     for name, a, b in zip(NAMES, grads(ours), grads(manual), strict=True):
         assert a.dtype == torch.float32 and torch.equal(a, b), name
+
+
+# ---------------------------------------------------------------------------------------------
+# SparseMLP: the fused op in eval mode, BN -> GELU -> smlp_mix otherwise
+# ---------------------------------------------------------------------------------------------
+
+
+def _randomized_block(c, h, w, dtype, **bn_kwargs) -> SparseMLP:
+    """A SparseMLP with non-default weights and BN statistics (means of a few units, variances
+    away from 1, some BN weights negative), seeded."""
+    torch.manual_seed(0)
+    m = SparseMLP(c, h, w, dtype=dtype)
+    if bn_kwargs:
+        m.BN = nn.BatchNorm2d(c, dtype=dtype, **bn_kwargs)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+        if m.BN.affine:
+            m.BN.weight.add_(1)
+        if m.BN.track_running_stats:
+            m.BN.running_mean.copy_(2 * torch.randn(c, generator=g, dtype=torch.float64))
+            m.BN.running_var.copy_(0.2 + 3 * torch.rand(c, generator=g, dtype=torch.float64))
+    return m
+
+
+def unfused_block(m: SparseMLP, x: torch.Tensor) -> torch.Tensor:
+    """SparseMLP's computation before this op existed: BN and GELU modules, then smlp_mix."""
+    return smlp_kernels.smlp_mix(
+        m.activation(m.BN(x)),
+        m.proj_h.weight.flatten(1),
+        m.proj_h.bias,
+        m.proh_w.weight.flatten(1),
+        m.proh_w.bias,
+        m.fuse.weight.flatten(1),
+        backend=m.backend,
+    )
+
+
+def _forward_backward(fn, m: nn.Module, x: torch.Tensor, grad: torch.Tensor):
+    """[y, dx, every parameter's gradient]."""
+    m.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    y = fn(x)
+    y.backward(grad.to(y.dtype))
+    return [y.detach(), x.grad, *(p.grad for p in m.parameters())]
+
+
+@pytest.mark.parametrize(
+    "dtype, x_dtype",
+    [
+        pytest.param(torch.float64, torch.float64, id="fp64"),
+        pytest.param(torch.float32, torch.float32, id="fp32"),
+        pytest.param(torch.bfloat16, torch.bfloat16, id="bf16"),
+        pytest.param(torch.float32, torch.bfloat16, id="bf16-x-fp32-module"),
+    ],
+)
+def test_sparse_mlp_eval_equals_bn_gelu_smlp_mix_unfused(dtype, x_dtype):
+    """Eval mode takes the fused op; output and every gradient (BN weight and bias included)
+    against the float64 truth: within 2x the unfused module's own error in that dtype plus
+    half an ulp of the largest value (1e-12 relative in float64)."""
+    c, h, w = 6, 7, 9
+    m = _randomized_block(c, h, w, dtype).eval()
+    m64 = _randomized_block(c, h, w, torch.float64).eval()
+    x = torch.randn(3, c, h, w, dtype=torch.float64) * 1.5 + 0.5
+    grad = torch.randn(3, c, h, w, dtype=torch.float64)
+    assert "smlp.mix_bn_gelu_fwd" in ops_counted(lambda: m(x.to(x_dtype)))
+    assert "smlp.mix_fwd" in ops_counted(lambda: unfused_block(m, x.to(x_dtype)))
+
+    ours = _forward_backward(m, m, x.to(x_dtype), grad)
+    base = _forward_backward(lambda t: unfused_block(m, t), m, x.to(x_dtype), grad)
+    truth = _forward_backward(m64, m64, x, grad)
+    names = ["y", "x", *(n for n, _ in m.named_parameters())]
+    atol = 1e-12 if dtype == torch.float64 else torch.finfo(x_dtype).eps / 2
+    for name, o, b, t in zip(names, ours, base, truth, strict=True):
+        assert o.dtype == b.dtype, name
+        err = (o.double() - t).abs().max().item()
+        allowed = 2 * (b.double() - t).abs().max().item() + atol * t.abs().max().item()
+        assert err <= allowed, f"{name}: error {err:.3g} > allowed {allowed:.3g}"
+
+
+def test_sparse_mlp_train_mode_is_unchanged():
+    """Training: BN with the batch's statistics (and updating the running ones), then GELU,
+    then smlp_mix, exactly as the unfused computation."""
+    m = _randomized_block(3, 5, 7, torch.float64).train()
+    ref = _randomized_block(3, 5, 7, torch.float64).train()
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    grad = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    assert set(ops_counted(lambda: copy.deepcopy(m)(x))) == {"smlp.mix_fwd"}
+    ours = _forward_backward(m, m, x, grad)
+    want = _forward_backward(lambda t: unfused_block(ref, t), ref, x, grad)
+    for i, (a, b) in enumerate(zip(ours, want, strict=True)):
+        assert torch.equal(a, b), i
+    for name, buf in ref.named_buffers():
+        assert torch.equal(m.get_buffer(name), buf), name
+
+
+def _bn_in_train_mode(m):
+    m.BN.train()
+
+
+def _tanh_gelu(m):
+    m.activation = nn.GELU(approximate="tanh")
+
+
+def _relu(m):
+    m.activation = nn.ReLU()
+
+
+def _sync_bn(m):
+    m.BN = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(m.BN))[0].eval()
+
+
+# (id, change to an eval-mode block, BN kwargs, fused?)
+CONFIGS = [
+    pytest.param(None, {}, True, id="spach-block"),
+    pytest.param(None, {"affine": False}, True, id="bn-not-affine"),
+    pytest.param(_sync_bn, {}, True, id="sync-batchnorm"),
+    pytest.param(_bn_in_train_mode, {}, False, id="bn-in-train-mode"),
+    pytest.param(None, {"track_running_stats": False}, False, id="bn-without-running-stats"),
+    pytest.param(_tanh_gelu, {}, False, id="tanh-gelu"),
+    pytest.param(_relu, {}, False, id="relu"),
+]
+
+
+@pytest.mark.parametrize("change, bn_kwargs, fused", CONFIGS)
+def test_sparse_mlp_eval_fuses_only_what_it_can(change, bn_kwargs, fused):
+    m = _randomized_block(4, 5, 6, torch.float64, **bn_kwargs).eval()
+    if change is not None:
+        change(m)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        want = unfused_block(m, x)
+        counted = ops_counted(lambda: m(x))
+        got = m(x)
+    assert set(counted) == {"smlp.mix_bn_gelu_fwd" if fused else "smlp.mix_fwd"}
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_mlp_under_autocast_fuses_only_an_input_autocast_leaves_alone():
+    """A bfloat16 x under bfloat16 autocast takes the fused op; a float32 x, which the op
+    would round before the BN, keeps the unfused path (BN and GELU in float32)."""
+    m = _randomized_block(4, 5, 6, torch.float32).eval()
+    x = torch.randn(2, 4, 5, 6) * 3 + 4
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert set(ops_counted(lambda: m(x.bfloat16()))) == {"smlp.mix_bn_gelu_fwd"}
+        assert set(ops_counted(lambda: m(x))) == {"smlp.mix_fwd"}
+        assert torch.equal(m(x), unfused_block(m, x))
+
+
+def test_compile_fullgraph_sparse_mlp_in_eval_mode():
+    """The eval-mode module in one graph: scale and shift computed from the BN's buffers,
+    the fused op, and gradients reaching the BN's weight and bias through them."""
+    torch._dynamo.reset()
+    eager = _randomized_block(3, 5, 7, torch.float64).eval()
+    compiled_module = _randomized_block(3, 5, 7, torch.float64).eval()
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    recorder = _Recorder()
+    compiled = torch.compile(compiled_module, fullgraph=True, backend=recorder)
+    x_c, x_e = x.clone().requires_grad_(), x.clone().requires_grad_()
+    compiled(x_c).square().sum().backward()
+    eager(x_e).square().sum().backward()
+    assert recorder.frames == 1
+    assert "smlp.mix_bn_gelu_fwd.default" in recorder.fw_ops, recorder.fw_ops
+    assert "smlp.mix_fwd.default" not in recorder.fw_ops
+    torch.testing.assert_close(x_c.grad, x_e.grad, rtol=1e-12, atol=1e-12)
+    for (name, p_c), p_e in zip(
+        compiled_module.named_parameters(), eager.parameters(), strict=True
+    ):
+        torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-12, atol=1e-12, msg=name)
+    assert compiled_module.BN.weight.grad.abs().sum() > 0
+
+
+def test_sparse_mlp_counts_the_same_flops_in_eval_and_train_mode():
+    """Unfused, PyTorch counts nothing for BN and GELU; fused, the prologue counts 0."""
+    m = _randomized_block(3, 5, 6, torch.float32)
+    x = torch.randn(2, 3, 5, 6)
+    m.eval()
+    fused = ops_counted(lambda: m(x))
+    m.train()
+    unfused = ops_counted(lambda: m(x))
+    assert set(fused) == {"smlp.mix_bn_gelu_fwd"} and set(unfused) == {"smlp.mix_fwd"}
+    assert sum(fused.values()) == sum(unfused.values())
