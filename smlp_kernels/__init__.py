@@ -4,6 +4,8 @@ Public API:
 
 * :func:`smlp_mix`, :func:`row_mix`, :func:`col_mix`: the ops, differentiable, with a
   ``backend=`` choice (see :func:`backends`);
+* :func:`bn_gelu_smlp_mix`: ``smlp_mix`` of ``gelu(x * scale + shift)``, SPACH's
+  BN -> GELU -> mix with BatchNorm in eval form (what :class:`SparseMLP` runs in eval mode);
 * :class:`smlp_kernels.nn.SparseMLP` and :func:`convert_spach`: the drop-in module for
   SPACH's ``sMLPBlock``;
 * :mod:`smlp_kernels.models`: sMLPNet-T/S/B with SPACH's state_dict layout;
@@ -14,7 +16,7 @@ from ._config import deterministic, is_deterministic, set_deterministic
 from ._version import __version__
 from .cpp_backends import CpuBackend, CudaBackend
 from .nn import SparseMLP, convert_spach
-from .ops import col_mix, row_mix, smlp_mix
+from .ops import bn_gelu_smlp_mix, col_mix, row_mix, smlp_mix
 from .reference import ReferenceBackend
 from .registry import Backend, BackendStatus, backends, register_backend
 from .triton import TritonBackend, TritonV0Backend
@@ -37,6 +39,7 @@ __all__ = [
     "SparseMLP",
     "__version__",
     "backends",
+    "bn_gelu_smlp_mix",
     "col_mix",
     "convert_spach",
     "deterministic",

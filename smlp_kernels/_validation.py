@@ -9,7 +9,9 @@ Rules of the ops (documented in the README):
   weights with a low-precision x, as under mixed precision). The op computes in x's dtype
   and returns x's dtype.
 * Shapes: row_weight (W, W), row_bias (W,) or None, col_weight (H, H), col_bias (H,) or None,
-  fuse_weight (C_out, 3C) with C_out >= 1.
+  fuse_weight (C_out, 3C) with C_out >= 1; for ``bn_gelu_smlp_mix`` also scale (C,) and
+  shift (C,), parameters like the others (never None).
+* Values are not checked: NaN and infinities pass through to the outputs.
 
 Sizes given to constructors (channels, height, image_size, ...): any integral number that
 ``operator.index`` accepts (int, numpy and torch integers), never a bool, and >= 1 (counts
@@ -110,6 +112,23 @@ def _check_param(
         )
 
 
+def _check_mix_params(
+    x: Tensor,
+    row_weight: object,
+    row_bias: object,
+    col_weight: object,
+    col_bias: object,
+    fuse_weight: object,
+    op: str,
+) -> None:
+    _, c, h, w = x.shape
+    _check_param(row_weight, "row_weight", (w, w), "(W, W)", x, op)
+    _check_param(row_bias, "row_bias", (w,), "(W,)", x, op, optional=True)
+    _check_param(col_weight, "col_weight", (h, h), "(H, H)", x, op)
+    _check_param(col_bias, "col_bias", (h,), "(H,)", x, op, optional=True)
+    _check_param(fuse_weight, "fuse_weight", (ANY, 3 * c), "(C_out, 3C)", x, op)
+
+
 def check_smlp_mix_args(
     x: object,
     row_weight: object,
@@ -121,12 +140,28 @@ def check_smlp_mix_args(
     """Raise TypeError/ValueError unless the arguments of ``smlp_mix`` are consistent."""
     op = "smlp_mix"
     x = _check_x(x, op)
-    _, c, h, w = x.shape
-    _check_param(row_weight, "row_weight", (w, w), "(W, W)", x, op)
-    _check_param(row_bias, "row_bias", (w,), "(W,)", x, op, optional=True)
-    _check_param(col_weight, "col_weight", (h, h), "(H, H)", x, op)
-    _check_param(col_bias, "col_bias", (h,), "(H,)", x, op, optional=True)
-    _check_param(fuse_weight, "fuse_weight", (ANY, 3 * c), "(C_out, 3C)", x, op)
+    _check_mix_params(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, op)
+
+
+def check_bn_gelu_smlp_mix_args(
+    x: object,
+    scale: object,
+    shift: object,
+    row_weight: object,
+    row_bias: object,
+    col_weight: object,
+    col_bias: object,
+    fuse_weight: object,
+) -> None:
+    """Raise TypeError/ValueError unless the arguments of ``bn_gelu_smlp_mix`` are
+    consistent: those of ``smlp_mix``, and scale and shift of shape (C,) (one value per
+    channel of x), dense, on x's device, in x's dtype or float32."""
+    op = "bn_gelu_smlp_mix"
+    x = _check_x(x, op)
+    c = x.shape[1]
+    _check_param(scale, "scale", (c,), "(C,)", x, op)
+    _check_param(shift, "shift", (c,), "(C,)", x, op)
+    _check_mix_params(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, op)
 
 
 def check_axis_mix_args(op: str, x: object, weight: object, bias: object) -> None:

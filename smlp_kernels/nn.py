@@ -8,8 +8,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .ops import smlp_mix
-from .reference import _SpachLayers
+from .ops import _autocast_dtype, bn_gelu_smlp_mix, smlp_mix
+from .reference import _prologue_dtype, _SpachLayers
 from .registry import get_backend
 
 __all__ = ["SparseMLP", "convert_spach"]
@@ -17,6 +17,17 @@ __all__ = ["SparseMLP", "convert_spach"]
 
 class SparseMLP(_SpachLayers):
     """BN -> GELU -> :func:`smlp_kernels.smlp_mix`: SPACH's ``sMLPBlock``, fused.
+
+    In eval mode (the module's and its BN's), with a BatchNorm2d (or SyncBatchNorm) that
+    tracks running statistics and an exact GELU (``nn.GELU()``, SPACH's), the forward is one
+    op, :func:`smlp_kernels.bn_gelu_smlp_mix`: the BN becomes a per-channel
+    ``scale = weight / sqrt(running_var + eps)``, ``shift = bias - running_mean * scale``
+    (float32; float64 for a float64 input), applied with the GELU inside the op (inside the
+    kernel on backends with ``fused_prologue``). Otherwise (training, where BN needs the
+    batch's statistics; another norm or activation; or, under ``torch.autocast``, an input
+    that autocast would cast, since the op would round it before the BN) BN and GELU run as
+    PyTorch modules before :func:`smlp_kernels.smlp_mix`. Both give BN -> GELU ->
+    ``smlp_mix``'s result.
 
     Its submodules, state_dict keys and shapes are those of SPACH's block, so a SPACH
     checkpoint loads with ``strict=True``:
@@ -35,7 +46,8 @@ class SparseMLP(_SpachLayers):
         width: W, the number of columns; defaults to ``height``.
             Sizes are integral numbers >= 1 (int, numpy or torch integers; not bool): another
             type raises TypeError, a size < 1 ValueError.
-        backend: passed to :func:`smlp_kernels.smlp_mix` (None: automatic).
+        backend: passed to :func:`smlp_kernels.smlp_mix` and
+            :func:`smlp_kernels.bn_gelu_smlp_mix` (None: automatic).
         device, dtype: for the parameters, as in ``torch.nn`` modules.
     """
 
@@ -85,7 +97,54 @@ class SparseMLP(_SpachLayers):
         new.train(block.training)
         return new
 
+    def _eval_prologue(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(scale, shift) of the BN in eval form when the forward can fuse BN -> GELU into
+        the op, else None."""
+        bn, act = self.BN, self.activation
+        if (
+            self.training
+            or not isinstance(x, Tensor)
+            or not isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm))
+            or bn.training  # a BN in train mode uses (and updates) the batch's statistics
+            or not bn.track_running_stats
+            or bn.running_mean is None
+            or bn.running_var is None
+            or type(act) is not nn.GELU  # a subclass may compute something else
+            or act.approximate != "none"
+            # Under autocast the op casts x before the prologue, where the unfused BN and
+            # GELU compute in x's own dtype and round only their output; so x in another
+            # dtype than autocast's (a float32 x under bfloat16 autocast) stays unfused.
+            or _autocast_dtype(x) not in (None, x.dtype)
+        ):
+            return None
+        # F.batch_norm's eval form, in float32 (float64 for float64 x) whatever the BN's dtype.
+        dt = _prologue_dtype(x.dtype)
+        scale = torch.rsqrt(bn.running_var.to(dt) + bn.eps)
+        if bn.weight is not None:
+            scale = bn.weight.to(dt) * scale
+        shift = -bn.running_mean.to(dt) * scale
+        if bn.bias is not None:
+            shift = bn.bias.to(dt) + shift
+        return scale, shift
+
     def forward(self, x: Tensor) -> Tensor:
+        # torch.jit.script compiles only the branch it takes (is_scripting() is True there),
+        # so it refuses the module with NotSupportedError at the ops' keyword-only
+        # arguments, as it always did, not with an error about the checks below.
+        prologue = None
+        if not torch.jit.is_scripting():
+            prologue = self._eval_prologue(x)
+        if prologue is not None:
+            return bn_gelu_smlp_mix(
+                x,
+                *prologue,
+                self.proj_h.weight.flatten(1),
+                self.proj_h.bias,
+                self.proh_w.weight.flatten(1),
+                self.proh_w.bias,
+                self.fuse.weight.flatten(1),
+                backend=self.backend,
+            )
         x = self.activation(self.BN(x))
         return smlp_mix(
             x,

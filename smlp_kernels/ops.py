@@ -7,10 +7,15 @@ Every call goes through here, whatever the backend::
          (torch.ops.smlp.mix_bwd)      the device guard, then the backend's primitives; its
                                        autograd formula saves x and the parameters only
 
-Each backend implements four primitives (:class:`smlp_kernels.registry.Backend`); every
-backward is composed here, once, from them: the input gradient is the forward primitive
-applied to the upstream gradient with transposed weights and no biases, the weight
-gradients are the backend's reductions.
+    bn_gelu_smlp_mix(...)              the same, with SPACH's BN -> GELU prologue applied to x
+      -> torch.ops.smlp.mix_bn_gelu_fwd
+         (torch.ops.smlp.mix_bn_gelu_bwd)
+
+Each backend implements four primitives (:class:`smlp_kernels.registry.Backend`), and
+optionally a fifth, ``mix_bn_gelu``; every backward is composed here, once, from them: the
+input gradient is the forward primitive applied to the upstream gradient with transposed
+weights and no biases, the weight gradients are the backend's reductions, and the
+prologue's gradients are elementwise PyTorch on top of the mix's input gradient.
 
 The custom ops have fake (meta) implementations, autograd formulas and FLOP formulas, so
 they work under ``torch.compile(fullgraph=True)``, ``torch.export``, ``torch.jit.trace`` and
@@ -39,10 +44,12 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import flops
 from ._config import is_deterministic
-from ._validation import check_axis_mix_args, check_smlp_mix_args
+from ._validation import check_axis_mix_args, check_bn_gelu_smlp_mix_args, check_smlp_mix_args
+from .reference import _bn_affine, _gelu_rounded
 from .registry import Backend, get_backend, resolve_backend
 
 __all__ = [
+    "bn_gelu_smlp_mix",
     "col_mix",
     "row_mix",
     "smlp_mix",
@@ -239,6 +246,150 @@ def _mix_bwd_flop(g_shape, x_shape, rw_shape, rb_shape, cw_shape, cb_shape, fw_s
 
 
 # --------------------------------------------------------------------------------------------
+# smlp::mix_bn_gelu_fwd and smlp::mix_bn_gelu_bwd: the mix of gelu(x * scale + shift)
+# --------------------------------------------------------------------------------------------
+
+
+# The arguments of bn_gelu_smlp_mix, then the backend's name.
+_MIX_BN_GELU_ARGS = (
+    "Tensor x, Tensor scale, Tensor shift, Tensor row_weight, Tensor? row_bias, "
+    "Tensor col_weight, Tensor? col_bias, Tensor fuse_weight, str backend"
+)
+
+
+@torch.library.custom_op(
+    "smlp::mix_bn_gelu_fwd", mutates_args=(), schema=f"({_MIX_BN_GELU_ARGS}) -> Tensor"
+)
+def _mix_bn_gelu_fwd(
+    x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
+) -> Tensor:
+    check_bn_gelu_smlp_mix_args(
+        x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
+    )
+    b, _, h, w = x.shape
+    fmt = _memory_format(x)
+    if b == 0:
+        return _empty((0, fuse_weight.shape[0], h, w), x, x.dtype, fmt)
+    with _backend_call(x):
+        y = get_backend(backend).mix_bn_gelu(
+            x, scale, shift, row_weight, row_bias, col_weight, col_bias,
+            *_fuse_blocks(fuse_weight, x.shape[1]),
+        )  # fmt: skip
+        return _finish(y, x.dtype, fmt)
+
+
+@_mix_bn_gelu_fwd.register_fake
+def _(x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
+    check_bn_gelu_smlp_mix_args(
+        x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
+    )
+    b, _, h, w = x.shape
+    return _empty((b, fuse_weight.shape[0], h, w), x, x.dtype, _memory_format(x))
+
+
+@torch.library.custom_op(
+    "smlp::mix_bn_gelu_bwd",
+    mutates_args=(),
+    schema=f"(Tensor grad, {_MIX_BN_GELU_ARGS}) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
+def _mix_bn_gelu_bwd(
+    grad, x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
+):
+    """(dx, d_scale, d_shift, d_row_weight, d_row_bias, d_col_weight, d_col_bias, d_fuse).
+
+    With u = x * scale + shift (float32, float64 for float64 x) and x' = gelu(u) rounded to
+    x's dtype, the forward is mix(x'); so dx' is the mix's input gradient, the weight
+    gradients are mix_wgrad of x' (recomputed), and with dg = dx' * gelu'(u):
+    dx = dg * scale, d_scale = sum_{b,h,w} dg * x, d_shift = sum_{b,h,w} dg.
+    """
+    check_bn_gelu_smlp_mix_args(
+        x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
+    )
+    fmt = _memory_format(x)
+    if x.shape[0] == 0:  # an empty dx and all-zero parameter gradients
+        dx = torch.zeros_like(x)
+        d_scale, d_shift = torch.zeros_like(scale), torch.zeros_like(shift)
+        d_fuse, d_rw, d_cw = map(torch.zeros_like, (fuse_weight, row_weight, col_weight))
+        d_rb, d_cb = row_weight.new_zeros(row_weight.shape[0]), col_weight.new_zeros(x.shape[2])
+    else:
+        be = get_backend(backend)
+        f_blocks = _fuse_blocks(fuse_weight, x.shape[1])
+        with _backend_call(x):
+            g = grad.to(x.dtype)
+            u = _bn_affine(x, scale, shift)  # float32 (float64 for float64 x)
+            x_act = _gelu_rounded(u, x.dtype)  # reference.bn_gelu(x, scale, shift)
+            dx_act = _mix_input_grad(be, g, row_weight, col_weight, f_blocks)
+            d_fuse, d_rw, d_rb, d_cw, d_cb = be.mix_wgrad(
+                g, x_act, row_weight, row_bias, col_weight, col_bias, *f_blocks,
+                is_deterministic(),
+            )  # fmt: skip
+            del x_act
+            # dL/du: PyTorch's own GELU derivative (erf form), in u's dtype.
+            dg = torch.ops.aten.gelu_backward(dx_act.to(u.dtype), u)
+            del u, dx_act
+            dx = dg * scale.to(dg.dtype)[:, None, None]
+            d_scale = (dg * x.to(dg.dtype)).sum(dim=(0, 2, 3))
+            d_shift = dg.sum(dim=(0, 2, 3))
+    return (
+        _finish(dx, x.dtype, fmt),
+        _finish(d_scale, scale.dtype),
+        _finish(d_shift, shift.dtype),
+        _finish(d_rw, row_weight.dtype),
+        _finish(d_rb, _grad_dtype(row_bias, row_weight)),
+        _finish(d_cw, col_weight.dtype),
+        _finish(d_cb, _grad_dtype(col_bias, col_weight)),
+        _finish(d_fuse, fuse_weight.dtype),
+    )
+
+
+@_mix_bn_gelu_bwd.register_fake
+def _(grad, x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
+    check_bn_gelu_smlp_mix_args(
+        x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
+    )
+    w, h = row_weight.shape[0], col_weight.shape[0]
+    return (
+        _empty(x.shape, x, x.dtype, _memory_format(x)),
+        _empty(scale.shape, x, scale.dtype),
+        _empty(shift.shape, x, shift.dtype),
+        _empty(row_weight.shape, x, row_weight.dtype),
+        _empty((w,), x, _grad_dtype(row_bias, row_weight)),
+        _empty(col_weight.shape, x, col_weight.dtype),
+        _empty((h,), x, _grad_dtype(col_bias, col_weight)),
+        _empty(fuse_weight.shape, x, fuse_weight.dtype),
+    )
+
+
+def _mix_bn_gelu_setup_context(ctx, inputs, output) -> None:
+    *tensors, backend = inputs
+    # x, scale, shift and the parameters only: u, gelu(u), r and k are recomputed.
+    ctx.save_for_backward(*tensors)
+    ctx.backend = backend
+
+
+def _mix_bn_gelu_backward(ctx, grad: Tensor):
+    grads = torch.ops.smlp.mix_bn_gelu_bwd(grad, *ctx.saved_tensors, ctx.backend)
+    wanted = ctx.needs_input_grad
+    return (*(g if wanted[i] else None for i, g in enumerate(grads)), None)
+
+
+_mix_bn_gelu_fwd.register_autograd(_mix_bn_gelu_backward, setup_context=_mix_bn_gelu_setup_context)
+
+
+@register_flop_formula(torch.ops.smlp.mix_bn_gelu_fwd)
+def _mix_bn_gelu_fwd_flop(x_shape, sc_shape, sh_shape, rw, rb, cw, cb, fw_shape, *a, **kw):
+    b, c, h, w = x_shape
+    return flops.bn_gelu_smlp_mix_flops(b, c, fw_shape[0], h, w)
+
+
+@register_flop_formula(torch.ops.smlp.mix_bn_gelu_bwd)
+def _mix_bn_gelu_bwd_flop(g_shape, x_shape, sc, sh, rw, rb, cw, cb, fw_shape, *a, **kw):
+    b, c, h, w = x_shape
+    return flops.bn_gelu_smlp_mix_bwd_flops(b, c, fw_shape[0], h, w)
+
+
+# --------------------------------------------------------------------------------------------
 # smlp::row_mix_fwd/bwd and smlp::col_mix_fwd/bwd
 # --------------------------------------------------------------------------------------------
 
@@ -374,6 +525,60 @@ def smlp_mix(
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
     return torch.ops.smlp.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
+
+
+def bn_gelu_smlp_mix(
+    x: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+    *,
+    backend: str | None = None,
+) -> Tensor:
+    """SPACH's whole sMLPBlock with its BatchNorm in eval form: :func:`smlp_mix` of
+    ``x' = gelu(x * scale[c] + shift[c])`` (exact, erf GELU, as ``nn.GELU()``).
+
+    For an eval-mode BatchNorm2d, ``scale = weight / sqrt(running_var + eps)`` and
+    ``shift = bias - running_mean * scale`` (what :class:`smlp_kernels.nn.SparseMLP` passes
+    in eval mode). Backends with ``fused_prologue = True`` apply the prologue inside the mix
+    kernel; the others compute x' first and then the mix, with the same result.
+
+    Args:
+        x: (B, C, H, W), float16, bfloat16, float32 or float64; any strides. B may be 0.
+        scale: (C,), in x's dtype or float32.
+        shift: (C,), in x's dtype or float32.
+        row_weight, row_bias, col_weight, col_bias, fuse_weight, backend: as in
+            :func:`smlp_mix`.
+
+    The prologue computes in float32 (float64 for a float64 x) and x' is rounded to x's
+    dtype, where an unfused BN -> GELU -> ``smlp_mix`` in x's dtype rounds it; the mix then
+    computes in x's dtype. Gradients reach x, scale, shift and every weight, each in its
+    argument's dtype; the backward saves only x, scale, shift and the weights (x' is
+    recomputed). Under ``torch.autocast`` as :func:`smlp_mix`: x (unless float64) is cast to
+    the autocast dtype *before* the prologue; float32 scale, shift and weights stay float32.
+
+    Returns:
+        (B, C_out, H, W) in x's dtype (the autocast dtype under autocast); channels_last if
+        x is.
+    """
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        x = x.to(dtype)
+        scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight = (
+            _autocast_param(t, dtype)
+            for t in (scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight)
+        )
+    check_bn_gelu_smlp_mix_args(
+        x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
+    )
+    name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
+    return torch.ops.smlp.mix_bn_gelu_fwd(
+        x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, name
+    )
 
 
 def _axis_mix(op: str, x: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None):

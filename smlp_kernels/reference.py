@@ -18,6 +18,10 @@ device, and do no argument checking: the public API in :mod:`smlp_kernels.ops` v
 The explicit backward follows the identities of the README's Design notes and recomputes
 ``r`` and ``k`` from ``x``.
 
+:func:`bn_gelu` is the prologue that SPACH's block applies before the mix, BatchNorm (as a
+per-channel affine map, its eval-mode form) then exact GELU; :func:`bn_gelu_smlp_mix_ref` is
+the prologue followed by the mix.
+
 :func:`smlp_mix_spach_style` and :class:`SpachStyleSMLPBlock` compute the same thing the way
 SPACH's ``sMLPBlock`` does (permute + 1x1 conv + cat + 1x1 conv); they are the independent
 formulation in the tests and the eager baseline in benchmarks.
@@ -39,6 +43,8 @@ __all__ = [
     "ReferenceBackend",
     "SMLPMixGrads",
     "SpachStyleSMLPBlock",
+    "bn_gelu",
+    "bn_gelu_smlp_mix_ref",
     "col_mix_bwd_ref",
     "col_mix_ref",
     "row_mix_bwd_ref",
@@ -120,6 +126,53 @@ def smlp_mix_ref(
     col_bias: (H,) or None; fuse_weight: (C_out, 3C). Returns (B, C_out, H, W) in x's dtype.
     """
     return _mix(x, row_weight, row_bias, col_weight, col_bias, *fuse_weight.split(x.shape[1], 1))
+
+
+def _prologue_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the BN -> GELU prologue computes in for x of ``dtype``: float64 for float64,
+    float32 otherwise (as PyTorch's own BatchNorm and GELU kernels do for 16-bit x)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _bn_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``u = x * scale[c] + shift[c]`` in :func:`_prologue_dtype` (not rounded to x's dtype):
+    the argument of the GELU in :func:`bn_gelu`, which its backward needs too."""
+    dt = _prologue_dtype(x.dtype)
+    return x.to(dt) * scale.to(dt)[:, None, None] + shift.to(dt)[:, None, None]
+
+
+def bn_gelu(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """The prologue of SPACH's block, BatchNorm as a per-channel affine map then exact GELU:
+    ``gelu(x[b,c,h,w] * scale[c] + shift[c])``, with GELU's erf form (``nn.GELU()``).
+
+    x: (B, C, H, W); scale, shift: (C,), in x's dtype or float32. For eval-mode BatchNorm
+    ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean * scale``.
+    Computed in float32 (float64 for a float64 x) and returned in x's dtype: rounded once,
+    where an unfused BN -> GELU -> mix in x's dtype stores its input to the mix.
+    """
+    return _gelu_rounded(_bn_affine(x, scale, shift), x.dtype)
+
+
+def _gelu_rounded(u: Tensor, dtype: torch.dtype) -> Tensor:
+    """``gelu(u)`` (erf form) rounded to ``dtype``: :func:`bn_gelu` given its ``u``."""
+    return F.gelu(u).to(dtype)
+
+
+def bn_gelu_smlp_mix_ref(
+    x: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    row_weight: Tensor,
+    row_bias: Tensor | None,
+    col_weight: Tensor,
+    col_bias: Tensor | None,
+    fuse_weight: Tensor,
+) -> Tensor:
+    """:func:`smlp_mix_ref` of :func:`bn_gelu` of x: SPACH's whole sMLPBlock with its BN in
+    eval mode. Shapes as in :func:`bn_gelu` and :func:`smlp_mix_ref`."""
+    return smlp_mix_ref(
+        bn_gelu(x, scale, shift), row_weight, row_bias, col_weight, col_bias, fuse_weight
+    )
 
 
 def _axis_wgrad(g: Tensor, x: Tensor, axis: int) -> tuple[Tensor, Tensor]:

@@ -1,8 +1,9 @@
 """The backend registry: which implementations of the ops exist, which can run, and which runs.
 
 A backend implements four primitives (:class:`Backend`: the fused mix, its weight
-gradients, an axis mix and its weight gradients) for tensors the op layer has already
-validated. The op layer (:mod:`smlp_kernels.ops`) owns everything else: argument checks,
+gradients, an axis mix and its weight gradients), and may override an optional fifth (the
+mix with SPACH's BN -> GELU prologue applied to its input), for tensors the op layer has
+already validated. The op layer (:mod:`smlp_kernels.ops`) owns everything else: argument checks,
 empty batches, output dtype and memory format, the device guard, and every backward, which
 it composes from the primitives. So a new backend plugs in with :func:`register_backend` and
 nothing in the public API changes. The built-in backends are registered in one place, the
@@ -58,14 +59,24 @@ class Backend(ABC):
     plus :meth:`mix_wgrad`; ``row_mix`` and ``col_mix`` are :meth:`axis_mix` and
     :meth:`axis_wgrad` the same way. So a backend never writes a backward.
 
+    An optional fifth primitive, :meth:`mix_bn_gelu`, is the forward of
+    ``bn_gelu_smlp_mix``: :meth:`mix` of ``gelu(x * scale[c] + shift[c])``, SPACH's
+    BN -> GELU prologue with BatchNorm as a per-channel affine map. Its default is the
+    unfused composition (:func:`smlp_kernels.reference.bn_gelu`, then :meth:`mix`); a
+    backend that applies the prologue inside its kernel overrides it and sets
+    :attr:`fused_prologue`. Its backward is composed by the op layer (the prologue's
+    gradients from the input gradient of :meth:`mix`, the weight gradients from
+    :meth:`mix_wgrad` of the recomputed prologue), so it needs no backward primitive either.
+
     Every primitive receives arguments that passed :mod:`smlp_kernels._validation` and a
     non-empty batch: dense tensors with **any strides, zero strides included** (an expanded
     x, the upstream gradient of ``y.sum()``, transposed weight views); a backend that needs
-    dense memory makes its own copy. ``g`` has x's dtype; parameters are in x's dtype or
-    float32. On CUDA, x's device is the current device when a primitive runs (the op layer
-    sets it), and work goes on that device's current stream. Outputs may have any strides;
-    ``y`` and ``dx`` are in x's dtype, weight gradients in x's dtype or wider (float32 for
-    16-bit x); the op layer casts each result to its dtype and memory format.
+    dense memory makes its own copy. ``g`` has x's dtype; parameters (``scale`` and
+    ``shift`` included) are in x's dtype or float32. On CUDA, x's device is the current
+    device when a primitive runs (the op layer sets it), and work goes on that device's
+    current stream. Outputs may have any strides; ``y`` and ``dx`` are in x's dtype, weight
+    gradients in x's dtype or wider (float32 for 16-bit x); the op layer casts each result
+    to its dtype and memory format.
     """
 
     name: str = ""
@@ -74,6 +85,9 @@ class Backend(ABC):
     max_side: int | None = None  # the largest H and W it takes; None for any
     priority: int = 0  # higher wins in automatic selection
     auto_select: bool = True  # False: runs only when asked for by name (backend= or env)
+    # True: mix_bn_gelu applies the prologue inside the kernel and never materialises
+    # gelu(BN(x)); False: the default mix_bn_gelu, which computes it first, then mix.
+    fused_prologue: bool = False
 
     def availability(self) -> tuple[bool, str]:
         """(available, reason). Called once per process and cached by the registry."""
@@ -81,6 +95,7 @@ class Backend(ABC):
 
     def unsupported_reason(self, op: str, x: Tensor, out_channels: int) -> str | None:
         """Why this backend cannot run ``op`` ("mix", "row_mix", "col_mix") on x, or None.
+        ``bn_gelu_smlp_mix`` asks for "mix": :meth:`mix_bn_gelu` has the limits of :meth:`mix`.
 
         Answered from :attr:`dtypes` and :attr:`max_side`; a subclass with other limits
         extends it.
@@ -108,6 +123,23 @@ class Backend(ABC):
         ``(d_fuse (C_out, 3C), d_row_weight, d_row_bias, d_col_weight, d_col_bias)``, bias
         gradients whether or not the biases are None. ``deterministic``: bitwise the same
         from run to run."""
+
+    def mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight, col_bias,
+                    f_id, f_row, f_col) -> Tensor:  # fmt: skip
+        """:meth:`mix` of ``x' = gelu(x[b,c,h,w] * scale[c] + shift[c])`` (exact, erf GELU).
+
+        scale, shift: (C,), in x's dtype or float32; the other arguments as in :meth:`mix`.
+        The prologue computes in float32 (float64 for a float64 x) and x' is rounded to x's
+        dtype before the mix, as :func:`smlp_kernels.reference.bn_gelu` does: a fused kernel
+        rounds there too, so that it gives the unfused result. Returns (B, C_out, H, W).
+
+        This default is the unfused composition; a backend with :attr:`fused_prologue`
+        overrides it.
+        """
+        from .reference import bn_gelu  # the reference imports this module
+
+        x_act = bn_gelu(x, scale, shift)
+        return self.mix(x_act, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
 
     @abstractmethod
     def axis_mix(self, x: Tensor, weight: Tensor, bias: Tensor | None, axis: int) -> Tensor:

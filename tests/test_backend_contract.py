@@ -2,10 +2,11 @@
 
 Every backend (``reference``, ``cpu``, ``triton`` on its interpreter on a CPU machine;
 ``triton`` and ``cuda`` on CUDA tensors on a GPU machine) implements the four primitives of
-:class:`smlp_kernels.registry.Backend` and declares its dtypes and largest side as data. The
-op layer composes the backward from those primitives, so each test here goes through the
-public ops (``smlp_mix``, ``row_mix``, ``col_mix``) with ``backend=`` set, except the poison
-test, which calls the primitives directly. What every backend must do:
+:class:`smlp_kernels.registry.Backend` (and may override the fifth, ``mix_bn_gelu``, the mix
+with the BN -> GELU prologue) and declares its dtypes and largest side as data. The op layer
+composes the backward from those primitives, so each test here goes through the public ops
+(``smlp_mix``, ``row_mix``, ``col_mix``, ``bn_gelu_smlp_mix``) with ``backend=`` set, except
+the poison test, which calls the primitives directly. What every backend must do:
 
 * the forward and every gradient (x, both weights, both biases, the fuse weight) in every
   dtype it declares, with and without biases, against the float64 reference;
@@ -17,7 +18,10 @@ test, which calls the primitives directly. What every backend must do:
 * an empty batch: empty outputs, zero parameter gradients (the op layer answers it without
   calling the backend, so this checks that no backend-specific path is taken);
 * refuse what it cannot do (a dtype it does not declare, a side beyond ``max_side``) with a
-  ValueError naming the dtype or the size, and run the largest side it declares.
+  ValueError naming the dtype or the size, and run the largest side it declares;
+* the same for ``bn_gelu_smlp_mix`` (the tests at the end): forward and the gradients of x,
+  scale, shift and every weight in every dtype, 16-bit x with float32 scale, shift and
+  weights, channels_last and sliced x, NaN from x or scale, an empty batch, gradcheck.
 
 Tolerance: the backend's error against the float64 reference is at most twice PyTorch's own
 error in the same dtype (the reference run in that dtype), plus an allowance (``atol``)
@@ -226,11 +230,14 @@ def _poisoned_allocations():
             setattr(torch, name, fn)
 
 
-def _call_primitives(be, g, x, rw, rb, cw, cb, blocks) -> dict[str, list[torch.Tensor]]:
+def _call_primitives(
+    be, g, x, scale, shift, rw, rb, cw, cb, blocks
+) -> dict[str, list[torch.Tensor]]:
     """Every primitive once (the input gradient as the forward with transposed weights)."""
     c = x.shape[1]
     return {
         "mix": [be.mix(x, rw, rb, cw, cb, *blocks)],
+        "mix_bn_gelu": [be.mix_bn_gelu(x, scale, shift, rw, rb, cw, cb, *blocks)],
         "input_grad": [be.mix(g, rw.t(), None, cw.t(), None, *(f.t() for f in blocks))],
         "mix_wgrad": list(be.mix_wgrad(g, x, rw, rb, cw, cb, *blocks, False)),
         "axis_mix": [be.axis_mix(x, cw, cb, 2)],
@@ -240,18 +247,18 @@ def _call_primitives(be, g, x, rw, rb, cw, cb, blocks) -> dict[str, list[torch.T
 
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_primitives_write_every_output_element(backend, device):
-    """The four primitives, with every allocation NaN-poisoned: an element a kernel forgets
-    stays NaN. Each result is also checked against the reference."""
+    """The primitives (mix_bn_gelu included), with every allocation NaN-poisoned: an element
+    a kernel forgets stays NaN. Each result is also checked against the reference."""
     be = registry.get_backend(backend)
     dtype = _first_dtype(backend)
-    args64 = _helpers.make_args(2, 5, 7, 13, 7, dtype=torch.float64, device=device)
-    x, rw, rb, cw, cb, fw = (t.to(dtype) for t in args64)
+    args64 = prologue_args(2, 5, 7, 13, 7, device=device)
+    x, scale, shift, rw, rb, cw, cb, fw = (t.to(dtype) for t in args64)
     blocks = fw.split(5, dim=1)
     g = randn(2, 7, 13, 7, device=device).to(dtype)
     with _poisoned_allocations():
         assert torch.empty(2, device=device).isnan().all()
-        outs = _call_primitives(be, g, x, rw, rb, cw, cb, blocks)
-    up = [t.double() for t in (g, x, rw, rb, cw, cb)]
+        outs = _call_primitives(be, g, x, scale, shift, rw, rb, cw, cb, blocks)
+    up = [t.double() for t in (g, x, scale, shift, rw, rb, cw, cb)]
     want = _call_primitives(R.ReferenceBackend(), *up, [f.double() for f in blocks])
     tol = 1e-10 if dtype == torch.float64 else 1e-4  # a check of values, not of rounding
     for prim, got in outs.items():
@@ -334,6 +341,9 @@ def test_refuses_dtypes_it_does_not_declare(backend, device):
             smlp_kernels.smlp_mix(*args, backend=backend)
         with pytest.raises(ValueError, match=rf"'{backend}' cannot run row_mix.*not {name}"):
             smlp_kernels.row_mix(args[0], args[1], backend=backend)
+        ones = torch.ones(2, dtype=dtype, device=device)
+        with pytest.raises(ValueError, match=rf"'{backend}' cannot run mix.*not {name}"):
+            smlp_kernels.bn_gelu_smlp_mix(args[0], ones, ones, *args[1:], backend=backend)
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS)
@@ -345,10 +355,16 @@ def test_largest_side_runs_and_one_more_is_refused(backend, device):
     for h, w in ((n, 3), (3, n)):
         args = _helpers.make_args(1, 2, 3, h, w, dtype=torch.float64, device=device)
         check_mix(backend, args, randn(1, 3, h, w, device=device), dtype)
+    # The prologue at the largest side, once (H = n: columns of n tokens).
+    args = prologue_args(1, 2, 3, n, 3, device=device)
+    check_mix(backend, args, randn(1, 3, n, 3, device=device), dtype, *_PROLOGUE_OP)
     for h, w, word in ((n + 1, 3, "H"), (3, n + 1, "W")):
         args = _helpers.make_args(1, 2, 2, h, w, dtype=dtype, device=device)
         with pytest.raises(ValueError, match=rf"'{backend}' cannot run mix.*{word} = {n + 1}"):
             smlp_kernels.smlp_mix(*args, backend=backend)
+        ones = torch.ones(2, dtype=dtype, device=device)
+        with pytest.raises(ValueError, match=rf"'{backend}' cannot run mix.*{word} = {n + 1}"):
+            smlp_kernels.bn_gelu_smlp_mix(args[0], ones, ones, *args[1:], backend=backend)
     x = torch.zeros(1, 1, 3, n + 1, dtype=dtype, device=device)
     weight = torch.zeros(n + 1, n + 1, dtype=dtype, device=device)
     with pytest.raises(ValueError, match=rf"'{backend}' cannot run row_mix.*W = {n + 1}"):
@@ -371,3 +387,132 @@ def test_gradcheck_in_float64(backend, device):
         fn = getattr(smlp_kernels, op)
         axis = [t.requires_grad_() for t in axis]
         assert torch.autograd.gradcheck(lambda *a, fn=fn: fn(*a, backend=backend), axis)
+
+
+# --------------------------------------------------------------------------------------------
+# bn_gelu_smlp_mix: the mix of gelu(x * scale + shift) (Backend.mix_bn_gelu; its backward is
+# the op layer's, from the backend's mix and mix_wgrad)
+# --------------------------------------------------------------------------------------------
+
+PROLOGUE_NAMES = ("y", "x", "scale", "shift", *MIX_NAMES[2:])
+_PROLOGUE_OP = (PROLOGUE_NAMES, smlp_kernels.bn_gelu_smlp_mix)
+
+
+def prologue_args(b, c, c_out, h, w, *, device, bias=True, dtype=torch.float64) -> list:
+    """[x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight]: scale
+    around 1 (some near 0 or negative, as trained BNs have), shift O(1), so that
+    u = x * scale + shift covers GELU's curved part around 0 and its tails."""
+    x, *params = _helpers.make_args(b, c, c_out, h, w, dtype=torch.float64, device=device,
+                                    bias=bias)  # fmt: skip
+    scale = 1 + 0.5 * randn(c, seed=11, device=device)
+    shift = 0.7 * randn(c, seed=12, device=device)
+    args = [x, scale, shift, *params]
+    return [None if t is None else t.to(dtype) for t in args]
+
+
+# MIX_CASES with biases, and one of them without.
+PROLOGUE_CASES = [pytest.param(*p.values, True, id=p.id) for p in MIX_CASES] + [
+    pytest.param(*p.values, False, id=f"{p.id}-nobias") for p in MIX_CASES if p.values[1] == 7
+]
+
+
+@pytest.mark.parametrize("b, c, c_out, h, w, bias", PROLOGUE_CASES)
+@pytest.mark.parametrize("backend, device, dtype", backend_dtype_params())
+def test_prologue_forward_and_every_gradient(backend, device, dtype, b, c, c_out, h, w, bias):
+    args = prologue_args(b, c, c_out, h, w, device=device, bias=bias)
+    check_mix(backend, args, randn(b, c_out, h, w, device=device), dtype, *_PROLOGUE_OP)
+
+
+def backend_low_precision_params() -> list:
+    """(backend, device, dtype) for float16 and bfloat16, where each backend declares them."""
+    return [p for p in backend_dtype_params() if p.values[2] in (torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("backend, device, dtype", backend_low_precision_params())
+def test_prologue_low_precision_x_with_float32_scale_shift_and_weights(backend, device, dtype):
+    """What SparseMLP passes in eval mode under mixed precision: a 16-bit x, float32 scale and
+    shift (and float32 master weights). Output and dx in x's dtype, the rest in float32."""
+    args64 = prologue_args(2, 6, 5, 7, 9, device=device)
+    args = [args64[0].to(dtype), *(t.float() for t in args64[1:])]
+    grad = randn(2, 5, 7, 9, device=device)
+    ours = run(smlp_kernels.bn_gelu_smlp_mix, args, grad, backend)
+    assert ours[0].dtype == ours[1].dtype == dtype
+    assert all(g.dtype == torch.float32 for g in ours[2:])
+    base = run(smlp_kernels.bn_gelu_smlp_mix, args, grad, "reference")
+    truth = run(smlp_kernels.bn_gelu_smlp_mix, args64, grad, "reference")
+    assert_within(ours, base, truth, PROLOGUE_NAMES, dtype)
+
+
+@pytest.mark.parametrize("kind", ["channels_last", "sliced"])
+@pytest.mark.parametrize("backend, device, dtype", backend_wide_dtype_params())
+def test_prologue_layouts(backend, device, dtype, kind):
+    """channels_last x (kept in the output), or a sliced x with strided scale and shift (built
+    in ``dtype``: a cast would make the views contiguous)."""
+    x, scale, shift, *params = prologue_args(3, 5, 6, 9, 7, device=device, dtype=dtype)
+    if kind == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        x = _helpers.layout(x, "sliced")
+        pair = torch.stack([scale, shift], 1)  # (C, 2): each column a strided view
+        scale, shift = pair[:, 0], pair[:, 1]
+    args = [x, scale, shift, *params]
+    assert not all(t.is_contiguous() for t in args[:3]), kind
+    grad = randn(3, 6, 9, 7, device=device).to(dtype)
+    ours = check_mix(backend, args, grad, dtype, *_PROLOGUE_OP)
+    if kind == "channels_last":
+        assert ours[0].is_contiguous(memory_format=torch.channels_last)
+        assert ours[1].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("where", ["x", "scale"])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_prologue_nan_reaches_exactly_the_outputs_the_reference_makes_nan(backend, device, where):
+    """NaN in x reaches y through the prologue as in smlp_mix, dx at that element only, and
+    the scale and shift gradients of its channel only; NaN in scale[c] makes all of y NaN."""
+    dtype = _first_dtype(backend)
+    args = prologue_args(2, 3, 4, 6, 5, device=device)
+    if where == "x":
+        args[0][1, 2, 3, 1] = float("nan")
+    else:
+        args[1][0] = float("nan")
+    grad = randn(2, 4, 6, 5, device=device)
+    ours = run(smlp_kernels.bn_gelu_smlp_mix, args, grad, backend, dtype)
+    ref = run(smlp_kernels.bn_gelu_smlp_mix, args, grad, "reference", dtype)
+    for o, r, name in zip(ours, ref, PROLOGUE_NAMES, strict=True):
+        independent = name in ("row_bias", "col_bias")  # their gradients never see x'
+        assert r.isnan().any() != independent, f"{name}: the test is broken"
+        assert torch.equal(o.isnan(), r.isnan()), name
+    y, dx, d_scale, d_shift = ours[:4]
+    if where == "x":
+        assert not y[0].isnan().any()
+        assert y[1, :, 3, :].isnan().all() and y[1, :, :, 1].isnan().all()
+        assert dx.isnan().sum() == 1 and dx[1, 2, 3, 1].isnan()
+        for d in (d_scale, d_shift):
+            assert d.isnan().tolist() == [False, False, True]
+    else:
+        assert y.isnan().all()
+        assert dx[:, 0].isnan().all() and not dx[:, 1:].isnan().any()
+        assert d_scale.isnan().tolist() == d_shift.isnan().tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_prologue_empty_batch(backend, device):
+    dtype = _first_dtype(backend)
+    args = prologue_args(1, 3, 4, 5, 6, device=device, dtype=dtype)
+    args[0] = args[0][:0]
+    grad = torch.ones(0, 4, 5, 6, dtype=dtype, device=device)
+    y, dx, *grads = run(smlp_kernels.bn_gelu_smlp_mix, args, grad, backend)
+    assert y.shape == (0, 4, 5, 6) and dx.shape == args[0].shape
+    for g, t, name in zip(grads, args[1:], PROLOGUE_NAMES[2:], strict=True):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        assert torch.count_nonzero(g) == 0, name
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_prologue_gradcheck_in_float64(backend, device):
+    if torch.float64 not in registry.get_backend(backend).dtypes or device != "cpu":
+        pytest.skip(f"{backend} does not compute in float64 here")
+    args = [t.requires_grad_() for t in prologue_args(2, 2, 3, 3, 4, device=device)]
+    assert torch.autograd.gradcheck(
+        lambda *a: smlp_kernels.bn_gelu_smlp_mix(*a, backend=backend), args, eps=1e-6, atol=1e-8
+    )

@@ -162,8 +162,8 @@ def test_jit_trace_saves_and_reloads_in_a_fresh_process(backend, tmp_path):
         + """
 model.eval()
 traced = torch.jit.trace(model, (x,))
-# The trace records the registered op, not a Python call.
-assert "smlp::mix_fwd" in str(traced.graph), traced.graph
+# The trace records the registered op (in eval mode BN -> GELU -> mix), not a Python call.
+assert "smlp::mix_bn_gelu_fwd" in str(traced.graph), traced.graph
 torch.jit.save(traced, "traced.pt")
 with torch.no_grad():
     torch.save({"x": x.cpu(), "y": model(x).cpu()}, "io.pt")
@@ -195,7 +195,7 @@ def test_jit_trace_output_saves_in_process(tmp_path):
     loaded = torch.jit.load(str(path))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    assert "smlp::mix_fwd" in str(loaded.graph)
+    assert "smlp::mix_bn_gelu_fwd" in str(loaded.graph)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

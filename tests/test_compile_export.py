@@ -1,5 +1,6 @@
 """The custom ops under PyTorch's graph tooling, for every backend that runs here:
-``torch.library.opcheck`` on all six ops, ``torch.compile(fullgraph=True)`` of a model built
+``torch.library.opcheck`` on the six ops of smlp_mix, row_mix and col_mix (the two of
+bn_gelu_smlp_mix: test_prologue.py), ``torch.compile(fullgraph=True)`` of a model built
 from SparseMLP blocks (forward and backward, zero graph breaks), and ``torch.export`` of that
 model with a dynamic batch, saved and reloaded.
 
@@ -252,8 +253,11 @@ def test_export_model_dynamic_batch_save_and_load(backend, device, tmp_path):
     batch = torch.export.Dim("batch", min=1, max=1024)
     example = torch.randn(2, 3, 32, 32, device=device)
     ep = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}})
-    calls = [n for n in ep.graph.nodes if str(n.target) == "smlp.mix_fwd.default"]
-    assert len(calls) == 2  # one SparseMLP block per stage
+    targets = [str(n.target) for n in ep.graph.nodes]
+    # In eval mode each SparseMLP block is one op, BN -> GELU included.
+    calls = [n for n in ep.graph.nodes if str(n.target) == "smlp.mix_bn_gelu_fwd.default"]
+    assert len(calls) == 2, targets  # one SparseMLP block per stage
+    assert "smlp.mix_fwd.default" not in targets
     # The backend is an argument of the op: the exported graph records which one runs.
     assert all(n.args[-1] == backend for n in calls)
     path = tmp_path / "smlpnet.pt2"
