@@ -332,23 +332,25 @@ def concat_config(c: int, h: int, w: int, fp32: bool) -> _tuning.Config:
     bytes on sm_80, Triton 3.6)."""
     bh, bw = max(16, _tuning.np2(h)), max(16, _tuning.np2(w))
     bc = 32 if c >= 32 and not (fp32 and max(bh, bw) >= 64) else 16
-    warps = 8 if max(bh, bw) >= 128 else 4
+    # 128-long lines: 8 warps (16 in float32, where 8 spilled 16 bytes with Triton 3.9).
+    warps = (16 if fp32 else 8) if max(bh, bw) >= 128 else 4
     return _tuning.config(warps, 1, LINES=8, BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw)
 
 
 def gemm_configs(c_out: int, fp32: bool) -> list[_tuning.Config]:
-    """Tiles of fuse_gemm_kernel. The default is 128 pixels x up to 128 output channels on
-    8 warps (two warpgroups of 64 rows: the smallest tile wgmma takes), BLOCK_K 64 and
-    3 stages for 16-bit; float32 (FMA or TF32) takes half the K depth. The alternative has
-    64-channel tiles (less padding when C_out is just above a power of two)."""
+    """Tiles of fuse_gemm_kernel. The default for 16-bit is 128 pixels x up to 128 output
+    channels on 8 warps (two warpgroups of 64 rows: the smallest tile wgmma takes), BLOCK_K
+    64 and 3 stages; the alternative has 64-channel tiles on one warpgroup (less padding
+    when C_out is just above a power of two)."""
     bn = min(128, max(16, _tuning.np2(c_out)))
-    bk = 32 if fp32 else 64
-    stages = 2 if fp32 else 3
-    out = [_tuning.config(8, stages, BLOCK_M=128, BLOCK_N=bn, BLOCK_K=bk)]
+    if fp32:
+        # float32 takes the FMA path (or TF32): no wgmma to feed, and 128-pixel tiles
+        # spilled 8 to 24 bytes with Triton 3.9 (sm_80, sm_90), 64 x 64 on 4 warps 16 bytes
+        # with 3.6 (sm_80). One 64 x 64 tile on 8 warps.
+        return [_tuning.config(8, 2, BLOCK_M=64, BLOCK_N=min(64, bn), BLOCK_K=32)]
+    out = [_tuning.config(8, 3, BLOCK_M=128, BLOCK_N=bn, BLOCK_K=64)]
     if bn > 64:
-        # float32 on 4 warps spilled 8 bytes on sm_90 (Triton 3.6).
-        out.append(_tuning.config(8 if fp32 else 4, stages + 1, BLOCK_M=128, BLOCK_N=64,
-                                  BLOCK_K=bk))  # fmt: skip
+        out.append(_tuning.config(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64))
     return _tuning.dedup(out)
 
 
