@@ -136,6 +136,51 @@ def _mix_input_grad(be: Backend, g: Tensor, row_weight, col_weight, f_blocks) ->
     return be.mix(g, row_weight.t(), None, col_weight.t(), None, f_id.t(), f_row.t(), f_col.t())
 
 
+def _mix_grads(be: Backend, g: Tensor, x_mixed: Tensor, row_weight, row_bias, col_weight,
+               col_bias, fuse_weight) -> tuple[Tensor, ...]:  # fmt: skip
+    """The fused mix's gradients from the backend's primitives, before any cast:
+    (dx, d_fuse, d_rw, d_rb, d_cw, d_cb), given g in x's dtype and the mix's input x_mixed
+    (x, or the prologue's output)."""
+    f_blocks = _fuse_blocks(fuse_weight, x_mixed.shape[1])
+    dx = _mix_input_grad(be, g, row_weight, col_weight, f_blocks)
+    wgrads = be.mix_wgrad(g, x_mixed, row_weight, row_bias, col_weight, col_bias, *f_blocks,
+                          is_deterministic())  # fmt: skip
+    return (dx, *wgrads)
+
+
+def _zero_mix_grads(x: Tensor, row_weight, col_weight, fuse_weight) -> tuple[Tensor, ...]:
+    """:func:`_mix_grads` of an empty batch: an empty dx and all-zero parameter gradients."""
+    d_fuse, d_rw, d_cw = map(torch.zeros_like, (fuse_weight, row_weight, col_weight))
+    d_rb, d_cb = row_weight.new_zeros(row_weight.shape[0]), col_weight.new_zeros(x.shape[2])
+    return torch.zeros_like(x), d_fuse, d_rw, d_rb, d_cw, d_cb
+
+
+def _finish_weight_grads(d_fuse, d_rw, d_rb, d_cw, d_cb, row_weight, row_bias, col_weight,
+                         col_bias, fuse_weight) -> tuple[Tensor, ...]:  # fmt: skip
+    """The weight gradients in each parameter's dtype, in the ops' order: row weight, row
+    bias, column weight, column bias, fuse weight."""
+    return (
+        _finish(d_rw, row_weight.dtype),
+        _finish(d_rb, _grad_dtype(row_bias, row_weight)),
+        _finish(d_cw, col_weight.dtype),
+        _finish(d_cb, _grad_dtype(col_bias, col_weight)),
+        _finish(d_fuse, fuse_weight.dtype),
+    )
+
+
+def _empty_weight_grads(x, row_weight, row_bias, col_weight, col_bias, fuse_weight):
+    """Uninitialised weight gradients as :func:`_finish_weight_grads` returns them (the fake
+    implementations' outputs)."""
+    w, h = row_weight.shape[0], col_weight.shape[0]
+    return (
+        _empty(row_weight.shape, x, row_weight.dtype),
+        _empty((w,), x, _grad_dtype(row_bias, row_weight)),
+        _empty(col_weight.shape, x, col_weight.dtype),
+        _empty((h,), x, _grad_dtype(col_bias, col_weight)),
+        _empty(fuse_weight.shape, x, fuse_weight.dtype),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # smlp::mix_fwd and smlp::mix_bwd
 # --------------------------------------------------------------------------------------------
@@ -177,40 +222,21 @@ def _(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
 def _mix_bwd(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     fmt = _memory_format(x)
-    if x.shape[0] == 0:  # an empty dx and all-zero parameter gradients
-        dx = torch.zeros_like(x)
-        d_fuse, d_rw, d_cw = map(torch.zeros_like, (fuse_weight, row_weight, col_weight))
-        d_rb, d_cb = row_weight.new_zeros(row_weight.shape[0]), col_weight.new_zeros(x.shape[2])
+    params = (row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    if x.shape[0] == 0:
+        dx, *wgrads = _zero_mix_grads(x, row_weight, col_weight, fuse_weight)
     else:
-        be = get_backend(backend)
-        f_blocks = _fuse_blocks(fuse_weight, x.shape[1])
         with _backend_call(x):
-            g = grad.to(x.dtype)
-            dx = _mix_input_grad(be, g, row_weight, col_weight, f_blocks)
-            d_fuse, d_rw, d_rb, d_cw, d_cb = be.mix_wgrad(
-                g, x, row_weight, row_bias, col_weight, col_bias, *f_blocks, is_deterministic()
-            )
-    return (
-        _finish(dx, x.dtype, fmt),
-        _finish(d_rw, row_weight.dtype),
-        _finish(d_rb, _grad_dtype(row_bias, row_weight)),
-        _finish(d_cw, col_weight.dtype),
-        _finish(d_cb, _grad_dtype(col_bias, col_weight)),
-        _finish(d_fuse, fuse_weight.dtype),
-    )
+            dx, *wgrads = _mix_grads(get_backend(backend), grad.to(x.dtype), x, *params)
+    return (_finish(dx, x.dtype, fmt), *_finish_weight_grads(*wgrads, *params))
 
 
 @_mix_bwd.register_fake
 def _(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
-    w, h = row_weight.shape[0], col_weight.shape[0]
     return (
         _empty(x.shape, x, x.dtype, _memory_format(x)),
-        _empty(row_weight.shape, x, row_weight.dtype),
-        _empty((w,), x, _grad_dtype(row_bias, row_weight)),
-        _empty(col_weight.shape, x, col_weight.dtype),
-        _empty((h,), x, _grad_dtype(col_bias, col_weight)),
-        _empty(fuse_weight.shape, x, fuse_weight.dtype),
+        *_empty_weight_grads(x, row_weight, row_bias, col_weight, col_bias, fuse_weight),
     )
 
 
@@ -307,23 +333,15 @@ def _mix_bn_gelu_bwd(
         x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
     )
     fmt = _memory_format(x)
-    if x.shape[0] == 0:  # an empty dx and all-zero parameter gradients
-        dx = torch.zeros_like(x)
+    params = (row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    if x.shape[0] == 0:
+        dx, *wgrads = _zero_mix_grads(x, row_weight, col_weight, fuse_weight)
         d_scale, d_shift = torch.zeros_like(scale), torch.zeros_like(shift)
-        d_fuse, d_rw, d_cw = map(torch.zeros_like, (fuse_weight, row_weight, col_weight))
-        d_rb, d_cb = row_weight.new_zeros(row_weight.shape[0]), col_weight.new_zeros(x.shape[2])
     else:
-        be = get_backend(backend)
-        f_blocks = _fuse_blocks(fuse_weight, x.shape[1])
         with _backend_call(x):
-            g = grad.to(x.dtype)
             u = _bn_affine(x, scale, shift)  # float32 (float64 for float64 x)
             x_act = _gelu_rounded(u, x.dtype)  # reference.bn_gelu(x, scale, shift)
-            dx_act = _mix_input_grad(be, g, row_weight, col_weight, f_blocks)
-            d_fuse, d_rw, d_rb, d_cw, d_cb = be.mix_wgrad(
-                g, x_act, row_weight, row_bias, col_weight, col_bias, *f_blocks,
-                is_deterministic(),
-            )  # fmt: skip
+            dx_act, *wgrads = _mix_grads(get_backend(backend), grad.to(x.dtype), x_act, *params)
             del x_act
             # dL/du: PyTorch's own GELU derivative (erf form), in u's dtype.
             dg = torch.ops.aten.gelu_backward(dx_act.to(u.dtype), u)
@@ -335,11 +353,7 @@ def _mix_bn_gelu_bwd(
         _finish(dx, x.dtype, fmt),
         _finish(d_scale, scale.dtype),
         _finish(d_shift, shift.dtype),
-        _finish(d_rw, row_weight.dtype),
-        _finish(d_rb, _grad_dtype(row_bias, row_weight)),
-        _finish(d_cw, col_weight.dtype),
-        _finish(d_cb, _grad_dtype(col_bias, col_weight)),
-        _finish(d_fuse, fuse_weight.dtype),
+        *_finish_weight_grads(*wgrads, *params),
     )
 
 
@@ -348,16 +362,11 @@ def _(grad, x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_we
     check_bn_gelu_smlp_mix_args(
         x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
     )
-    w, h = row_weight.shape[0], col_weight.shape[0]
     return (
         _empty(x.shape, x, x.dtype, _memory_format(x)),
         _empty(scale.shape, x, scale.dtype),
         _empty(shift.shape, x, shift.dtype),
-        _empty(row_weight.shape, x, row_weight.dtype),
-        _empty((w,), x, _grad_dtype(row_bias, row_weight)),
-        _empty(col_weight.shape, x, col_weight.dtype),
-        _empty((h,), x, _grad_dtype(col_bias, col_weight)),
-        _empty(fuse_weight.shape, x, fuse_weight.dtype),
+        *_empty_weight_grads(x, row_weight, row_bias, col_weight, col_bias, fuse_weight),
     )
 
 

@@ -36,7 +36,9 @@ def backend_devices() -> list[tuple[str, str]]:
 
 # The backends a GPU machine must have: without them the GPU-only tests would be parametrized
 # over nothing (or fall back to the reference) and pass without testing the kernels.
-GPU_BACKEND_NAMES = ("cuda", "triton")
+GPU_BACKEND_NAMES = ("cuda", "triton", "triton_v0")
+# The Triton backends: version 1 and version 0 (both on the interpreter without a GPU).
+TRITON_BACKENDS = ("triton", "triton_v0")
 
 
 def missing_gpu_backends() -> dict[str, str]:
@@ -73,7 +75,7 @@ def backend_params() -> list:
 
 def is_slow(backend: str, device: str) -> bool:
     """True for the Triton interpreter: keep shapes and example counts small."""
-    return backend == "triton" and device == "cpu"
+    return backend in TRITON_BACKENDS and device == "cpu"
 
 
 def unsupported(backend: str, op: str, x: torch.Tensor, out_channels: int) -> str | None:
