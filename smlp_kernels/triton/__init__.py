@@ -1,14 +1,17 @@
-"""The ``triton`` backend: fused Triton kernels for the four primitives of the backend
-contract (:class:`smlp_kernels.registry.Backend`).
+"""The Triton backends: fused Triton kernels for the primitives of the backend contract
+(:class:`smlp_kernels.registry.Backend`), in two versions.
 
-One module per kernel family, each with its kernels, launcher and tile configurations:
-
-* :mod:`.mix`: the fused mix ``y = F_id x + F_row R(x) + F_col K(x)`` (the forward and,
-  called by the op layer with transposed weights and no biases, the input gradient);
-* :mod:`.wgrad_fuse`: the fuse-weight gradient, one reduction over the pixels;
-* :mod:`.axis`: the row / column mix and the weight gradient along an axis (which also
-  gives the fused mix's row and column weight gradients, with z = F_row^T g or F_col^T g
-  computed on the fly);
+* ``triton`` (:class:`TritonBackend`, version 1): :mod:`.gemm`, the mix as a pre-pass that
+  lays out A = [x | R(x) + rb | K(x) + cb] per pixel and pipelined GEMMs (forward and input
+  gradient; the fuse-weight gradient as a split-K GEMM; the row and column weight gradients
+  from Z = [F_row^T g | F_col^T g]), with the BN -> GELU prologue fused into the pre-pass;
+* ``triton_v0`` (:class:`TritonV0Backend`, version 0, selectable by name): :mod:`.mix` (the
+  fused mix ``y = F_id x + F_row R(x) + F_col K(x)`` on pixel boxes, forward and, called
+  with transposed weights and no biases, the input gradient) and :mod:`.wgrad_fuse` (the
+  fuse-weight gradient, one reduction over the pixels);
+* both: :mod:`.axis`, the row / column mix and the weight gradient along an axis (version
+  0 also takes the fused mix's row and column weight gradients from it, with z = F_row^T g
+  or F_col^T g computed on the fly);
 
 plus :mod:`._common` (dtype and precision rules, launch helpers) and :mod:`._tuning` (the
 configuration type and the autotuner). Importing this package never imports Triton; the
@@ -25,8 +28,8 @@ Sizes: any B, C, C_out; 1 <= H, W <= 128 (a row or column must fit one tile).
 
 Under the Triton interpreter (``TRITON_INTERPRET=1`` set before the first call) the
 kernels run on CPU tensors, for testing; bfloat16 is then computed in float32, since the
-interpreter gets bfloat16 products wrong. In that mode the backend only runs when asked for
-by name (``backend="triton"``).
+interpreter gets bfloat16 products wrong. In that mode the backends only run when asked for
+by name (``backend="triton"`` or ``"triton_v0"``).
 """
 
 from __future__ import annotations

@@ -25,11 +25,17 @@ chunk: written by the pre-pass and read right away by the GEMM, a small one can 
 GPU's L2 cache (50 MB on an H100 / H200); a large one means fewer launches. Which wins is
 for a GPU to show (benchmarks/NOTES.md holds the predictions).
 
-The fuse-weight gradient is the same GEMM turned around: ``fuse_wgrad_kernel`` computes
-dF = G^T A with the pixels as the reduction, split over pixel tiles (split-K), on the same
-pre-pass's A; partial sums go to fixed slots added in a fixed order in deterministic mode,
-else to one buffer with atomics. The input gradient is ``mix`` on g with the transposed
-weights and no biases (the op layer's call), so it runs this same pair of kernels.
+The input gradient is ``mix`` on g with the transposed weights and no biases (the op
+layer's call), so it runs this same pair of kernels. The weight gradients (``mix_wgrad``),
+per chunk: the pre-pass on x again; ``pixel_major_kernel`` re-lays g pixel-major (G), so
+that its loads vectorise too (NCHW planes of 49 or 196 pixels are not 16-byte aligned);
+``fuse_wgrad_kernel`` computes dF = G^T A with the pixels as the reduction, split over
+pixel tiles (split-K); ``fuse_gemm_kernel`` computes Z = G [F_row | F_col] = [F_row^T g |
+F_col^T g]; ``line_wgrad_kernel`` reduces Z against x along W and along H into the row and
+column weight and bias gradients. Partial sums go to fixed slots added in a fixed order in
+deterministic mode (over the chunks too), else to one buffer per gradient with atomics.
+
+Row and column mixes alone (``row_mix``, ``col_mix``) use :mod:`.axis`'s kernels.
 """
 
 import os
