@@ -1,6 +1,7 @@
 """``python -m smlp_kernels.demo``: run the op and the drop-in module, and say what happened.
 
-It checks each available backend against the float64 reference on the four sMLPNet-T stage
+It checks each available backend (but those that run only when named, such as the Triton
+interpreter) against the float64 reference on the four sMLPNet-T stage
 shapes (at a small batch), swaps SparseMLP into a SPACH-style model with
 :func:`smlp_kernels.convert_spach` and compares outputs and gradients, and times a forward
 pass of each backend against the SPACH-style eager block on this machine.
@@ -17,6 +18,7 @@ from . import SparseMLP, backends, convert_spach, smlp_mix
 from ._validation import int_arg
 from .bench.timing import time_calls
 from .reference import SpachStyleSMLPBlock, smlp_mix_ref
+from .registry import get_backend
 
 # sMLPNet-T stages at 224x224: (channels, height = width).
 TINY_STAGES = ((80, 56), (160, 28), (320, 14), (640, 7))
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dev_name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    usable = [n for n, s in backends().items() if s.available]
+    # Backends that run only when named (the Triton interpreter, a testing aid: minutes
+    # per check) are left out.
+    usable = [n for n, s in backends().items() if s.available and get_backend(n).auto_select]
     print(f"device: {dev_name}; backends available: {', '.join(usable)}")
     ok = True
 
