@@ -314,12 +314,14 @@ STAGES = _helpers.cases(
 def test_v1_stage_shapes(b, c, c_out, h, w, dtype):
     """Version 1 at the real channel counts and sides of every sMLPNet-T and -B stage:
     forward and all six gradients against float64 (float32: tight; float16: 2x PyTorch's
-    own error)."""
+    own error), and the forward with the fused BN -> GELU prologue (whose gradients are the
+    mix's, composed by the op layer)."""
     args = make_args(b, c, c_out, h, w)
     if dtype == torch.float32:
         check_fp32_mix(args)
     else:
         check_low_precision(args, dtype)
+    check_prologue(args, dtype)  # and the fused BN -> GELU prologue's forward
 
 
 def _chunks(monkeypatch, images_per_chunk: int, per_image_bytes: int) -> None:
@@ -368,7 +370,25 @@ def test_v1_fused_prologue(b, c, c_out, h, w, dtype, chunked, monkeypatch):
     shift) != 0 and the padding of the tiles must stay zero for this to pass."""
     if chunked:
         _chunks(monkeypatch, 2, h * w * 3 * c * 4)
-    args = make_args(b, c, c_out, h, w)
+    be, x, scale, shift, rw, rb, cw, cb, blocks = check_prologue(
+        make_args(b, c, c_out, h, w), dtype
+    )
+    # NaN in x comes out in the pixels it reaches (its row and column), nowhere else.
+    x_nan = x.clone()
+    x_nan[0, 0, 1, 2] = float("nan")
+    y_nan = be.mix_bn_gelu(x_nan, scale.float(), shift.float(), rw, rb, cw, cb, *blocks)
+    hit = torch.zeros(h, w, dtype=torch.bool, device=DEVICE)
+    hit[1, :] = True
+    hit[:, 2] = True
+    assert torch.isnan(y_nan[0][:, hit]).all()
+    assert not torch.isnan(y_nan[0][:, ~hit]).any() and not torch.isnan(y_nan[1:]).any()
+
+
+def check_prologue(args, dtype):
+    """Version 1's mix_bn_gelu against float64, float32 tightly and 16-bit within 2x
+    PyTorch's own error (BN -> GELU -> smlp_mix in that dtype), with per-channel scales in
+    [0.5, 1.5) and non-zero shifts. Returns what it ran on, for further checks."""
+    c = args[0].shape[1]
     gen = torch.Generator().manual_seed(5)
     scale = (torch.rand(c, generator=gen, dtype=torch.float64) + 0.5).to(DEVICE)
     shift = torch.randn(c, generator=gen, dtype=torch.float64).to(DEVICE)
@@ -386,15 +406,7 @@ def test_v1_fused_prologue(b, c, c_out, h, w, dtype, chunked, monkeypatch):
                                            + shift.float()[:, None, None]).to(dtype)  # fmt: skip
         y_pt = R.smlp_mix_ref(unfused, rw, rb, cw, cb, fw)
         assert max_rel_err(y, truth) <= 2 * max_rel_err(y_pt, truth) + 1e-3
-    # NaN in x comes out in the pixels it reaches (its row and column), nowhere else.
-    x_nan = x.clone()
-    x_nan[0, 0, 1, 2] = float("nan")
-    y_nan = be.mix_bn_gelu(x_nan, scale.float(), shift.float(), rw, rb, cw, cb, *blocks)
-    hit = torch.zeros(h, w, dtype=torch.bool, device=DEVICE)
-    hit[1, :] = True
-    hit[:, 2] = True
-    assert torch.isnan(y_nan[0][:, hit]).all()
-    assert not torch.isnan(y_nan[0][:, ~hit]).any() and not torch.isnan(y_nan[1:]).any()
+    return be, x, scale, shift, rw, rb, cw, cb, blocks
 
 
 def test_v1_scratch_budget_from_the_environment(monkeypatch):
