@@ -48,15 +48,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-class TritonBackend(Backend):
-    """Fused Triton kernels, version 1 (:mod:`.gemm`): the mix as a pre-pass and a
-    pipelined GEMM; CUDA tensors (CPU tensors under the Triton interpreter)."""
+class _TritonBackends(Backend):
+    """What both versions share: where they run, their dtypes and sizes, and the axis mixes
+    (:mod:`.axis`). Each version implements the fused mix and its weight gradients."""
 
-    name = "triton"
-    priority = 30
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     max_side = 128
-    fused_prologue = True
 
     @property
     def device_types(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -77,6 +74,26 @@ class TritonBackend(Backend):
 
         return True, f"fused Triton kernels (triton {triton.__version__})"
 
+    def axis_mix(self, x, weight, bias, axis):
+        from .axis import axis_mix
+
+        return axis_mix(x, weight, bias, axis)
+
+    def axis_wgrad(self, g, x, axis, deterministic):
+        from .axis import axis_wgrad
+
+        return axis_wgrad(g, x, axis, None, deterministic=deterministic)
+
+
+class TritonBackend(_TritonBackends):
+    """Fused Triton kernels, version 1 (:mod:`.gemm`): the mix as a pre-pass and a
+    pipelined GEMM, with the BN -> GELU prologue fused into the pre-pass; CUDA tensors (CPU
+    tensors under the Triton interpreter)."""
+
+    name = "triton"
+    priority = 30
+    fused_prologue = True
+
     def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
         from .gemm import mix
 
@@ -96,35 +113,20 @@ class TritonBackend(Backend):
         return mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_row, f_col,
                          deterministic=deterministic)  # fmt: skip
 
-    def axis_mix(self, x, weight, bias, axis):
-        from .axis import axis_mix
 
-        return axis_mix(x, weight, bias, axis)
-
-    def axis_wgrad(self, g, x, axis, deterministic):
-        from .axis import axis_wgrad
-
-        return axis_wgrad(g, x, axis, None, deterministic=deterministic)
-
-
-class TritonV0Backend(TritonBackend):
+class TritonV0Backend(_TritonBackends):
     """Fused Triton kernels, version 0 (:mod:`.mix`, :mod:`.wgrad_fuse`): the mix on pixel
-    boxes with R(x) and K(x) recomputed in registers. Kept selectable by name until GPU
-    measurements decide between the versions; the automatic choice takes version 1."""
+    boxes with R(x) and K(x) recomputed in registers; the prologue unfused (the contract's
+    default). Kept selectable by name until GPU measurements decide between the versions;
+    the automatic choice takes version 1."""
 
     name = "triton_v0"
     priority = 29
-    fused_prologue = False
 
     def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
         from .mix import mix
 
         return mix(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
-
-    def mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight, col_bias,
-                    f_id, f_row, f_col):  # fmt: skip
-        return Backend.mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight,
-                                   col_bias, f_id, f_row, f_col)  # fmt: skip
 
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip

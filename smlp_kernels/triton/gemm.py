@@ -48,6 +48,7 @@ from torch import Tensor
 from . import _common as cm
 from . import _tuning
 from ._common import mm
+from .mix import _fuse_blocks
 
 # Scratch per batch chunk, unless SCRATCH_ENV says otherwise. Smaller chunks keep the
 # scratch in L2 (50 MB on an H100 / H200) between the kernel that writes it and the one that
@@ -473,6 +474,21 @@ def _gemm(a: Tensor, f: Tensor, y: Tensor, b0: int, nb: int, key: tuple) -> None
                      y.device, run))  # fmt: skip
 
 
+def _fuse_matrix(f_id: Tensor, f_row: Tensor, f_col: Tensor, dtype: torch.dtype) -> Tensor:
+    """F = [F_id | F_row | F_col] as one K-contiguous (C_out, 3C) matrix in the compute
+    dtype, so that the GEMM's loads of it vectorise like A's. The forward's blocks are
+    fuse_weight's own column blocks: then F is fuse_weight itself, no copy unless its dtype
+    or layout differs; other blocks (the input gradient's transposes) are copied, a
+    parameter-sized copy."""
+    f, blk = _fuse_blocks(f_id, f_row, f_col)
+    c = f_id.shape[1]
+    if f.stride(1) == 1 and blk == c:
+        f = f.as_strided((f.shape[0], 3 * c), f.stride(), f.storage_offset())
+    else:
+        f = torch.cat([f_id, f_row, f_col], dim=1)
+    return f.to(dtype).contiguous()
+
+
 def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tensor,
         col_bias: Tensor | None, f_id: Tensor, f_row: Tensor, f_col: Tensor,
         scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:  # fmt: skip
@@ -482,9 +498,7 @@ def mix(x: Tensor, row_weight: Tensor, row_bias: Tensor | None, col_weight: Tens
     k3 = 3 * c
     y = cm.empty_like_layout(x, f_id.shape[0])
     dtype = _torch_compute(x)
-    # F as one K-contiguous (C_out, 3C) matrix in the compute dtype (a copy of the
-    # parameters only): the GEMM's loads of it then vectorise like A's.
-    f = torch.cat([f_id, f_row, f_col], dim=1).to(dtype).contiguous()
+    f = _fuse_matrix(f_id, f_row, f_col, dtype)
     concat = _Concat(x, row_weight, row_bias, col_weight, col_bias, scale, shift)
     bc = _chunk(b, h * w * k3 * torch.finfo(dtype).bits // 8)
     a = torch.empty((bc * h * w, k3), dtype=dtype, device=x.device)
