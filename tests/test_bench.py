@@ -847,3 +847,144 @@ def test_max_autotune_without_cuda_graphs_runs_only_when_asked_for():
     for suite in SUITES.values():
         assert name not in (suite.op_providers or ())
     assert name not in providers_mod.default_providers("op", CPU)
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming a run case by case, and the compile budget
+# --------------------------------------------------------------------------------------------
+
+
+def test_resumed_rows_are_kept_not_measured_and_every_case_is_checkpointed(monkeypatch):
+    real = providers_mod.all_providers()
+    # A provider that raises if it runs: its done rows must be kept without calling it.
+    fake = {"done": _FakeProvider("done", "ours", None, None, ("op",), "raises", "raise")}
+    monkeypatch.setattr(providers_mod, "all_providers", lambda: {**real, **fake})
+    monkeypatch.setattr(runner_mod, "all_providers", lambda: {**real, **fake})
+    cases = [op_case("tiny", 2, "fp32", m, (3, 3, 4, 5)) for m in ("fwd", "fwd+bwd")]
+    cases.append(op_case("tiny2", 1, "fp32", "fwd", (2, 2, 3, 3)))
+    old = {}
+    for case in cases:
+        row = dict.fromkeys(RESULT_FIELDS)
+        row.update(case_id=case.id, kind="op", provider="done", status="ok", median_ms=1.5)
+        old[case.id, "done"] = row
+    # The earlier run also timed the reference on the first case only.
+    ref = dict.fromkeys(RESULT_FIELDS)
+    ref.update(case_id=cases[0].id, kind="op", provider="reference", status="ok", median_ms=7.0)
+    old[cases[0].id, "reference"] = ref
+    checkpoints = []
+    runner = Runner(
+        RunConfig(
+            device=CPU,
+            providers=["done", "reference"],
+            timing=FAST,
+            done=old,
+            checkpoint=lambda rows: checkpoints.append(
+                [(r["case_id"], r["provider"]) for r in rows]
+            ),
+        )
+    )
+    rows = runner.run(cases)
+    by = {(r["case_id"], r["provider"]): r for r in rows}
+    assert len(rows) == 6
+    for case in cases:
+        assert by[case.id, "done"]["status"] == "ok" and by[case.id, "done"]["median_ms"] == 1.5
+    assert by[cases[0].id, "reference"]["median_ms"] == 7.0  # kept, not measured again
+    for case in cases[1:]:
+        assert by[case.id, "reference"]["status"] == "ok"
+        assert by[case.id, "reference"]["median_ms"] != 7.0  # measured now
+    # One checkpoint per case, each holding every finished case so far.
+    assert [len(c) for c in checkpoints] == [2, 4, 6]
+    assert checkpoints[0] == [(cases[0].id, "done"), (cases[0].id, "reference")]
+
+
+def test_a_compile_that_would_outlast_the_time_budget_is_not_started(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or fn)
+    case = op_case("tiny", 1, "fp32", "fwd", (2, 2, 3, 3))
+    config = RunConfig(
+        device=CPU,
+        providers=["spach-compile", "spach-eager"],
+        timing=FAST,
+        time_budget_s=600.0,
+        compile_reserve_s=3600.0,
+    )
+    rows = {r["provider"]: r for r in Runner(config).run([case])}
+    assert rows["spach-eager"]["status"] == "ok"
+    assert rows["spach-compile"]["status"] == "skipped"
+    err = rows["spach-compile"]["error"]
+    assert err.startswith("time budget exhausted: ") and "takes ~3600 s" in err, err
+    # Without a time budget the reserve does not apply; with room, the compile runs.
+    for budget, reserve in ((None, 3600.0), (600.0, 0.0)):
+        config = dataclasses.replace(config, time_budget_s=budget, compile_reserve_s=reserve)
+        rows = {r["provider"]: r for r in Runner(config).run([case])}
+        assert rows["spach-compile"]["status"] == "ok", rows["spach-compile"]["error"]
+    # The longest compile seen so far (here a resumed row's) counts like the reserve.
+    seen = dict.fromkeys(RESULT_FIELDS)
+    seen.update(case_id="other", provider="spach-compile", status="ok", setup_s=5000.0)
+    config = dataclasses.replace(config, done={("other", "spach-compile"): seen})
+    rows = {r["provider"]: r for r in Runner(config).run([case])}
+    assert rows["spach-compile"]["status"] == "skipped"
+    assert "takes ~5000 s" in rows["spach-compile"]["error"]
+
+
+def _resume_run(out: Path, *extra: str) -> int:
+    return main(
+        ["--device", "cpu", "--suite", "smoke", "-k", "smlp_mix-*-H5-W5-*", "--ceilings", "none",
+         "--rep-ms", "2", "--min-reps", "1", "--out", str(out), "--name", "r", "--resume",
+         "--quiet", *extra]
+    )  # fmt: skip
+
+
+def test_cli_resume_measures_only_what_is_missing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert _resume_run(out, "--providers", "reference") == 0
+    first = json.loads((out / "r.json").read_text())
+    assert validate_report(first) == [] and len(first["meta"]["runs"]) == 1
+    assert {r["provider"] for r in first["results"]} == {"reference"}
+    ref_times = {r["case_id"]: r["median_ms"] for r in first["results"]}
+    assert len(ref_times) == 3  # fwd, bwd, fwd+bwd of the 5x5 case
+    # A second run adds a provider; the reference rows are carried, not measured again.
+    assert _resume_run(out, "--providers", "reference,spach-eager") == 0
+    second = json.loads((out / "r.json").read_text())
+    assert validate_report(second) == []
+    rows = {(r["case_id"], r["provider"]): r for r in second["results"]}
+    assert len(rows) == 6
+    assert all(rows[c, "reference"]["median_ms"] == t for c, t in ref_times.items())
+    runs = second["meta"]["runs"]
+    assert [len(r["measured"]) for r in runs] == [3, 3]
+    assert all(m.endswith(" spach-eager") for m in runs[1]["measured"])
+    # Speed-ups are computed over the carried and the new rows alike.
+    assert all(rows[c, "reference"]["speedup_vs_spach_eager"] > 0 for c in ref_times)
+    assert "rows come from 2 runs" in capsys.readouterr().out
+    # A third run with nothing missing measures nothing.
+    monkeypatch.setattr(runner_mod.Runner, "_setup_op", lambda *a: pytest.fail("measured"))
+    assert _resume_run(out, "--providers", "reference,spach-eager") == 0
+    assert len(json.loads((out / "r.json").read_text())["meta"]["runs"]) == 3
+
+
+def test_cli_resume_refuses_a_file_it_cannot_continue(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    doc = build_report(bench_report_meta(seed=0), None, {}, [], [])
+    cases = {
+        "another device": {**doc, "meta": {**doc["meta"], "device": {"type": "cuda", "name": "X"}}},
+        "another seed": {**doc, "meta": {**doc["meta"], "device": {"type": "cpu", "name": ""}}},
+        "not a report": {"results": []},
+    }
+    from smlp_kernels.bench.meta import device_name
+
+    cases["another seed"]["meta"]["device"]["name"] = device_name(CPU)
+    words = {"another device": "was measured on X", "another seed": "--seed 0, not 3",
+             "not a report": "is not a smlp-bench report"}  # fmt: skip
+    for what, bad in cases.items():
+        (out / "r.json").write_text(json.dumps(bad))
+        with pytest.raises(SystemExit) as info:
+            _resume_run(out, "--seed", "3")
+        assert info.value.code == 2, what
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("smlp-bench: error: argument --resume: "), last
+        assert words[what] in last, (what, last)
+    with pytest.raises(SystemExit) as info:
+        _resume_run(out, "--no-files")
+    assert info.value.code == 2
+    assert "--no-files" in capsys.readouterr().err

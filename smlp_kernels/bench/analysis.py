@@ -42,9 +42,11 @@ def _baseline_key(baseline: str) -> str:
 
 def add_comparisons(results: list[dict]) -> None:
     """Fill ``speedup_vs_*`` (baseline time / this time, > 1 means faster than the baseline)
-    and ``mem_ratio_vs_spach_eager`` (this peak / spach-eager's) in place."""
+    and ``mem_ratio_vs_spach_eager`` (this peak / spach-eager's) in place; values from an
+    earlier call (rows kept by ``smlp-bench --resume``) are recomputed."""
     by_case: dict[str, dict[str, dict]] = {}
     for row in results:
+        row.update(dict.fromkeys([*map(_baseline_key, BASELINES), "mem_ratio_vs_spach_eager"]))
         by_case.setdefault(row["case_id"], {})[row["provider"]] = row
     for rows in by_case.values():
         for baseline in BASELINES:

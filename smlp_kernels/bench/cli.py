@@ -39,6 +39,7 @@ from .report import (
     file_stem,
     format_tables,
     merge_reports,
+    validate_report,
     write_csv,
     write_json,
 )
@@ -171,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="start no new provider or timing after this (> 0); the rest is reported as skipped",
     )
     tim.add_argument(
+        "--compile-reserve",
+        type=float_arg(0.0, unit="seconds"),
+        default=0.0,
+        metavar="SECONDS",
+        help="with --time-budget: start no torch.compile provider's first call (its compile) "
+        "with less than this left, or less than its longest compile so far (default 0)",
+    )
+    tim.add_argument(
         "--seed",
         type=int_arg(0, _MAX_SEED),
         default=0,
@@ -195,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--name", default=None, help="file name stem (default: smlp-bench-SUITE-DEVICE)"
+    )
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the results already in OUT/NAME.json (each case and provider that gave a "
+        "time or failed), measure only the rest, and rewrite that file after every case, so "
+        "a run stopped by a time limit keeps all it finished",
     )
     out.add_argument("--no-files", action="store_true", help="write no JSON or CSV")
     out.add_argument("--plot", action="store_true", help="write the speed-up and roofline plots")
@@ -363,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cuda_graph=args.cuda_graph,
     )
     stem = args.name or file_stem(suites, device_name(device), device.type)
+    previous = _load_resume(parser, args, stem, device) if args.resume else None
+    done = {
+        (r["case_id"], r["provider"]): r
+        for r in (previous["results"] if previous else [])
+        if r["status"] in _RESUMED_STATUSES
+    }
     config = RunConfig(
         device=device,
         timing=timing,
@@ -372,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         time_budget_s=args.time_budget,
         profile_dir=args.out / f"profile-{stem}" if args.profile else None,
         seed=args.seed,
+        done=done,
+        compile_reserve_s=args.compile_reserve,
     )
     runner = Runner(config)
     try:
@@ -395,6 +419,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     interrupted = False
     ceilings = None
+    meta.update(
+        command=["smlp-bench", *argv],
+        suites=suites,
+        seed=args.seed,
+        timing={
+            "warmup_ms": timing.resolved(device.type).warmup_ms,
+            "rep_ms": timing.resolved(device.type).rep_ms,
+            "min_reps": timing.min_reps,
+            "cuda_graph": timing.cuda_graph,
+            "method_note": _method_note(device, timing),
+            "ceilings": args.ceilings,
+            "time_budget_s": args.time_budget,
+            "compile_reserve_s": args.compile_reserve,
+        },
+    )
+
+    def report(rows: list[dict], *, finished: bool) -> dict:
+        rows = list(rows)
+        if previous is not None:  # earlier rows this run did not touch stay as they were
+            have = {(r["case_id"], r["provider"]) for r in rows}
+            rows += [r for r in previous["results"] if (r["case_id"], r["provider"]) not in have]
+        add_comparisons(rows)
+        meta.update(duration_s=time.perf_counter() - start, interrupted=not finished)
+        if args.resume:
+            earlier = _runs(previous) if previous is not None else []
+            meta["runs"] = [*earlier, _this_run(meta, ceilings, rows, done)]
+        used = {r["provider"] for r in rows}
+        providers = {n: p.description for n, p in all_providers().items() if n in used}
+        if previous is not None:
+            providers = {**previous["providers"], **providers}
+        return build_report(
+            meta,
+            ceilings.as_dict() if ceilings else None,
+            providers,
+            rows,
+            summarize_results(rows),
+        )
+
+    if args.resume:
+        # Rewritten after every case (atomically), so a run stopped by a time limit or a
+        # kill keeps every case it finished.
+        path = args.out / f"{stem}.json"
+        config.checkpoint = lambda rows: write_json(report(rows, finished=False), path)
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if args.ceilings != "none":
@@ -406,36 +473,73 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nsmlp-bench: interrupted; writing what was measured", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, old_handler)
-    results = runner.results
-    add_comparisons(results)
-    meta.update(
-        command=["smlp-bench", *argv],
-        suites=suites,
-        timing={
-            "warmup_ms": timing.resolved(device.type).warmup_ms,
-            "rep_ms": timing.resolved(device.type).rep_ms,
-            "min_reps": timing.min_reps,
-            "cuda_graph": timing.cuda_graph,
-            "method_note": _method_note(device, timing),
-            "ceilings": args.ceilings,
-            "time_budget_s": args.time_budget,
-        },
-        duration_s=time.perf_counter() - start,
-        interrupted=interrupted,
-    )
-    used = {r["provider"] for r in results}
-    providers = {n: p.description for n, p in all_providers().items() if n in used}
-    doc = build_report(
-        meta,
-        ceilings.as_dict() if ceilings else None,
-        providers,
-        results,
-        summarize_results(results),
-    )
+    config.checkpoint = None
+    doc = report(runner.results, finished=not interrupted)
+    results = doc["results"]
     _emit(doc, args, stem, config.profile_dir)
     print(f"took {meta['duration_s']:.0f} s")
     failed = any(r["status"] == "failed" for r in results)
     return 1 if failed or interrupted else 0
+
+
+# The rows --resume keeps: a time, or a failure (a wrong answer is a result too). Skipped
+# rows (a time budget, an interruption, a provider that could not run) are tried again.
+_RESUMED_STATUSES = ("ok", "failed")
+
+
+def _load_resume(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, stem: str, device: torch.device
+) -> dict | None:
+    """The earlier report that --resume continues (None: there is none yet)."""
+    if args.no_files:
+        parser.error(
+            "argument --resume: it continues OUT/NAME.json, which --no-files does not write"
+        )
+    path = args.out / f"{stem}.json"
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"argument --resume: cannot read {path}: {exc}")
+    problems = validate_report(doc) if isinstance(doc, dict) else ["not a JSON object"]
+    if problems:
+        parser.error(f"argument --resume: {path} is not a smlp-bench report: {problems[0]}")
+    name, here = doc["meta"]["device"]["name"], device_name(device)
+    if name != here:
+        parser.error(f"argument --resume: {path} was measured on {name}, not on {here}")
+    seed = doc["meta"].get("seed")
+    if seed is not None and seed != args.seed:
+        parser.error(f"argument --resume: {path} was measured with --seed {seed}, not {args.seed}")
+    return doc
+
+
+def _measured(rows: Sequence[dict]) -> list[str]:
+    return [f"{r['case_id']} {r['provider']}" for r in rows if r["status"] in _RESUMED_STATUSES]
+
+
+def _runs(previous: dict) -> list[dict]:
+    """The runs behind an earlier report: its own list, or the report itself as one run."""
+    meta = previous["meta"]
+    if meta.get("runs"):
+        return list(meta["runs"])
+    keys = ("date", "git_commit", "hostname", "command", "duration_s")
+    return [
+        {
+            **{k: meta.get(k) for k in keys},
+            "ceilings": previous["ceilings"],
+            "measured": _measured(previous["results"]),
+        }
+    ]
+
+
+def _this_run(meta: dict, ceilings, rows: Sequence[dict], done) -> dict:
+    keys = ("date", "git_commit", "hostname", "command", "duration_s")
+    return {
+        **{k: meta.get(k) for k in keys},
+        "ceilings": ceilings.as_dict() if ceilings else None,
+        "measured": _measured([r for r in rows if (r["case_id"], r["provider"]) not in done]),
+    }
 
 
 def _matplotlib_ok() -> bool:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -200,8 +201,11 @@ def merge_reports(docs: Sequence[dict]) -> dict:
 
 
 def write_json(doc: dict, path: Path) -> None:
+    """Write the report; atomically (a reader or a kill never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
 
 
 def write_csv(doc: dict, path: Path) -> None:
@@ -382,6 +386,12 @@ def format_tables(doc: dict) -> str:
     if ceilings:
         out.append(_ceilings_line(ceilings, gpu))
         out += [f"  note: {note}" for note in ceilings.get("notes") or []]
+    runs = meta.get("runs") or []
+    if len(runs) > 1:
+        out.append(
+            f"resumed: the rows come from {len(runs)} runs of the same command (--resume); a "
+            "case's providers may have been timed in different runs (meta.runs says which)"
+        )
     t = meta["timing"]
     out.append(
         f"times: median and 20%-80% quantiles of {t['method_note']}; speed-up = baseline "

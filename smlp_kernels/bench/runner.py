@@ -23,7 +23,7 @@ import gc
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -107,6 +107,14 @@ class RunConfig:
     profile_calls: int = 3
     seed: int = 0
     model_check_images: int = 2  # images whose logits are checked against float64
+    # Rows of an earlier run to keep instead of measuring again, by (case_id, provider).
+    done: Mapping[tuple[str, str], dict] | None = None
+    # The least time a compiled provider's first call (compile + autotune) is expected to
+    # take: with a time budget, a compile is not started when less than this (or the longest
+    # compile seen so far of the same provider) is left.
+    compile_reserve_s: float = 0.0
+    # Called with every row so far after each case (all its providers) is finished.
+    checkpoint: Callable[[list[dict]], None] | None = None
 
 
 class Progress:
@@ -192,6 +200,11 @@ class Runner:
         self.results: list[dict] = []
         self._providers = all_providers()
         self._start = time.perf_counter()
+        self._done = dict(config.done or {})
+        # The longest first call (compile included) of each compiled provider so far.
+        self._compile_s: dict[str, float] = {}
+        for (_, name), row in self._done.items():
+            self._note_compile(name, row)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -208,6 +221,12 @@ class Runner:
         )
         for group in groups:
             providers = [self._providers[n] for n in names[group[0].kind]]
+            if all((c.id, p.name) in self._done for c in group for p in providers):
+                # Measured by an earlier run (--resume): keep its rows, build nothing.
+                self.results += [dict(self._done[c.id, p.name]) for c in group for p in providers]
+                progress.advance(len(group) * len(providers), group[0].group_id)
+                self._checkpoint()
+                continue
             try:
                 if group[0].kind == "op":
                     self._run_op_group(group, providers, progress)
@@ -217,6 +236,7 @@ class Runner:
                 # The group's own setup failed (inputs, the float64 reference: out of memory,
                 # say): every provider of it fails with that error; the run goes on.
                 self._fail_group(group, providers, f"group setup: {_error_text(exc)}", progress)
+                self._checkpoint()
             progress.group_done(group[0].group_id)
             _free(self.device)
         progress.close()
@@ -266,8 +286,44 @@ class Runner:
     ) -> None:
         have = {(r["case_id"], r["provider"]) for r in self.results}
         missing = [(c, p) for c in group for p in providers if (c.id, p.name) not in have]
-        self.results += [self._row(c, p.name, "failed", error) for c, p in missing]
+        self.results += [
+            dict(self._done[c.id, p.name])
+            if (c.id, p.name) in self._done
+            else self._row(c, p.name, "failed", error)
+            for c, p in missing
+        ]
         progress.advance(len(missing), group[0].group_id)
+
+    def _checkpoint(self) -> None:
+        if self.config.checkpoint is not None:
+            self.config.checkpoint(self.results)
+
+    def _note_compile(self, name: str, row: dict) -> None:
+        """Remember how long a compiled provider's first call took (its compile time)."""
+        provider = self._providers.get(name)
+        if provider is None or provider.compile_mode is None or row.get("setup_s") is None:
+            return
+        self._compile_s[name] = max(self._compile_s.get(name, 0.0), row["setup_s"])
+
+    def _compile_wont_fit(self, provider: Provider) -> str | None:
+        """Why a compiled provider's first call should not start now, or None.
+
+        With a time budget, a compile (minutes for max-autotune) is started only when what
+        is left of the budget covers the longest compile of this provider seen so far (in
+        this run or the resumed one), and at least ``compile_reserve_s``: one that would be
+        cut off by the budget's end would cost its time and measure nothing.
+        """
+        budget = self.config.time_budget_s
+        if budget is None or provider.compile_mode is None:
+            return None
+        need = max(self.config.compile_reserve_s, self._compile_s.get(provider.name, 0.0))
+        left = budget - (time.perf_counter() - self._start)
+        if left >= need:
+            return None
+        return (
+            f"time budget exhausted: {max(left, 0.0):.0f} s left, and compiling "
+            f"{provider.name} takes ~{need:.0f} s"
+        )
 
     def _over_budget(self) -> bool:
         budget = self.config.time_budget_s
@@ -404,22 +460,42 @@ class Runner:
         are timed together and profiled, and their callables are dropped before the next
         mode, so only one mode's graphs (a retained backward, say) are alive at a time.
         """
-        rows = {(c.mode, p.name): self._row(c, p.name, "failed") for c in group for p in providers}
-        for (mode, _), row in rows.items():
-            init_row(next(c for c in group if c.mode == mode), row)
+        rows = {}
+        for c in group:
+            for p in providers:
+                old = self._done.get((c.id, p.name))
+                if old is not None:
+                    rows[c.mode, p.name] = dict(old)
+                else:
+                    rows[c.mode, p.name] = self._row(c, p.name, "failed")
+                    init_row(c, rows[c.mode, p.name])
+        finished: list[str] = []
+
+        def case_done(case: Case) -> None:
+            # A case's rows go in as soon as all its providers are done, so a checkpoint (or
+            # an interrupted run) keeps every finished case of an unfinished group.
+            self.results += [rows[case.mode, p.name] for p in providers]
+            finished.append(case.mode)
+            self._checkpoint()
+
         try:
-            self._run_group_rows(group, providers, progress, build, setup, rows)
+            self._run_group_rows(group, providers, progress, build, setup, rows, case_done)
         finally:
             # Interrupted or not, the group's rows go in; unfinished ones say why.
             for row in rows.values():
                 if row["status"] == "failed" and row["error"] is None:
                     row.update(status="skipped", error="interrupted")
-            self.results += [rows[c.mode, p.name] for c in group for p in providers]
+            self.results += [
+                rows[c.mode, p.name] for c in group if c.mode not in finished for p in providers
+            ]
 
-    def _run_group_rows(self, group, providers, progress, build, setup, rows) -> None:
+    def _run_group_rows(self, group, providers, progress, build, setup, rows, case_done) -> None:
         built: dict[str, object] = {}
         torch.compiler.reset()
         for provider in providers:
+            todo = [c for c in group if (c.id, provider.name) not in self._done]
+            if not todo:
+                continue
             reason = provider.why_not(group[0], self.device)
             if reason is None and self._over_budget():
                 reason = "time budget exhausted"
@@ -431,18 +507,24 @@ class Runner:
                     status, error = "failed", _error_text(exc)
             else:
                 status, error = "skipped", reason
-            for case in group:
+            for case in todo:
                 rows[case.mode, provider.name].update(status=status, error=error)
-            progress.advance(len(group), f"{group[0].group_id} {provider.name}")
+            progress.advance(len(todo), f"{group[0].group_id} {provider.name}")
         for case in group:
             ready: dict[str, _Ready] = {}
             for provider in providers:
+                if (case.id, provider.name) in self._done:
+                    progress.advance(1, f"{case.id} {provider.name} (resumed)")
+                    continue
                 if provider.name not in built:
                     continue
                 row = rows[case.mode, provider.name]
                 r = None
+                why_not_now = self._compile_wont_fit(provider)
                 if self._over_budget():
                     row.update(status="skipped", error="time budget exhausted")
+                elif why_not_now is not None:
+                    row.update(status="skipped", error=why_not_now)
                 else:
                     failed = False
                     try:
@@ -452,6 +534,7 @@ class Runner:
                         failed = True
                     if failed:  # outside the handler, so the failed call's tensors are freed
                         _free(self.device)
+                    self._note_compile(provider.name, row)
                 if r is None:
                     progress.advance(1, f"{case.id} {provider.name}")
                 else:
@@ -465,6 +548,7 @@ class Runner:
                 for name in ready:
                     rows[case.mode, name]["error"] = f"profiling failed: {_error_text(exc)}"
             del ready
+            case_done(case)
 
     # -- op cases ---------------------------------------------------------------------------
 
