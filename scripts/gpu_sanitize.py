@@ -79,7 +79,7 @@ def check(backend: str, shape, dtype_name: str, device: str, gen) -> str | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two shapes only (racecheck)")
-    parser.add_argument("--backends", default="cuda,triton")
+    parser.add_argument("--backends", default="cuda,triton,triton_v0")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--device", default="cuda", help="cpu: check the program itself")
     args = parser.parse_args(argv)

@@ -15,7 +15,10 @@ from _helpers import HAS_CUDA, backend_devices, make_args, missing_gpu_backends
 
 import smlp_kernels
 
-pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device"),
+]
 
 # No GPU backend: skipped, not run with backend=None (which would pick the reference).
 GPU_BACKENDS = [

@@ -29,12 +29,16 @@ import smlp_kernels
 from smlp_kernels import reference as R
 from smlp_kernels.reference import SMLPMixGrads
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("triton") is None, reason="triton is not installed"
-)
-
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("triton") is None, reason="triton is not installed"
+    ),
+    # Every test here runs on the GPU when there is one (on the interpreter without).
+    *([pytest.mark.gpu] if ON_GPU else []),
+]
 FP32_RTOL = 2e-5  # relative to the largest reference value: fp32 accumulation over <= 3C terms
 
 

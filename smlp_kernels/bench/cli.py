@@ -32,7 +32,7 @@ from .cases import (
     suite_cases,
     suite_providers,
 )
-from .meta import collect_metadata, device_name
+from .meta import collect_metadata, cpu_model, device_name
 from .providers import all_providers, select_providers
 from .report import (
     build_report,
@@ -505,7 +505,10 @@ def _load_resume(
     problems = validate_report(doc) if isinstance(doc, dict) else ["not a JSON object"]
     if problems:
         parser.error(f"argument --resume: {path} is not a smlp-bench report: {problems[0]}")
-    name, here = doc["meta"]["device"]["name"], device_name(device)
+    here = device_name(device)
+    if device.type == "cpu" and args.threads is not None:  # applied later; named by it
+        here = f"{cpu_model()} ({args.threads} threads)"
+    name = doc["meta"]["device"]["name"]
     if name != here:
         parser.error(f"argument --resume: {path} was measured on {name}, not on {here}")
     seed = doc["meta"].get("seed")

@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -84,16 +85,29 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# Names the commit of a copy of the source that is not a git checkout (a working tree copied
+# to a machine without its .git folder): "HASH", or "HASH dirty" for uncommitted changes.
+GIT_COMMIT_ENV = "SMLP_GIT_COMMIT"
+
+
+def _commit_from_env() -> tuple[str | None, bool | None]:
+    words = os.environ.get(GIT_COMMIT_ENV, "").split()
+    if not words or not re.fullmatch(r"[0-9a-f]{40}", words[0]):
+        return None, None
+    return words[0], (words[1:] == ["dirty"])
+
+
 def git_commit(path: Path | None = None) -> tuple[str | None, bool | None]:
-    """(commit hash, whether the work tree has uncommitted changes) of the source checkout,
-    or (None, None) when it is not a git checkout or git is missing."""
+    """(commit hash, whether the work tree has uncommitted changes) of the source checkout;
+    where it is not a git checkout (or git is missing), what SMLP_GIT_COMMIT says, else
+    (None, None)."""
     cwd = path or Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
         )
         if commit.returncode != 0:
-            return None, None
+            return _commit_from_env()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=cwd,
@@ -104,7 +118,7 @@ def git_commit(path: Path | None = None) -> tuple[str | None, bool | None]:
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return commit.stdout.strip(), dirty
     except (OSError, subprocess.SubprocessError):
-        return None, None
+        return _commit_from_env()
 
 
 def collect_metadata(device: torch.device) -> dict:
