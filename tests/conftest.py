@@ -43,6 +43,7 @@ def runs_on_cuda(item) -> bool:
     return device == "cuda" or (isinstance(device, torch.device) and device.type == "cuda")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if runs_on_cuda(item):

@@ -974,8 +974,15 @@ def test_cli_resume_refuses_a_file_it_cannot_continue(tmp_path, capsys):
     from smlp_kernels.bench.meta import device_name
 
     cases["another seed"]["meta"]["device"]["name"] = device_name(CPU)
+    cases["another commit"] = json.loads(json.dumps(cases["another seed"]))
+    cases["another commit"]["meta"].update(seed=3, git_commit="0" * 40)
     words = {"another device": "was measured on X", "another seed": "--seed 0, not 3",
-             "not a report": "is not a smlp-bench report"}  # fmt: skip
+             "not a report": "is not a smlp-bench report",
+             "another commit": "at commit 000000000000, this is"}  # fmt: skip
+    from smlp_kernels.bench.meta import git_commit
+
+    if git_commit()[0] is None:  # not a git checkout: no commit to compare
+        del cases["another commit"]
     for what, bad in cases.items():
         (out / "r.json").write_text(json.dumps(bad))
         with pytest.raises(SystemExit) as info:

@@ -322,6 +322,33 @@ def test_tests_parametrized_on_cuda_carry_the_gpu_marker():
     assert not runs_on_cuda(types.SimpleNamespace())
 
 
+CONFTEST = ROOT / "tests" / "conftest.py"
+
+
+def test_pytest_m_gpu_selects_the_tests_parametrized_on_cuda(tmp_path):
+    """Through pytest itself: the marker is added before ``-m gpu`` deselects."""
+    (tmp_path / "conftest.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('c', {str(CONFTEST)!r})\n"
+        "c = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(c)\n"
+        "pytest_collection_modifyitems = c.pytest_collection_modifyitems\n"
+    )
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.parametrize('device', ['cpu', 'cuda'])\n"
+        "@pytest.mark.parametrize('n', [1, 2])\n"
+        "def test_x(device, n):\n    pass\n"
+        "def test_plain():\n    pass\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p",
+         "no:cacheprovider", "-c", "/dev/null", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    ids = sorted(line.split("::")[1] for line in proc.stdout.splitlines() if "::" in line)
+    assert ids == ["test_x[1-cuda]", "test_x[2-cuda]"], proc.stdout + proc.stderr
+
+
 def _cuda_sass_tools() -> str | None:
     """Why the sass command cannot run here (None: it can)."""
     try:

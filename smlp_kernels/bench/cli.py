@@ -32,7 +32,7 @@ from .cases import (
     suite_cases,
     suite_providers,
 )
-from .meta import collect_metadata, cpu_model, device_name
+from .meta import collect_metadata, cpu_model, device_name, git_commit
 from .providers import all_providers, select_providers
 from .report import (
     build_report,
@@ -514,6 +514,12 @@ def _load_resume(
     seed = doc["meta"].get("seed")
     if seed is not None and seed != args.seed:
         parser.error(f"argument --resume: {path} was measured with --seed {seed}, not {args.seed}")
+    then, now = doc["meta"].get("git_commit"), git_commit()[0]
+    if then and now and then != now:  # results of two versions of the code in one table
+        parser.error(
+            f"argument --resume: {path} was measured at commit {then[:12]}, this is "
+            f"{now[:12]}; move the file away to start over"
+        )
     return doc
 
 
