@@ -24,6 +24,7 @@ import smlp_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION = ROOT / "scripts" / "gpu_session.py"
+CONFTEST = ROOT / "tests" / "conftest.py"
 
 
 def _load(name: str) -> types.ModuleType:
@@ -310,7 +311,11 @@ def test_check_step_selects_the_gpu_tests_only(tmp_path):
 
 
 def test_tests_parametrized_on_cuda_carry_the_gpu_marker():
-    from conftest import runs_on_cuda
+    # By path: the module name "conftest" may be benchmarks/conftest.py in a whole-suite run.
+    spec = importlib.util.spec_from_file_location("smlp_tests_conftest", CONFTEST)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs_on_cuda = mod.runs_on_cuda
 
     def item(**params):
         return types.SimpleNamespace(callspec=types.SimpleNamespace(params=params))
@@ -320,9 +325,6 @@ def test_tests_parametrized_on_cuda_carry_the_gpu_marker():
     assert not runs_on_cuda(item(backend="cuda", device="cpu"))
     assert not runs_on_cuda(item(backend="triton"))
     assert not runs_on_cuda(types.SimpleNamespace())
-
-
-CONFTEST = ROOT / "tests" / "conftest.py"
 
 
 def test_pytest_m_gpu_selects_the_tests_parametrized_on_cuda(tmp_path):
