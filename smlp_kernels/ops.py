@@ -681,13 +681,21 @@ def _mix_bwd_vmap(info, in_dims, grad, x, row_weight, row_bias, col_weight, col_
 
 
 def _mix_bn_gelu_fwd_vmap(info, in_dims, x, scale, shift, *params_and_backend):
-    """vmap of smlp::mix_bn_gelu_fwd: x batched alone folds into the batch (one call);
-    otherwise the batched reference formula."""
+    """vmap of smlp::mix_bn_gelu_fwd, as :func:`_mix_fwd_vmap`: x batched alone folds into
+    the batch, fuse_weight batched alone stacks along C_out (one call each); otherwise the
+    batched reference formula."""
     n = info.batch_size
-    if all(d is None for d in in_dims[1:]):
-        y = torch.ops.smlp.mix_bn_gelu_fwd(_fold(x, in_dims[0]), scale, shift,
-                                           *params_and_backend)  # fmt: skip
-        return y.unflatten(0, (n, -1)), 0
+    *params, fuse_weight, backend = params_and_backend
+    if all(d is None for d in in_dims[1:7]):
+        if in_dims[7] is None:
+            y = torch.ops.smlp.mix_bn_gelu_fwd(_fold(x, in_dims[0]), scale, shift,
+                                               *params_and_backend)  # fmt: skip
+            return y.unflatten(0, (n, -1)), 0
+        if in_dims[0] is None:
+            members = fuse_weight.movedim(in_dims[7], 0)  # (N, C_out, 3C)
+            y = torch.ops.smlp.mix_bn_gelu_fwd(x, scale, shift, *params,
+                                               members.flatten(0, 1), backend)  # fmt: skip
+            return y.unflatten(1, (n, members.shape[1])), 1
     return _vmap_fallback(_bmix_bn_gelu_fwd, info, in_dims, (x, scale, shift, *params_and_backend))
 
 

@@ -269,6 +269,15 @@ def test_kernel_calls_per_transform(monkeypatch):
     counter.calls.clear()
     y = func.vmap(lambda p: f(x, rw, rb, cw, cb, p))(_members(fw, 2))
     assert counter.calls == [("mix", (b, c, h, w))] and y.shape == (N, b, c + 1, h, w)
+    # The same for the prologue op (whose reference forward is BN -> GELU, then the mix).
+    counter.calls.clear()
+    scale, shift = torch.ones(c, dtype=x.dtype), torch.zeros(c, dtype=x.dtype)
+    y = func.vmap(
+        lambda p: smlp_kernels.bn_gelu_smlp_mix(
+            x, scale, shift, rw, rb, cw, cb, p, backend="reference"
+        )
+    )(_members(fw, 2))
+    assert counter.calls == [("mix", (b, c, h, w))] and y.shape == (N, b, c + 1, h, w)
     # grad: one forward, then the backward's mix (dx) and mix_wgrad.
     counter.calls.clear()
     func.grad(lambda *p: f(*p).sum(), argnums=tuple(range(6)))(x, rw, rb, cw, cb, fw)
