@@ -1080,6 +1080,44 @@ class _AxisBwd(torch.autograd.Function):
         )
 
 
+# The backward custom ops' own autograd formulas, the same as _MixBwd's and _AxisBwd's, so
+# that double backward works on the custom ops called directly too (smlp::mix_bn_gelu_bwd
+# has none: bn_gelu_smlp_mix differentiates its backward through the composition above).
+
+
+def _bwd_op_setup_context(ctx, inputs, output) -> None:
+    *tensors, backend = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.backend = backend
+
+
+def _mix_bwd_op_backward(ctx, *v):
+    grad, x, *params = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    d_grad = _mix_jvp(x, params, v, ctx.backend) if needs[0] else None
+    rest = _mix_hvp(grad, x, params, v, ctx.backend) if any(needs[1:7]) else [None] * 6
+    return (*_masked((d_grad, *rest), needs[:7]), None)
+
+
+_mix_bwd.register_autograd(_mix_bwd_op_backward, setup_context=_bwd_op_setup_context)
+
+
+def _register_axis_bwd_autograd(op: str) -> None:
+    def backward(ctx, *v):
+        grad, x, weight, _ = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        d_grad = _axis_jvp(op, x, weight, v, ctx.backend) if needs[0] else None
+        d_x, d_w, _ = _axis_hvp(op, grad, x, weight, v, ctx.backend)
+        return (*_masked((d_grad, d_x, d_w), needs[:3]), None, None)
+
+    torch.library.register_autograd(
+        f"smlp::{op}_bwd", backward, setup_context=_bwd_op_setup_context
+    )
+
+
+_register_axis_bwd_autograd("row_mix")
+_register_axis_bwd_autograd("col_mix")
+
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------

@@ -346,3 +346,15 @@ def test_custom_ops_vmap_directly(which):
         for k, got_k in enumerate(got):
             want_k = torch.stack([m[k] for m in members])
             torch.testing.assert_close(got_k, want_k, rtol=1e-10, atol=1e-12, msg=f"{in_dims} {k}")
+
+
+@pytest.mark.parametrize("op", ["mix", "row_mix", "col_mix"])
+def test_custom_ops_double_backward_directly(op):
+    """torch.ops.smlp.*_fwd called directly: their backward ops are differentiable too."""
+    if op == "mix":
+        args = _mix_args(b=1, c=2, h=3, w=2)
+    else:
+        args = _axis_args(op, b=1, c=2, h=3, w=2)
+    fwd = getattr(torch.ops.smlp, f"{op}_fwd")
+    args = [t.requires_grad_() for t in args]
+    assert torch.autograd.gradgradcheck(lambda *a: fwd(*a, "cpu"), args)
