@@ -4,6 +4,7 @@ repositories, and :func:`convert`, which swaps them into an existing model."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, NamedTuple
 
@@ -72,9 +73,9 @@ class SparseMLP(_SpachLayers):
             Sizes are integral numbers >= 1 (int, numpy or torch integers; not bool): another
             type raises TypeError, a size < 1 ValueError. They may be given by position, in
             this order, or by keyword. SPACH's block takes ``sMLPBlock(W, H, channels)``:
-            three positional sizes with channels equal to height and another width (what
-            ``SparseMLP(14, 14, 32)`` meant as SPACH's order gives) raise ValueError; such
-            a shape must be spelled with keywords.
+            three positional sizes with channels equal to height and another width (such as
+            ``SparseMLP(14, 14, 32)``, SPACH's order for 32 channels on a 14x14 map) raise
+            ValueError; a shape like that must be spelled with keywords.
         backend: passed to :func:`smlp_kernels.smlp_mix` and
             :func:`smlp_kernels.bn_gelu_smlp_mix` (None: automatic).
         device, dtype: for the parameters, as in ``torch.nn`` modules.
@@ -371,42 +372,41 @@ def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
     new._is_full_backward_hook = getattr(old, "_is_full_backward_hook", None)
 
 
-def _probe_matches(block: nn.Module, new: nn.Module, shapes) -> str | None:
-    """Run the zoo block's own forward and the replacement's formula on a small random
-    input (no grad, hooks not called): None when they agree, else why not."""
+def _probe_matches(block: nn.Module, shapes) -> str | None:
+    """Run the zoo block's own forward, on a float64 copy of it, and the replacement's
+    formula on a small random input (no grad, hooks not called): None when they agree, else
+    why not."""
     c, _, h, w = shapes
-    weight = block.fuse.weight
-    if weight.device.type == "meta":
+    device = block.fuse.weight.device
+    if device.type == "meta":
         return None  # nothing to compute with: the structure alone decides
+    probe_block = copy.deepcopy(block).to(torch.float64)
     g = torch.Generator(device="cpu").manual_seed(0)
-    probe = torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
-    probe = probe.to(device=weight.device, dtype=weight.dtype)
+    probe = torch.randn(2, c, h, w, generator=g, dtype=torch.float64).to(device)
     with torch.no_grad():
         try:
-            got = type(block).forward(block, probe)
+            got = type(probe_block).forward(probe_block, probe)
         except Exception as e:  # any failure means "not this function"
             return f"its forward fails on a (2, {c}, {h}, {w}) input: {type(e).__name__}: {e}"
-        f = new.fuse_weight().double()
+        proj_h, proj_w, fuse = probe_block.proj_h, probe_block.proj_w, probe_block.fuse
+        col, row, ident = fuse.weight.split(c, dim=1)
         want = smlp_mix_ref(
-            probe.double(),
-            new.proj_w.weight.double(),
-            new.proj_w.bias.double() if new.proj_w.bias is not None else None,
-            new.proj_h.weight.double(),
-            new.proj_h.bias.double() if new.proj_h.bias is not None else None,
-            f,
+            probe,
+            proj_w.weight,
+            proj_w.bias,
+            proj_h.weight,
+            proj_h.bias,
+            torch.cat([ident, row, col], dim=1),
         )
-        if new.fuse.bias is not None:
-            want = want + new.fuse.bias.double()[:, None, None]
+        if fuse.bias is not None:
+            want = want + fuse.bias[:, None, None]
     if not isinstance(got, Tensor) or got.shape != want.shape:
         return "its forward does not return a (B, C_out, H, W) tensor"
     err = (got.double() - want).abs().max().item()
-    eps = torch.finfo(weight.dtype).eps if weight.dtype.is_floating_point else 1e-6
-    scale = max(want.abs().max().item(), 1.0)
-    if not err <= 64 * eps * scale * 3 * c:
+    if not err <= 1e-9 * max(want.abs().max().item(), 1.0):
         return (
             "its forward computes something else than x_h = proj_h along H, x_w = proj_w "
-            "along W, fuse(cat([x_h, x_w, x])) (max difference "
-            f"{err:.3g} on a random input)"
+            f"along W, fuse(cat([x_h, x_w, x])) (max difference {err:.3g} on a random input)"
         )
     return None
 
@@ -428,8 +428,9 @@ def convert(
     * the attention-zoo block (any class name) with ``proj_h = nn.Linear(H, H)`` (applied
       along H), ``proj_w = nn.Linear(W, W)`` (along W), ``fuse = nn.Linear(3C, C_out)`` with
       or without a bias over ``cat([x_h, x_w, x])``, and no other parameters, becomes a
-      :class:`LinearSparseMLP`. Before it is replaced, its own forward is run once on a
-      small random input (no grad, hooks not called) and must agree with that formula.
+      :class:`LinearSparseMLP`. Before it is replaced, its own forward is run once, on a
+      float64 copy and a small random input (no grad, hooks not called), and must agree
+      with that formula.
 
     Forward hooks, forward pre-hooks and backward hooks registered on a block move to its
     replacement (their handles keep working). A block whose *submodules* have hooks is left
@@ -497,7 +498,7 @@ def _replacement(block: nn.Module, kind: str, backend) -> tuple[nn.Module | None
         new = SparseMLP.from_spach(block, backend=backend)
     else:
         new = LinearSparseMLP.from_block(block, backend=backend)
-        why = _probe_matches(block, new, _linear_block_shapes(block))
+        why = _probe_matches(block, _linear_block_shapes(block))
         if why is not None:
             return None, why
     _carry_hooks(block, new)

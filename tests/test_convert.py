@@ -155,3 +155,13 @@ def test_transforms_through_a_converted_block() -> None:
     want = torch.func.vmap(torch.func.grad(loss(block)), in_dims=(None, 0))(params, x[:, None])
     for name in params:
         torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_the_forward_check_runs_in_float64_whatever_the_blocks_dtype() -> None:
+    """A float16 block is checked on a float64 copy: the wrong cat order is still caught."""
+    model = nn.Sequential(ZooBlock(H, W, C).half(), WrongOrder(H, W, C).half())
+    report: list[Conversion] = []
+    with pytest.warns(UserWarning, match=r"left 1 alone: its forward computes"):
+        convert(model, report=report)
+    assert [r.converted for r in report] == [True, False]
+    assert model[0].fuse.weight.dtype == torch.float16  # the block itself is untouched
