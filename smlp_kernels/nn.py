@@ -380,7 +380,10 @@ def _probe_matches(block: nn.Module, shapes) -> str | None:
     device = block.fuse.weight.device
     if device.type == "meta":
         return None  # nothing to compute with: the structure alone decides
-    probe_block = copy.deepcopy(block).to(torch.float64)
+    try:
+        probe_block = copy.deepcopy(block).to(torch.float64)
+    except Exception as e:  # a module that cannot be copied cannot be checked
+        return f"it cannot be copied to check its forward: {type(e).__name__}: {e}"
     g = torch.Generator(device="cpu").manual_seed(0)
     probe = torch.randn(2, c, h, w, generator=g, dtype=torch.float64).to(device)
     with torch.no_grad():

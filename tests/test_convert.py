@@ -165,3 +165,14 @@ def test_the_forward_check_runs_in_float64_whatever_the_blocks_dtype() -> None:
         convert(model, report=report)
     assert [r.converted for r in report] == [True, False]
     assert model[0].fuse.weight.dtype == torch.float16  # the block itself is untouched
+
+
+def test_a_block_that_cannot_be_copied_for_the_check_is_left_alone() -> None:
+    import threading
+
+    block = ZooBlock(H, W, C)
+    block.lock = threading.Lock()  # deepcopy refuses it
+    model = nn.Sequential(block)
+    with pytest.warns(UserWarning, match=r"left 0 alone: it cannot be copied"):
+        convert(model)
+    assert model[0] is block
