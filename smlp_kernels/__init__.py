@@ -6,8 +6,9 @@ Public API:
   ``backend=`` choice (see :func:`backends`);
 * :func:`bn_gelu_smlp_mix`: ``smlp_mix`` of ``gelu(x * scale + shift)``, SPACH's
   BN -> GELU -> mix with BatchNorm in eval form (what :class:`SparseMLP` runs in eval mode);
-* :class:`smlp_kernels.nn.SparseMLP` and :func:`convert_spach`: the drop-in module for
-  SPACH's ``sMLPBlock``;
+* :class:`smlp_kernels.nn.SparseMLP` and :class:`LinearSparseMLP`: drop-in modules for
+  SPACH's ``sMLPBlock`` and for the ``nn.Linear`` sMLP block of attention-zoo repositories;
+  :func:`convert` swaps them into a model (:func:`convert_spach` is an alias);
 * :mod:`smlp_kernels.models`: sMLPNet-T/S/B with SPACH's state_dict layout;
 * :mod:`smlp_kernels.reference`: the pure-PyTorch reference every backend is tested against.
 """
@@ -15,7 +16,7 @@ Public API:
 from ._config import deterministic, is_deterministic, set_deterministic
 from ._version import __version__
 from .cpp_backends import CpuBackend, CudaBackend
-from .nn import SparseMLP, convert_spach
+from .nn import Conversion, LinearSparseMLP, SparseMLP, convert, convert_spach
 from .ops import bn_gelu_smlp_mix, col_mix, row_mix, smlp_mix
 from .reference import ReferenceBackend
 from .registry import Backend, BackendStatus, backends, register_backend
@@ -36,11 +37,14 @@ del _backend
 __all__ = [
     "Backend",
     "BackendStatus",
+    "Conversion",
+    "LinearSparseMLP",
     "SparseMLP",
     "__version__",
     "backends",
     "bn_gelu_smlp_mix",
     "col_mix",
+    "convert",
     "convert_spach",
     "deterministic",
     "is_deterministic",

@@ -20,14 +20,24 @@ with SPACH (``models/smlp.py`` and ``models/registry.py`` in microsoft/SPACH) lo
 
 from __future__ import annotations
 
+import argparse
+import warnings
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ._validation import check_probability, check_size, check_sizes
 from .nn import SparseMLP
 
-__all__ = ["SMLPNet", "smlpnet_base", "smlpnet_small", "smlpnet_tiny"]
+__all__ = [
+    "TIMM_IGNORED_KWARGS",
+    "SMLPNet",
+    "load_spach_state_dict",
+    "smlpnet_base",
+    "smlpnet_small",
+    "smlpnet_tiny",
+]
 
 # Builds the sMLP block of a stage: (channels, height, width) -> module (B, C, H, W) -> same.
 BlockFactory = Callable[[int, int, int], nn.Module]
@@ -239,21 +249,88 @@ class SMLPNet(nn.Module):
         return self.mlp_head(self.forward_features(x).mean(dim=(2, 3)))
 
 
-def _make(dim: int, depths: tuple[int, ...], dp_rate: float, **kwargs) -> SMLPNet:
+# Keyword arguments that timm's create_model and SPACH's training script pass to a model
+# factory, which SPACH's factories accept and ignore (its sMLPNet takes **kwargs): accepted
+# and ignored here too, with a warning when a value would have changed the model.
+TIMM_IGNORED_KWARGS = (
+    "drop_rate",
+    "drop_path_rate",
+    "drop_block_rate",
+    "global_pool",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "cache_dir",
+)
+
+
+def _make(
+    name: str, dim: int, depths: tuple[int, ...], dp_rate: float, pretrained: object, kwargs
+) -> SMLPNet:
+    if not isinstance(pretrained, bool):
+        raise TypeError(
+            f"{name}: pretrained must be a bool (SPACH's first argument); got "
+            f"{type(pretrained).__name__} {pretrained!r}. Pass num_classes and the other "
+            "arguments by keyword"
+        )
+    if pretrained:
+        raise ValueError(
+            f"{name}: pretrained=True is not supported: this package downloads nothing. "
+            "Download SPACH's released checkpoint yourself, then load it with "
+            f"model = {name}(); model.load_state_dict("
+            "smlp_kernels.models.load_spach_state_dict(path))"
+        )
+    for key in TIMM_IGNORED_KWARGS:
+        value = kwargs.pop(key, None)
+        if key.startswith("drop") and value not in (None, 0, 0.0):
+            warnings.warn(
+                f"{name}: ignores {key}={value!r}, as SPACH's factory does (its stochastic "
+                f"depth is dp_rate={dp_rate}; pass dp_rate= to change it)",
+                stacklevel=3,
+            )
     kwargs.setdefault("dp_rate", dp_rate)
     return SMLPNet(dim=dim, alpha=3, patch_size=4, depths=depths, **kwargs)
 
 
-def smlpnet_tiny(num_classes: int = 1000, **kwargs) -> SMLPNet:
-    """sMLPNet-T: 24.1M parameters, 5.0G multiply-adds at 224x224."""
-    return _make(80, (2, 8, 14, 2), 0.0, num_classes=num_classes, **kwargs)
+_FACTORY_DOC = """
+
+    Arguments as SPACH's factory: ``pretrained`` must be False (True raises ValueError:
+    nothing is downloaded; see :func:`load_spach_state_dict`); the keyword arguments go to
+    :class:`SMLPNet` (``num_classes=``, ``backend=``, ...), except timm's
+    :data:`TIMM_IGNORED_KWARGS` (``drop_rate``, ``drop_path_rate``, ...), which SPACH's
+    factories ignore too (a warning says so when one would have changed the model)."""
 
 
-def smlpnet_small(num_classes: int = 1000, **kwargs) -> SMLPNet:
-    """sMLPNet-S: 48.6M parameters, 10.3G multiply-adds at 224x224."""
-    return _make(96, (2, 10, 24, 2), 0.2, num_classes=num_classes, **kwargs)
+def smlpnet_tiny(pretrained: bool = False, **kwargs) -> SMLPNet:
+    return _make("smlpnet_tiny", 80, (2, 8, 14, 2), 0.0, pretrained, kwargs)
 
 
-def smlpnet_base(num_classes: int = 1000, **kwargs) -> SMLPNet:
-    """sMLPNet-B: 65.9M parameters, 14.0G multiply-adds at 224x224."""
-    return _make(112, (2, 10, 24, 2), 0.3, num_classes=num_classes, **kwargs)
+def smlpnet_small(pretrained: bool = False, **kwargs) -> SMLPNet:
+    return _make("smlpnet_small", 96, (2, 10, 24, 2), 0.2, pretrained, kwargs)
+
+
+def smlpnet_base(pretrained: bool = False, **kwargs) -> SMLPNet:
+    return _make("smlpnet_base", 112, (2, 10, 24, 2), 0.3, pretrained, kwargs)
+
+
+smlpnet_tiny.__doc__ = "sMLPNet-T: 24.1M parameters, 5.0G multiply-adds at 224x224." + _FACTORY_DOC
+smlpnet_small.__doc__ = (
+    "sMLPNet-S: 48.6M parameters, 10.3G multiply-adds at 224x224." + _FACTORY_DOC
+)
+smlpnet_base.__doc__ = "sMLPNet-B: 65.9M parameters, 14.0G multiply-adds at 224x224." + _FACTORY_DOC
+
+
+def load_spach_state_dict(path, *, map_location="cpu") -> dict:
+    """The model's state_dict from a checkpoint saved by SPACH's ``main.py`` (or a bare
+    state_dict), for ``model.load_state_dict(..., strict=True)``.
+
+    SPACH's ``main.py`` saves ``{"model": ..., "optimizer": ..., "lr_scheduler": ...,
+    "epoch": ..., "args": argparse.Namespace(...)}``. Since PyTorch 2.6 ``torch.load``
+    defaults to ``weights_only=True``, which refuses the ``argparse.Namespace`` (an
+    ``UnpicklingError``); this loads with ``weights_only=True`` and only
+    ``argparse.Namespace`` allow-listed, so no other code in the file can run.
+    """
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        return checkpoint["model"]
+    return checkpoint

@@ -17,10 +17,17 @@ input gradient is the forward primitive applied to the upstream gradient with tr
 weights and no biases, the weight gradients are the backend's reductions, and the
 prologue's gradients are elementwise PyTorch on top of the mix's input gradient.
 
-The custom ops have fake (meta) implementations, autograd formulas and FLOP formulas, so
-they work under ``torch.compile(fullgraph=True)``, ``torch.export``, ``torch.jit.trace`` and
-``FlopCounterMode``. The backend is an argument of the custom op, chosen before the op is
-called, so a traced graph records which backend runs.
+The custom ops have fake (meta) implementations, autograd formulas, vmap rules and FLOP
+formulas, so they work under ``torch.compile(fullgraph=True)``, ``torch.export``,
+``torch.jit.trace`` and ``FlopCounterMode``. The backend is an argument of the custom op,
+chosen before the op is called, so a traced graph records which backend runs.
+
+In eager code the public functions call the custom ops through setup_context-style
+autograd Functions (``_Mix``, ``_MixBwd``, ``_MixBnGelu``, ``_AxisMix``, ``_AxisBwd``) with
+JVP rules and generated vmap rules, whose derivatives are the same Functions again: so
+torch.func's transforms, forward-mode AD and derivatives of any order work (see
+"Transforms" below). While a call is being compiled, exported or traced, they call the
+custom ops directly, as before.
 
 Outputs: ``y`` and ``dx`` are channels_last when x is channels_last (and not also
 contiguous), contiguous otherwise; parameter gradients are contiguous, in each parameter's
@@ -487,6 +494,631 @@ _define_axis_mix("col_mix")
 
 
 # --------------------------------------------------------------------------------------------
+# Transforms: vmap rules for every custom op, and the autograd Functions the public functions
+# call (setup_context style, with jvp and generated vmap rules), so that torch.func.grad, vjp,
+# jacrev, jacfwd, jvp, vmap and double backward all work.
+# --------------------------------------------------------------------------------------------
+#
+# The op is linear in x and in each weight, so every derivative is the same op again:
+#
+#   JVP of smlp_mix at (x, θ) in direction (tx, tθ), three forward calls:
+#     mix(tx, rw, -, cw, -, F) + mix(x, trw, trb, tcw, tcb, [0 | F_row | F_col]) + mix(x, θ\F, tF)
+#   <g, JVP(v)> is <v, mix_bwd(g, x, θ)>, so the double backward of mix_bwd given v is
+#     d g = JVP(v) (three forward calls), and
+#     d (x, θ) = the gradients of the three terms of <g, JVP(v)>: three calls of mix_bwd.
+#   The JVP of mix_bwd in direction (tg, tx, tθ) is mix_bwd(tg, x, θ) plus the same three
+#   mix_bwd calls with v = (tx, tθ).
+#
+# Each of those calls goes through the Functions below, so derivatives of any order compose.
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the vmap fallbacks compute in: float32 for 16-bit x, else x's dtype."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _cast_opt(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _fuse_transposed(fuse_weight: Tensor, channels: int) -> Tensor:
+    """(C, 3 C_out): ``[F_id^T | F_row^T | F_col^T]``, the fuse weight of the input gradient."""
+    return torch.cat([f.t() for f in _fuse_blocks(fuse_weight, channels)], dim=1)
+
+
+def _fold(t: Tensor, dim: int) -> Tensor:
+    """t with its vmapped dimension moved to the front and merged into the batch dimension."""
+    return t.movedim(dim, 0).flatten(0, 1)
+
+
+def _front(t: Tensor | None, dim: int | None, n: int) -> Tensor | None:
+    """t with its vmapped dimension first; an unbatched t expanded (no copy) to n members."""
+    if t is None:
+        return None
+    return t.unsqueeze(0).expand(n, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _all_front(in_dims, args, n: int) -> list:
+    return [
+        _front(t, d, n) if isinstance(t, Tensor) else t for t, d in zip(args, in_dims, strict=True)
+    ]
+
+
+# The vmap rules' fallbacks: the reference formulas written with an explicit leading member
+# dimension n (batched einsums: one PyTorch call per term, no loop over the members). They
+# compute in float32 for 16-bit x and return each op's dtypes. (A vmap rule cannot call
+# torch.vmap itself.)
+
+
+def _bmix(x, rw, rb, cw, cb, fw) -> Tensor:
+    """The mix of x (N, B, C, H, W) with per-member weights (N, ...), in x's dtype."""
+    dt = x.dtype
+    f_id, f_row, f_col = fw.to(dt).split(x.shape[2], dim=2)
+    r, k = _baxis(x, rw, rb, 3), _baxis(x, cw, cb, 2)
+    return (
+        torch.einsum("noc,nbchw->nbohw", f_id, x)
+        + torch.einsum("noc,nbchw->nbohw", f_row, r)
+        + torch.einsum("noc,nbchw->nbohw", f_col, k)
+    )
+
+
+def _baxis(x, weight, bias, axis: int) -> Tensor:
+    dt = x.dtype
+    if axis == 3:
+        out = torch.einsum("nwv,nbchv->nbchw", weight.to(dt), x)
+        return out if bias is None else out + bias.to(dt)[:, None, None, None, :]
+    out = torch.einsum("nhu,nbcuw->nbchw", weight.to(dt), x)
+    return out if bias is None else out + bias.to(dt)[:, None, None, :, None]
+
+
+def _baxis_wgrad(g, x, axis: int) -> tuple[Tensor, Tensor]:
+    if axis == 3:
+        return torch.einsum("nbchw,nbchv->nwv", g, x), g.sum(dim=(1, 2, 3))
+    return torch.einsum("nbchw,nbcuw->nhu", g, x), g.sum(dim=(1, 2, 4))
+
+
+def _bmix_wgrads(g, x, rw, rb, cw, cb, fw) -> tuple[Tensor, ...]:
+    """Per-member (d_rw, d_rb, d_cw, d_cb, d_fuse) in the parameters' dtypes."""
+    dt = _wide(x.dtype)
+    g, xw = g.to(dt), x.to(dt)
+    _, f_row, f_col = fw.to(dt).split(x.shape[2], dim=2)
+    d_rw, d_rb = _baxis_wgrad(torch.einsum("noc,nbohw->nbchw", f_row, g), xw, 3)
+    d_cw, d_cb = _baxis_wgrad(torch.einsum("noc,nbohw->nbchw", f_col, g), xw, 2)
+    parts = (xw, _baxis(xw, rw, rb, 3), _baxis(xw, cw, cb, 2))
+    d_fuse = torch.cat([torch.einsum("nbohw,nbchw->noc", g, t) for t in parts], dim=2)
+    return (
+        d_rw.to(rw.dtype),
+        d_rb.to(_grad_dtype(rb, rw)),
+        d_cw.to(cw.dtype),
+        d_cb.to(_grad_dtype(cb, cw)),
+        d_fuse.to(fw.dtype),
+    )
+
+
+def _bmix_dx(g, x, rw, cw, fw) -> Tensor:
+    """The per-member input gradient: the mix of g with transposed weights, in x's dtype."""
+    dt = _wide(x.dtype)
+    f_t = torch.cat([f.transpose(1, 2) for f in fw.split(x.shape[2], dim=2)], dim=2)
+    return _bmix(g.to(dt), rw.transpose(1, 2), None, cw.transpose(1, 2), None, f_t).to(x.dtype)
+
+
+def _bmix_fwd(x, rw, rb, cw, cb, fw, backend=None) -> Tensor:
+    return _bmix(x.to(_wide(x.dtype)), rw, rb, cw, cb, fw).to(x.dtype)
+
+
+def _bmix_bwd(g, x, rw, rb, cw, cb, fw, backend=None) -> tuple[Tensor, ...]:
+    return (_bmix_dx(g, x, rw, cw, fw), *_bmix_wgrads(g, x, rw, rb, cw, cb, fw))
+
+
+def _bbn_affine(x, scale, shift) -> Tensor:
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.to(dt) * scale.to(dt)[:, None, :, None, None] + shift.to(dt)[:, None, :, None, None]
+
+
+def _bmix_bn_gelu_fwd(x, scale, shift, *params_and_backend) -> Tensor:
+    x_act = _gelu_rounded(_bbn_affine(x, scale, shift), x.dtype)
+    return _bmix_fwd(x_act, *params_and_backend)
+
+
+def _bmix_bn_gelu_bwd(g, x, scale, shift, *params_and_backend) -> tuple[Tensor, ...]:
+    u = _bbn_affine(x, scale, shift)
+    dx_act, *wgrads = _bmix_bwd(g, _gelu_rounded(u, x.dtype), *params_and_backend)
+    dg = torch.ops.aten.gelu_backward(dx_act.to(u.dtype), u)
+    return (
+        (dg * scale.to(dg.dtype)[:, None, :, None, None]).to(x.dtype),
+        (dg * x.to(dg.dtype)).sum(dim=(1, 3, 4)).to(scale.dtype),
+        dg.sum(dim=(1, 3, 4)).to(shift.dtype),
+        *wgrads,
+    )
+
+
+def _vmap_fallback(fn, info, in_dims, args):
+    out = fn(*_all_front(in_dims, args, info.batch_size))
+    return out, (0 if isinstance(out, Tensor) else (0,) * len(out))
+
+
+def _mix_fwd_vmap(info, in_dims, x, row_weight, row_bias, col_weight, col_bias, fuse_weight,
+                  backend):  # fmt: skip
+    """vmap of smlp::mix_fwd. x batched, weights shared: the members fold into the batch (one
+    call). Only fuse_weight batched (an ensemble over one x): the members' fuse weights stack
+    along C_out (one call). Otherwise the batched reference formula."""
+    n = info.batch_size
+    bx, brw, brb, bcw, bcb, bfw, _ = in_dims
+    args = (x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend)
+    if brw is None and brb is None and bcw is None and bcb is None:
+        if bfw is None:
+            y = torch.ops.smlp.mix_fwd(_fold(x, bx), *args[1:])
+            return y.unflatten(0, (n, -1)), 0
+        if bx is None:
+            members = fuse_weight.movedim(bfw, 0)  # (N, C_out, 3C)
+            y = torch.ops.smlp.mix_fwd(x, *args[1:5], members.flatten(0, 1), backend)
+            return y.unflatten(1, (n, members.shape[1])), 1
+    return _vmap_fallback(_bmix_fwd, info, in_dims, args)
+
+
+def _mix_bwd_vmap(info, in_dims, grad, x, row_weight, row_bias, col_weight, col_bias,
+                  fuse_weight, backend):  # fmt: skip
+    """vmap of smlp::mix_bwd. Weights shared: dx is the forward with transposed weights, the
+    members folded into the batch (one call; one call in all when grad is shared); the
+    per-member weight gradients, reductions that must not sum over the members, are the
+    batched reference formula. A weight batched: the batched reference formula."""
+    n = info.batch_size
+    bg, _, *bp, _ = in_dims
+    params = (row_weight, row_bias, col_weight, col_bias, fuse_weight)
+    args = (grad, x, *params, backend)
+    if any(d is not None for d in bp):
+        return _vmap_fallback(_bmix_bwd, info, in_dims, args)
+    f_t = _fuse_transposed(fuse_weight, fuse_weight.shape[1] // 3)
+    g = grad.to(x.dtype)
+    rw_t, cw_t = row_weight.t(), col_weight.t()
+    if bg is None:
+        dx, dx_dim = torch.ops.smlp.mix_fwd(g, rw_t, None, cw_t, None, f_t, backend), None
+    else:
+        dx = torch.ops.smlp.mix_fwd(_fold(g, bg), rw_t, None, cw_t, None, f_t, backend)
+        dx, dx_dim = dx.unflatten(0, (n, -1)), 0
+    wgrads = _bmix_wgrads(*_all_front(in_dims[:7], args[:7], n))
+    return (dx, *wgrads), (dx_dim, 0, 0, 0, 0, 0)
+
+
+def _mix_bn_gelu_fwd_vmap(info, in_dims, x, scale, shift, *params_and_backend):
+    """vmap of smlp::mix_bn_gelu_fwd, as :func:`_mix_fwd_vmap`: x batched alone folds into
+    the batch, fuse_weight batched alone stacks along C_out (one call each); otherwise the
+    batched reference formula."""
+    n = info.batch_size
+    *params, fuse_weight, backend = params_and_backend
+    if all(d is None for d in in_dims[1:7]):
+        if in_dims[7] is None:
+            y = torch.ops.smlp.mix_bn_gelu_fwd(_fold(x, in_dims[0]), scale, shift,
+                                               *params_and_backend)  # fmt: skip
+            return y.unflatten(0, (n, -1)), 0
+        if in_dims[0] is None:
+            members = fuse_weight.movedim(in_dims[7], 0)  # (N, C_out, 3C)
+            y = torch.ops.smlp.mix_bn_gelu_fwd(x, scale, shift, *params,
+                                               members.flatten(0, 1), backend)  # fmt: skip
+            return y.unflatten(1, (n, members.shape[1])), 1
+    return _vmap_fallback(_bmix_bn_gelu_fwd, info, in_dims, (x, scale, shift, *params_and_backend))
+
+
+def _mix_bn_gelu_bwd_vmap(info, in_dims, *args):
+    """vmap of smlp::mix_bn_gelu_bwd: the batched reference formula (the public function's
+    derivatives under transforms go through smlp::mix_bwd instead)."""
+    return _vmap_fallback(_bmix_bn_gelu_bwd, info, in_dims, args)
+
+
+torch.library.register_vmap("smlp::mix_fwd", _mix_fwd_vmap)
+torch.library.register_vmap("smlp::mix_bwd", _mix_bwd_vmap)
+torch.library.register_vmap("smlp::mix_bn_gelu_fwd", _mix_bn_gelu_fwd_vmap)
+torch.library.register_vmap("smlp::mix_bn_gelu_bwd", _mix_bn_gelu_bwd_vmap)
+
+
+def _register_axis_vmap(op: str) -> None:
+    axis = 3 if op == "row_mix" else 2
+    fwd_op = getattr(torch.ops.smlp, f"{op}_fwd")
+
+    def bfwd(x, weight, bias, backend=None):
+        return _baxis(x.to(_wide(x.dtype)), weight, bias, axis).to(x.dtype)
+
+    def bwgrads(g, x, weight, bias):
+        dt = _wide(x.dtype)
+        d_w, d_b = _baxis_wgrad(g.to(dt), x.to(dt), axis)
+        return d_w.to(weight.dtype), d_b.to(_grad_dtype(bias, weight))
+
+    def bbwd(g, x, weight, bias, backend=None):
+        dx = _baxis(g.to(_wide(x.dtype)), weight.transpose(1, 2), None, axis).to(x.dtype)
+        return (dx, *bwgrads(g, x, weight, bias))
+
+    def fwd_vmap(info, in_dims, x, weight, bias, backend):
+        n = info.batch_size
+        if in_dims[1] is None and in_dims[2] is None:
+            y = fwd_op(_fold(x, in_dims[0]), weight, bias, backend)
+            return y.unflatten(0, (n, -1)), 0
+        return _vmap_fallback(bfwd, info, in_dims, (x, weight, bias, backend))
+
+    def bwd_vmap(info, in_dims, grad, x, weight, bias, backend):
+        n = info.batch_size
+        bg, _, bw, bb, _ = in_dims
+        args = (grad, x, weight, bias, backend)
+        if bw is not None or bb is not None:
+            return _vmap_fallback(bbwd, info, in_dims, args)
+        g = grad.to(x.dtype)
+        if bg is None:
+            dx, dx_dim = fwd_op(g, weight.t(), None, backend), None
+        else:
+            dx = fwd_op(_fold(g, bg), weight.t(), None, backend)
+            dx, dx_dim = dx.unflatten(0, (n, -1)), 0
+        wgrads = bwgrads(*_all_front(in_dims[:4], args[:4], n))
+        return (dx, *wgrads), (dx_dim, 0, 0)
+
+    torch.library.register_vmap(f"smlp::{op}_fwd", fwd_vmap)
+    torch.library.register_vmap(f"smlp::{op}_bwd", bwd_vmap)
+
+
+_register_axis_vmap("row_mix")
+_register_axis_vmap("col_mix")
+
+
+def _traced() -> bool:
+    """True while torch.compile, torch.export or torch.jit.trace records the call: the
+    public functions then call the custom op itself, so that the graph holds smlp::* ops
+    (dynamo cannot trace an autograd.Function with a jvp, and jit.trace would record an
+    opaque PythonOp); the custom op's own autograd formula serves there."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _zeros_like_opt(t: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if t is None else t
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _masked(grads, needs) -> tuple:
+    """grads with None where autograd needs none (``needs`` may be longer: non-tensors)."""
+    return tuple(g if need else None for g, need in zip(grads, needs[: len(grads)], strict=True))
+
+
+def _side_fuse(fuse_weight: Tensor, channels: int, row: bool, col: bool) -> Tensor:
+    """``[0 | F_row | F_col]`` with the blocks of a side left out zeroed as well."""
+    f_id, f_row, f_col = _fuse_blocks(fuse_weight, channels)
+    zero = torch.zeros_like(f_id)
+    return torch.cat([zero, f_row if row else zero, f_col if col else zero], dim=1)
+
+
+def _mix_jvp(x, params, tangents, backend) -> Tensor:
+    """d/dt smlp_mix(x + t tx, θ + t tθ) at t = 0 (None tangents are zero): at most three
+    forward calls."""
+    rw, rb, cw, cb, fw = params
+    tx, trw, trb, tcw, tcb, tfw = tangents
+    out = None
+    if tx is not None:
+        out = _add(out, _Mix.apply(tx, rw, None, cw, None, fw, backend))
+    row, col = trw is not None or trb is not None, tcw is not None or tcb is not None
+    if row or col:
+        f_sides = _side_fuse(fw, x.shape[1], row, col)
+        term = _Mix.apply(x, _zeros_like_opt(trw, rw), trb, _zeros_like_opt(tcw, cw), tcb,
+                          f_sides, backend)  # fmt: skip
+        out = _add(out, term)
+    if tfw is not None:
+        out = _add(out, _Mix.apply(x, rw, rb, cw, cb, tfw, backend))
+    if out is None:
+        b, _, h, w = x.shape
+        out = x.new_zeros((b, fw.shape[0], h, w))
+    return out
+
+
+def _mix_hvp(g, x, params, v, backend) -> list:
+    """The gradients with respect to (x, rw, rb, cw, cb, fw) of ``<g, JVP(x, θ; v)>``, that
+    is of ``<v, mix_bwd(g, x, θ)>`` (None where zero): at most three mix_bwd calls."""
+    rw, rb, cw, cb, fw = params
+    vx, vrw, vrb, vcw, vcb, vfw = v
+    c = x.shape[1]
+    out = [None] * 6
+    if vx is not None:  # <g, mix(vx, rw, -, cw, -, fw)>: reaches rw, cw, fw
+        _, d_rw, _, d_cw, _, d_fw = _MixBwd.apply(g, vx, rw, None, cw, None, fw, backend)
+        out[1], out[3], out[5] = d_rw, d_cw, d_fw
+    row, col = vrw is not None or vrb is not None, vcw is not None or vcb is not None
+    if row or col:  # <g, mix(x, vrw, vrb, vcw, vcb, [0 | F_row | F_col])>: reaches x, fw
+        f_sides = _side_fuse(fw, c, row, col)
+        vrw, vcw = _zeros_like_opt(vrw, rw), _zeros_like_opt(vcw, cw)
+        d_x, *_, d_sides = _MixBwd.apply(g, x, vrw, vrb, vcw, vcb, f_sides, backend)
+        out[0] = d_x
+        out[5] = _add(out[5], _side_fuse(d_sides, c, row, col))
+    if vfw is not None:  # <g, mix(x, rw, rb, cw, cb, vfw)>: reaches x, rw, rb, cw, cb
+        d_x, d_rw, d_rb, d_cw, d_cb, _ = _MixBwd.apply(g, x, rw, rb, cw, cb, vfw, backend)
+        out[0], out[1], out[3] = _add(out[0], d_x), _add(out[1], d_rw), _add(out[3], d_cw)
+        out[2] = d_rb if rb is not None else None
+        out[4] = d_cb if cb is not None else None
+    return out
+
+
+class _Mix(torch.autograd.Function):
+    """smlp::mix_fwd with derivatives of every order and mode (see above)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
+        return torch.ops.smlp.mix_fwd(
+            x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *tensors, backend = inputs
+        # Only x and the parameters: r and k are recomputed in the backward.
+        ctx.save_for_backward(*tensors)
+        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
+        ctx.save_for_forward(*tensors)
+        ctx.backend = backend
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return (None,) * 7
+        grads = _MixBwd.apply(grad, *ctx.saved_tensors, ctx.backend)
+        return (*_masked(grads, ctx.needs_input_grad), None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        x, *params = ctx.saved_tensors
+        return _mix_jvp(x, params, tangents[:6], ctx.backend)
+
+
+class _MixBwd(torch.autograd.Function):
+    """smlp::mix_bwd, differentiable: its derivatives are :func:`_mix_jvp` (in the upstream
+    gradient) and :func:`_mix_hvp` (in x and the parameters)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend):
+        return torch.ops.smlp.mix_bwd(
+            grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *tensors, backend = inputs
+        ctx.save_for_backward(*tensors)
+        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
+        ctx.save_for_forward(*tensors)
+        ctx.backend = backend
+
+    @staticmethod
+    def backward(ctx, *v):
+        grad, x, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        d_grad = _mix_jvp(x, params, v, ctx.backend) if needs[0] else None
+        rest = _mix_hvp(grad, x, params, v, ctx.backend) if any(needs[1:7]) else [None] * 6
+        return (*_masked((d_grad, *rest), needs[:7]), None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        grad, x, *params = ctx.saved_tensors
+        rw, rb = params[0], params[1]
+        tg, t = tangents[0], tangents[1:7]
+        out = list(_mix_hvp(grad, x, params, t, ctx.backend))
+        if tg is not None:
+            out = [
+                _add(a, b)
+                for a, b in zip(out, _MixBwd.apply(tg, x, *params, ctx.backend), strict=True)
+            ]
+        cw = params[2]
+        like = (x, rw, rw[:, 0], cw, cw[:, 0], params[4])
+        dtypes = (x.dtype, rw.dtype, _grad_dtype(rb, rw), cw.dtype,
+                  _grad_dtype(params[3], cw), params[4].dtype)  # fmt: skip
+        return tuple(
+            torch.zeros_like(lk, dtype=dt) if o is None else o
+            for o, lk, dt in zip(out, like, dtypes, strict=True)
+        )
+
+
+def _bn_gelu_bwd_composed(grad, x, scale, shift, *params, backend):
+    """smlp::mix_bn_gelu_bwd composed of differentiable pieces (:class:`_MixBwd` and
+    PyTorch's GELU backward), for derivatives beyond the first."""
+    u = _bn_affine(x, scale, shift)
+    x_act = _gelu_rounded(u, x.dtype)
+    dx_act, *wgrads = _MixBwd.apply(grad.to(x.dtype), x_act, *params, backend)
+    dg = torch.ops.aten.gelu_backward(dx_act.to(u.dtype), u)
+    return (
+        (dg * scale.to(dg.dtype)[:, None, None]).to(x.dtype),
+        (dg * x.to(dg.dtype)).sum(dim=(0, 2, 3)).to(scale.dtype),
+        dg.sum(dim=(0, 2, 3)).to(shift.dtype),
+        *wgrads,
+    )
+
+
+class _MixBnGelu(torch.autograd.Function):
+    """smlp::mix_bn_gelu_fwd with derivatives of every order and mode: the first backward is
+    smlp::mix_bn_gelu_bwd; a backward that must itself be differentiable, and the JVP, go
+    through the mix's Functions at the recomputed ``gelu(x * scale + shift)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight,
+                backend):  # fmt: skip
+        return torch.ops.smlp.mix_bn_gelu_fwd(
+            x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *tensors, backend = inputs
+        # x, scale, shift and the parameters only: u, gelu(u), r and k are recomputed.
+        ctx.save_for_backward(*tensors)
+        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
+        ctx.save_for_forward(*tensors)
+        ctx.backend = backend
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return (None,) * 9
+        if torch.is_grad_enabled():  # create_graph, or a torch.func transform
+            grads = _bn_gelu_bwd_composed(grad, *ctx.saved_tensors, backend=ctx.backend)
+        else:
+            grads = torch.ops.smlp.mix_bn_gelu_bwd(grad, *ctx.saved_tensors, ctx.backend)
+        return (*_masked(grads, ctx.needs_input_grad), None)
+
+    @staticmethod
+    def jvp(ctx, tx, tscale, tshift, *t_params):
+        x, scale, shift, *params = ctx.saved_tensors
+        u = _bn_affine(x, scale, shift)
+        x_act = _gelu_rounded(u, x.dtype)
+        t_act = None
+        if tx is not None or tscale is not None or tshift is not None:
+            dt = u.dtype
+            tu = torch.zeros_like(u)
+            if tx is not None:
+                tu = tu + tx.to(dt) * scale.to(dt)[:, None, None]
+            if tscale is not None:
+                tu = tu + x.to(dt) * tscale.to(dt)[:, None, None]
+            if tshift is not None:
+                tu = tu + tshift.to(dt)[:, None, None]
+            t_act = torch.ops.aten.gelu_backward(tu, u).to(x.dtype)
+        return _mix_jvp(x_act, params, (t_act, *t_params[:5]), ctx.backend)
+
+
+def _axis_ops(op: str):
+    return getattr(torch.ops.smlp, f"{op}_fwd"), getattr(torch.ops.smlp, f"{op}_bwd")
+
+
+def _axis_jvp(op, x, weight, tangents, backend) -> Tensor:
+    """d/dt axis_mix(x + t tx, weight + t tw, bias + t tb): at most two calls."""
+    tx, tw, tb = tangents
+    out = None
+    if tx is not None:
+        out = _AxisMix.apply(tx, weight, None, op, backend)
+    if tw is not None or tb is not None:
+        out = _add(out, _AxisMix.apply(x, _zeros_like_opt(tw, weight), tb, op, backend))
+    return torch.zeros_like(x) if out is None else out
+
+
+def _axis_hvp(op, g, x, weight, v, backend) -> list:
+    """Gradients with respect to (x, weight, bias) of ``<v, axis_bwd(g, x, weight)>``."""
+    vx, vw, vb = v
+    out = [None, None, None]
+    if vx is not None:  # <g, axis(vx, weight)>: reaches weight
+        out[1] = _AxisBwd.apply(g, vx, weight, None, op, backend)[1]
+    if vw is not None or vb is not None:  # <g, axis(x, vw, vb)>: reaches x
+        out[0] = _AxisBwd.apply(g, x, _zeros_like_opt(vw, weight), vb, op, backend)[0]
+    return out
+
+
+class _AxisMix(torch.autograd.Function):
+    """smlp::row_mix_fwd or smlp::col_mix_fwd with derivatives of every order and mode."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, op, backend):
+        return _axis_ops(op)[0](x, weight, bias, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, op, backend = inputs
+        ctx.save_for_backward(x, weight, bias)
+        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
+        ctx.save_for_forward(x, weight, bias)
+        ctx.op, ctx.backend = op, backend
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return (None,) * 5
+        grads = _AxisBwd.apply(grad, *ctx.saved_tensors, ctx.op, ctx.backend)
+        return (*_masked(grads, ctx.needs_input_grad), None, None)
+
+    @staticmethod
+    def jvp(ctx, tx, tw, tb, *_):
+        x, weight, _bias = ctx.saved_tensors
+        return _axis_jvp(ctx.op, x, weight, (tx, tw, tb), ctx.backend)
+
+
+class _AxisBwd(torch.autograd.Function):
+    """smlp::row_mix_bwd or smlp::col_mix_bwd, differentiable."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, x, weight, bias, op, backend):
+        return _axis_ops(op)[1](grad, x, weight, bias, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, x, weight, bias, op, backend = inputs
+        ctx.save_for_backward(grad, x, weight, bias)
+        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
+        ctx.save_for_forward(grad, x, weight, bias)
+        ctx.op, ctx.backend = op, backend
+
+    @staticmethod
+    def backward(ctx, *v):
+        grad, x, weight, _ = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        d_grad = _axis_jvp(ctx.op, x, weight, v, ctx.backend) if needs[0] else None
+        d_x, d_w, _ = _axis_hvp(ctx.op, grad, x, weight, v, ctx.backend)
+        # The backward does not depend on the bias (only its gradient's dtype does).
+        return (*_masked((d_grad, d_x, d_w), needs[:3]), None, None, None)
+
+    @staticmethod
+    def jvp(ctx, tg, tx, tw, tb, *_):
+        grad, x, weight, bias = ctx.saved_tensors
+        out = _axis_hvp(ctx.op, grad, x, weight, (tx, tw, tb), ctx.backend)
+        if tg is not None:
+            by_tg = _AxisBwd.apply(tg, x, weight, bias, ctx.op, ctx.backend)
+            out = [_add(a, b) for a, b in zip(out, by_tg, strict=True)]
+        like = (x, weight, weight[:, 0])
+        dtypes = (x.dtype, weight.dtype, _grad_dtype(bias, weight))
+        return tuple(
+            torch.zeros_like(lk, dtype=dt) if o is None else o
+            for o, lk, dt in zip(out, like, dtypes, strict=True)
+        )
+
+
+# The backward custom ops' own autograd formulas, the same as _MixBwd's and _AxisBwd's, so
+# that double backward works on the custom ops called directly too (smlp::mix_bn_gelu_bwd
+# has none: bn_gelu_smlp_mix differentiates its backward through the composition above).
+
+
+def _bwd_op_setup_context(ctx, inputs, output) -> None:
+    *tensors, backend = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.backend = backend
+
+
+def _mix_bwd_op_backward(ctx, *v):
+    grad, x, *params = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    d_grad = _mix_jvp(x, params, v, ctx.backend) if needs[0] else None
+    rest = _mix_hvp(grad, x, params, v, ctx.backend) if any(needs[1:7]) else [None] * 6
+    return (*_masked((d_grad, *rest), needs[:7]), None)
+
+
+_mix_bwd.register_autograd(_mix_bwd_op_backward, setup_context=_bwd_op_setup_context)
+
+
+def _register_axis_bwd_autograd(op: str) -> None:
+    def backward(ctx, *v):
+        grad, x, weight, _ = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        d_grad = _axis_jvp(op, x, weight, v, ctx.backend) if needs[0] else None
+        d_x, d_w, _ = _axis_hvp(op, grad, x, weight, v, ctx.backend)
+        return (*_masked((d_grad, d_x, d_w), needs[:3]), None, None)
+
+    torch.library.register_autograd(
+        f"smlp::{op}_bwd", backward, setup_context=_bwd_op_setup_context
+    )
+
+
+_register_axis_bwd_autograd("row_mix")
+_register_axis_bwd_autograd("col_mix")
+
+# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
@@ -533,7 +1165,11 @@ def smlp_mix(
         )
     check_smlp_mix_args(x, row_weight, row_bias, col_weight, col_bias, fuse_weight)
     name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
-    return torch.ops.smlp.mix_fwd(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
+    if _traced():
+        return torch.ops.smlp.mix_fwd(
+            x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name
+        )
+    return _Mix.apply(x, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
 
 
 def bn_gelu_smlp_mix(
@@ -585,9 +1221,10 @@ def bn_gelu_smlp_mix(
         x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight
     )
     name = resolve_backend(backend, "mix", x, fuse_weight.shape[0])
-    return torch.ops.smlp.mix_bn_gelu_fwd(
-        x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, name
-    )
+    args = (x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, name)
+    if _traced():
+        return torch.ops.smlp.mix_bn_gelu_fwd(*args)
+    return _MixBnGelu.apply(*args)
 
 
 def _axis_mix(op: str, x: Tensor, weight: Tensor, bias: Tensor | None, backend: str | None):
@@ -596,7 +1233,9 @@ def _axis_mix(op: str, x: Tensor, weight: Tensor, bias: Tensor | None, backend: 
         x, weight, bias = x.to(dtype), _autocast_param(weight, dtype), _autocast_param(bias, dtype)
     check_axis_mix_args(op, x, weight, bias)
     name = resolve_backend(backend, op, x, x.shape[1])
-    return getattr(torch.ops.smlp, f"{op}_fwd")(x, weight, bias, name)
+    if _traced():
+        return getattr(torch.ops.smlp, f"{op}_fwd")(x, weight, bias, name)
+    return _AxisMix.apply(x, weight, bias, op, name)
 
 
 def row_mix(

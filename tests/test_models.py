@@ -465,3 +465,58 @@ def test_zoo_factories_check_num_classes(name: str) -> None:
     with torch.device("meta"):
         model = factory(num_classes=np.int64(7))
     assert model.mlp_head[0].out_features == 7
+
+
+# --------------------------------------------------------------------------------------------
+# SPACH's factory arguments and checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def test_factories_take_spachs_arguments() -> None:
+    """pretrained=False and timm's keyword arguments (ignored, as SPACH's factories do;
+    loudly when one would have changed the model); pretrained=True and a positional
+    num_classes fail clearly; a misspelt keyword still raises."""
+    kw = {"image_size": 32, "num_classes": 3}
+    with torch.device("meta"):  # the full-size models, without allocating them
+        model = smlpnet_tiny(False, drop_rate=0.0, drop_path_rate=None, drop_block_rate=None, **kw)
+        assert isinstance(model, SMLPNet) and model.depths == [2, 8, 14, 2]
+        with pytest.warns(UserWarning, match=r"smlpnet_small: ignores drop_path_rate=0.1"):
+            model = smlpnet_small(pretrained=False, drop_path_rate=0.1, **kw)
+        assert max(m.p for m in model.drop_path if isinstance(m, DropPath)) == 0.2
+        with pytest.raises(ValueError, match=r"pretrained=True is not supported.*downloads"):
+            smlpnet_base(pretrained=True)
+        with pytest.raises(TypeError, match=r"pretrained must be a bool.*num_classes.*by keyword"):
+            smlpnet_tiny(10)
+        with pytest.raises(TypeError, match="dimm"):
+            smlpnet_tiny(dimm=4, **kw)
+
+
+def test_load_spach_state_dict_reads_a_main_py_checkpoint(tmp_path) -> None:
+    """SPACH's main.py saves the args Namespace next to the weights: torch.load's default
+    (weights_only=True) refuses it, load_spach_state_dict allow-lists just that class."""
+    import argparse
+    import pickle
+
+    kw = {"depths": (1,), "image_size": 8, "num_classes": 3, "dim": 4}
+    trained = SMLPNet(**kw)
+    optimizer = torch.optim.AdamW(trained.parameters())
+    path = tmp_path / "checkpoint.pth"
+    torch.save(
+        {
+            "model": trained.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": 3,
+            "args": argparse.Namespace(model="smlpnet_tiny", lr=5e-4, drop_path=0.1),
+        },
+        path,
+    )
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, map_location="cpu")
+    from smlp_kernels.models import load_spach_state_dict
+
+    model = SMLPNet(**kw)
+    model.load_state_dict(load_spach_state_dict(path), strict=True)
+    for (name, a), b in zip(model.state_dict().items(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    torch.save(trained.state_dict(), tmp_path / "bare.pth")  # a bare state_dict loads too
+    assert load_spach_state_dict(tmp_path / "bare.pth").keys() == trained.state_dict().keys()

@@ -185,7 +185,7 @@ RECT_CASES = [
 @pytest.mark.parametrize(("channels", "height", "width"), RECT_CASES)
 def test_rectangular_matches_spach_style(channels: int, height: int, width: int, mode: str):
     spach_style = randomize_(SpachStyleSMLPBlock(channels, height, width).double(), seed=2)
-    ours = SparseMLP(channels, height, width, dtype=torch.float64)
+    ours = SparseMLP(channels=channels, height=height, width=width, dtype=torch.float64)
     ours.load_state_dict(spach_style.state_dict(), strict=True)
     assert ours.proj_h.weight.shape == (width, width, 1, 1)
     assert ours.proh_w.weight.shape == (height, height, 1, 1)
@@ -226,7 +226,7 @@ def test_row_and_column_mix_axes() -> None:
 
 def _pair(channels: int, height: int, width: int, mode: str) -> tuple[nn.Module, nn.Module]:
     spach_style = randomize_(SpachStyleSMLPBlock(channels, height, width).double(), seed=4)
-    ours = SparseMLP(channels, height, width, dtype=torch.float64)
+    ours = SparseMLP(channels=channels, height=height, width=width, dtype=torch.float64)
     ours.load_state_dict(spach_style.state_dict(), strict=True)
     spach_style.train(mode == "train")
     ours.train(mode == "train")
@@ -597,3 +597,17 @@ def test_convert_spach_warns_about_a_misshapen_block() -> None:
     with pytest.warns(UserWarning, match=r"left 1 alone: it is called sMLPBlock"):
         convert_spach(model)
     assert type(model[1]).__name__ == "sMLPBlock"
+
+
+def test_spachs_size_order_is_caught() -> None:
+    """SPACH's sMLPBlock(W, H, channels) order given to SparseMLP(channels, height, width)."""
+    with pytest.raises(ValueError, match=r"SparseMLP\(14, 14, 32\).*SparseMLP\(32, 14, 14\)"):
+        SparseMLP(14, 14, 32)
+    m = SparseMLP(channels=14, height=14, width=32)  # meant: keywords build it
+    assert (m.channels, m.height, m.width) == (14, 14, 32)
+    m = SparseMLP(32, height=14)
+    assert (m.channels, m.height, m.width) == (32, 14, 14)
+    with pytest.raises(TypeError, match="height both by position and by keyword"):
+        SparseMLP(4, 5, height=5)
+    with pytest.raises(TypeError, match="missing the size height"):
+        SparseMLP(4)
