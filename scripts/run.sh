@@ -4,7 +4,8 @@
 #   bash scripts/run.sh bench  # the main job: smlp-bench, the benchmark harness (extra
 #                              # arguments go to smlp-bench; none: its default suite)
 #   bash scripts/run.sh demo   # run the op and the drop-in module, report
-#   bash scripts/run.sh test   # the test suite (extra arguments go to pytest)
+#   bash scripts/run.sh test   # the test suite, one process per core (extra arguments go
+#                              # to pytest; -n 0: one process)
 #
 # Each one installs what it needs first:
 #   1. outside a virtual environment, creates and activates .venv (with the system's
@@ -66,5 +67,12 @@ fi
 case "$job" in
   bench) exec python -m smlp_kernels.bench "$@" ;;  # the smlp-bench command
   demo) exec python -m smlp_kernels.demo "$@" ;;
-  test) exec python -m pytest "$@" ;;
+  test)
+    # One test process per core (pytest-xdist, in the "test" extra), each test file whole
+    # in one process; "-n 0" among the arguments runs them in this one.
+    if python -c "import xdist" 2>/dev/null; then
+      exec python -m pytest -n auto --dist loadfile "$@"
+    fi
+    exec python -m pytest "$@"
+    ;;
 esac

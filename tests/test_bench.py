@@ -488,8 +488,11 @@ def test_fixed_count_timing():
 
 
 def _env() -> dict:
-    # One thread, for the reason of _one_thread above.
-    return {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    # One thread, for the reason of _one_thread above. Not a pytest-xdist worker's variables:
+    # a pytest started with them takes itself for a worker (pytest-benchmark then writes no
+    # report).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    return {**env, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
 
 
 def test_cli_smoke_run_writes_every_output(tmp_path):
