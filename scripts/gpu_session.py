@@ -22,13 +22,15 @@ only when enough time is left to start it:
               every GPU backend (triton, triton_v0, cuda) against the float64 reference,
               autotuning off, in parallel processes when pytest-xdist is there
     sanitize  compute-sanitizer memcheck over scripts/gpu_sanitize.py (every GPU backend,
-              forward and backward, checked); a machine whose sanitizer refuses the device
-              is reported as "sanitizer unavailable", not as a kernel failure
+              forward and backward, checked), counting bad accesses by kernels; a machine
+              whose sanitizer refuses the device is reported as UNAVAILABLE, not as a
+              kernel failure
     bench     smlp-bench on the eight stage shapes (bf16, batch 128, fwd and fwd+bwd):
               first triton, triton_v0, cuda and spach-eager on every case, then
               spach-compile-max-autotune case by case (forward first), all into one result
               file with ``--resume``: each call measures only what earlier calls have not,
-              and a call stopped by its deadline keeps every case it finished
+              and a call stopped by its deadline keeps every case it finished; a file of
+              another commit is moved aside
 
 Results land in the session folder (gpu-session/, ignored by git) and are packed into
 ``$OUT``: one archive and the summary (the tool brings back at most 8 files). ``unpack``
@@ -36,12 +38,13 @@ puts the archive back here, where the next call carries it; ``--results DIR`` th
 the merged JSON, CSV and plots, named after the GPU, into DIR.
 
 Exit status: 0 when every step that ran passed, 1 otherwise (a step not run for the
-deadline counts as not passed), 2 for bad arguments.
+deadline counts as not passed; a tool reported UNAVAILABLE does not), 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -51,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -86,8 +90,8 @@ BENCH_COMMON = ("--suite", "gpu", "--shapes", STAGES, "--dtype", "bf16", "--batc
 # (providers, modes, compile reserve in seconds) in the order they are measured.
 BENCH_PHASES = (
     ("triton,triton_v0,cuda,spach-eager", "fwd,fwd+bwd", 0),
-    ("spach-compile-max-autotune", "fwd", 40),
-    ("spach-compile-max-autotune", "fwd+bwd", 60),
+    ("spach-compile-max-autotune", "fwd", 60),
+    ("spach-compile-max-autotune", "fwd+bwd", 90),
 )
 
 
@@ -130,8 +134,9 @@ def run_bounded(
     stop_signal: int = signal.SIGTERM,
     grace: float = 15.0,
 ) -> Outcome:
-    """Run cmd with stdout and stderr into log; at ``limit`` seconds send ``stop_signal``
-    (SIGINT lets pytest write its report), then kill it ``grace`` seconds later."""
+    """Run cmd with stdout and stderr into log; at ``limit`` seconds send ``stop_signal`` to
+    it (SIGINT lets pytest stop its workers and write its report), then kill its whole
+    process group ``grace`` seconds later. Returns within about limit + grace + 10 s."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(log, "ab") as out:
@@ -148,19 +153,26 @@ def run_bounded(
             return Outcome(rc, False, time.monotonic() - start)
         except subprocess.TimeoutExpired:
             pass
-        _signal_group(proc, stop_signal)
+        try:
+            proc.send_signal(stop_signal)
+        except ProcessLookupError:
+            pass
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
+            pass
+        _signal_group(proc, signal.SIGKILL)  # what is left of it, its workers included
+        try:
+            proc.wait(timeout=10)  # a process stuck in the GPU driver may take longer: go on
+        except subprocess.TimeoutExpired:
+            pass
         return Outcome(proc.returncode, True, time.monotonic() - start)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -194,8 +206,45 @@ class Session:
         return env
 
     def commit(self) -> str | None:
-        path = self.folder / "commit.txt"
-        return path.read_text().strip() or None if path.is_file() else None
+        """The commit prepare recorded, if this tree is still the one it saw; in a git
+        checkout, its own; else None."""
+        if not hasattr(self, "_commit"):
+            self._commit = recorded_commit(self.folder, ROOT) or _git_commit()
+        return self._commit
+
+
+def tree_digest(root: Path, names: Sequence[str]) -> str:
+    """sha256 over the named files and folders under root (paths and contents)."""
+    h = hashlib.sha256()
+    for name in sorted(names):
+        p = root / name
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+            h.update(f.read_bytes() if f.is_file() else b"(missing)")
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+# What the extension is built from: a carried build is reused only if these are unchanged.
+BUILD_SOURCES = ("csrc", "CMakeLists.txt", "setup.py", "pyproject.toml")
+
+
+def recorded_commit(folder: Path, root: Path) -> str | None:
+    """commit.txt's "HASH [dirty]" when tree.sha256 (prepare's digest of every file that
+    travels) matches this tree; None when there is none or the tree changed since."""
+    commit, digest, files = (folder / n for n in ("commit.txt", "tree.sha256", "tree-files.txt"))
+    if not (commit.is_file() and digest.is_file() and files.is_file()):
+        return None
+    names = files.read_text().split("\n")
+    if tree_digest(root, [n for n in names if n]) != digest.read_text().strip():
+        return None
+    return commit.read_text().strip() or None
+
+
+class Unavailable(str):
+    """A step's verdict when a tool outside our code could not do its part: reported, not
+    counted as a failure."""
 
 
 @dataclass(frozen=True)
@@ -264,20 +313,28 @@ def step_build(s: Session, limit: float) -> str | None:
     log = s.folder / "build.log"
     carried = _built_extension(keep)
     tag = _extension_suffix(s)
-    if carried is not None and tag and carried.name == f"_C{tag}":
-        # An earlier call built it (on the same image): install that copy, build nothing.
+    sources = tree_digest(ROOT, BUILD_SOURCES)
+    stamp = keep / "sources.sha256"
+    same = stamp.is_file() and stamp.read_text().strip() == sources
+    if carried is not None and tag and carried.name == f"_C{tag}" and same:
+        # An earlier call built it from these sources: install that copy, build nothing.
         for old in (ROOT / "smlp_kernels").glob("_C.*.so"):
             old.unlink()
         shutil.copy2(carried, ROOT / "smlp_kernels" / carried.name)
         s.note(f"build: installed the extension an earlier call built ({carried.name})")
         return _extension_check(s, min(limit, 60), log)
+    if carried is not None:
+        s.note("build: the carried extension is not for these sources or this Python: building")
     env = s.env(
         SMLP_BUILD_CUDA="1",
         SMLP_CUDA_ARCHS="90a",
         SMLP_BUILD_JOBS=str(os.cpu_count() or 1),
         SMLP_TEST_HOOKS="1",
+        # Portable CPU code: call 2 may land on another CPU model and reuse this build.
+        SMLP_CPU_NATIVE="0",
     )
-    cmd = [s.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."]
+    cmd = [s.python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
+           "--disable-pip-version-check", "-e", "."]  # fmt: skip
     out = run_bounded(cmd, limit, log, env=env)
     if out.stopped:
         return f"stopped at its limit of {limit:.0f} s"
@@ -291,6 +348,7 @@ def step_build(s: Session, limit: float) -> str | None:
             old.unlink()
         if built is not None:
             shutil.copy2(built, keep / built.name)
+            stamp.write_text(sources + "\n")
     return why
 
 
@@ -356,8 +414,8 @@ def step_check(s: Session, limit: float) -> str | None:
         "tests",
     ]
     cmd += [f"--ignore={f}" for f in CPU_ONLY_TESTS]
-    if _has_module(s, "xdist"):
-        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
+    if _has_module(s, "xdist"):  # as CI runs the suite: each file whole in one process
+        cmd += ["-n", str(min(12, os.cpu_count() or 1)), "--dist", "loadfile"]
     if _has_module(s, "pytest_timeout"):
         cmd += ["--timeout", "120"]  # one hanging test must not take the whole call
     env = s.env(
@@ -380,7 +438,11 @@ def step_check(s: Session, limit: float) -> str | None:
         return "stopped at its limit"
     if out.rc == 5:
         return "no test selected"
-    return None if out.rc == 0 else f"pytest exit {out.rc}"
+    if out.rc != 0:
+        return f"pytest exit {out.rc}"
+    if c["passed"] == 0:  # everything skipped: the GPU tests did not run
+        return "no test passed (all skipped: see check/pytest.log)"
+    return None
 
 
 # Output by which compute-sanitizer says it cannot work on this machine (seen on machines
@@ -393,26 +455,43 @@ SANITIZER_REFUSALS = (
 )
 
 
+# memcheck's lines for a bad access by a kernel (its API-error lines, "Program hit ... on
+# CUDA API call", can come from PyTorch's or Triton's own probing and are not counted).
+KERNEL_ERROR = re.compile(
+    r"^=+\s+(Invalid __\w+__|Misaligned|Illegal|Out-of-range|.*out of bounds)"
+)
+
+
 def memcheck_verdict(rc: int | None, stopped: bool, output: str) -> tuple[str, str]:
-    """(a line for the summary, "ok" | "failed" | "unavailable") for a memcheck run of
-    scripts/gpu_sanitize.py. "unavailable": the sanitizer refused the device, or exited
-    before the program checked a single case; never counted as a kernel failure."""
+    """(a line for the summary, kind) for a memcheck run of scripts/gpu_sanitize.py; kind is
+    "ok", "failed" (a bad access by a kernel, a wrong answer, or a crash of the program),
+    "unavailable" (the sanitizer refused the device, or exited before the program checked a
+    case without a traceback of ours) or "inconclusive" (stopped at its limit). Only
+    "failed" counts against our kernels."""
     for words in SANITIZER_REFUSALS:
         if words in output:
             return f"sanitizer unavailable: {words!r} (memcheck.log)", "unavailable"
-    ran = any(line.startswith(("ok ", "FAIL ")) for line in output.splitlines())
-    errors = re.search(r"ERROR SUMMARY: (\d+) error", output)
-    n = int(errors.group(1)) if errors else 0
-    if n:
-        return f"memcheck: {n} error(s) (memcheck.log)", "failed"
+    lines = output.splitlines()
+    ran = any(line.startswith(("ok ", "FAIL ")) for line in lines)
+    bad = sum(bool(KERNEL_ERROR.match(line)) for line in lines)
+    if bad:
+        return f"memcheck: {bad} bad access(es) by kernels (memcheck.log)", "failed"
     if stopped:
-        return "memcheck: stopped at its limit before the program finished", "failed"
-    if rc == 0:
-        return f"memcheck: 0 errors; {_last_line(output, 'failure(s)')}", "ok"
-    if not ran:
-        tail = (output.strip().splitlines() or ["no output"])[-1][:200]
-        return f"sanitizer unavailable: exit {rc} before any case ran: {tail}", "unavailable"
-    return f"memcheck: the program exited {rc}: {_last_line(output, 'FAIL')}", "failed"
+        return "memcheck: stopped at its limit (inconclusive)", "inconclusive"
+    api = re.search(r"ERROR SUMMARY: (\d+) error", output)
+    api_note = (
+        f"; {api.group(1)} CUDA API error(s) reported, none by a kernel"
+        if api and int(api.group(1))
+        else ""
+    )
+    if ran and any(line.startswith("gpu_sanitize.py: 0 failure(s)") for line in lines):
+        return f"memcheck: no bad access; gpu_sanitize.py: 0 failure(s){api_note}", "ok"
+    if ran:
+        return f"memcheck: the program exited {rc}: {_last_line(output, 'FAIL')}", "failed"
+    tail = (output.strip().splitlines() or ["no output"])[-1][:200]
+    if "Traceback" in output:
+        return f"memcheck: the program raised before any case ran: {tail}", "failed"
+    return f"sanitizer unavailable: exit {rc} before any case ran: {tail}", "unavailable"
 
 
 def _last_line(text: str, containing: str) -> str:
@@ -423,8 +502,7 @@ def _last_line(text: str, containing: str) -> str:
 def step_sanitize(s: Session, limit: float) -> str | None:
     tool = shutil.which("compute-sanitizer")
     if tool is None:
-        s.note("sanitize: sanitizer unavailable: compute-sanitizer is not on the PATH")
-        return None
+        return Unavailable("sanitizer unavailable: compute-sanitizer is not on the PATH")
     # Without PyTorch's caching allocator every tensor is its own allocation, so memcheck
     # sees an access past a tensor's end instead of it landing in a cached neighbour.
     env = s.env(PYTORCH_NO_CUDA_MEMORY_CACHING="1", SMLP_TRITON_AUTOTUNE="0")
@@ -434,8 +512,10 @@ def step_sanitize(s: Session, limit: float) -> str | None:
            "--dtypes", "bf16,fp32"]  # fmt: skip
     out = run_bounded(cmd, limit, log, env=env)
     line, kind = memcheck_verdict(out.rc, out.stopped, log.read_text(errors="replace"))
-    s.note(f"sanitize: {line}" + (" (not a kernel failure)" if kind == "unavailable" else ""))
-    return line if kind == "failed" else None
+    s.note(f"sanitize: {line}")
+    if kind == "ok":
+        return None
+    return line if kind == "failed" else Unavailable(f"{line} (not a kernel failure)")
 
 
 def bench_name(device: str) -> str:
@@ -445,19 +525,30 @@ def bench_name(device: str) -> str:
 
 
 # Every (case, provider) pair the bench step measures: 8 shapes x 2 modes x 5 providers.
-BENCH_PAIRS = len(STAGES.split(",")) * 2 * 5
+BENCH_SHAPES = len(STAGES.split(","))
+BENCH_PAIRS = BENCH_SHAPES * 2 * 5
 
 
-def bench_status(path: Path, expected: int | None = None) -> dict:
-    """How many (case, provider) pairs of a result file gave a time (ok), failed, were
-    skipped for good (a provider that cannot run here), and are still to measure (todo:
-    cut by a time limit, or not in the file yet)."""
+def bench_status(
+    path: Path,
+    expected: int | None = None,
+    providers: Sequence[str] | None = None,
+    modes: Sequence[str] | None = None,
+) -> dict:
+    """How many (case, provider) pairs of a result file (those of ``providers`` and
+    ``modes`` when given) gave a time (ok), failed, were skipped for good (a provider that
+    cannot run here), and are still to measure (todo: cut by a time limit, or not in the
+    file yet, of ``expected``, default all of the bench step's pairs)."""
     try:
         rows = json.loads(path.read_text())["results"]
     except (OSError, ValueError, KeyError, TypeError):
         rows = []
     count = {"ok": 0, "failed": 0, "skipped": 0}
     for r in rows:
+        if providers is not None and r.get("provider") not in providers:
+            continue
+        if modes is not None and r.get("mode") not in modes:
+            continue
         if r["status"] in ("ok", "failed"):
             count[r["status"]] += 1
         elif not _retried(r):
@@ -484,50 +575,64 @@ def _device_name(s: Session) -> str:
     return out.stdout.strip() or "unknown-gpu"
 
 
+def _file_commit(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text())["meta"].get("git_commit")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def step_bench(s: Session, limit: float) -> str | None:
     folder = s.folder / "bench"
     folder.mkdir(exist_ok=True)
     start = time.monotonic()
     name = bench_name(_device_name(s))
+    path = folder / f"{name}.json"
+    commit = (s.commit() or "").split(" ")[0] or None
+    if path.exists() and _file_commit(path) != commit:
+        # Another commit's results (or an unknown one's) must not share a table with ours.
+        aside = folder / f"{name}.other-commit.json"
+        path.replace(aside)
+        s.note(
+            f"bench: {path.name} was measured at another or unknown commit: moved to {aside.name}"
+        )
     failed = []
     for providers, modes, reserve in BENCH_PHASES:
-        left = limit - (time.monotonic() - start)
-        if left < 30:
-            s.note(f"bench {providers} {modes}: not started ({left:.0f} s left)")
-            failed.append("deadline")
-            continue
-        # Leave 20 s after smlp-bench's own budget for it to write its files.
-        cmd = [
-            s.python,
-            "-m",
-            "smlp_kernels.bench",
-            *BENCH_COMMON,
-            "--providers",
-            providers,
-            "--modes",
-            modes,
-            "--resume",
-            "--out",
-            str(folder),
-            "--name",
-            name,
-            "--time-budget",
-            f"{max(left - 20, 1):.0f}",
-            "--compile-reserve",
-            str(reserve),
-        ]
-        log = folder / "bench.log"
-        out = run_bounded(cmd, left, log, env=s.env())
-        st = bench_status(folder / f"{name}.json")
-        s.note(
-            f"bench {providers} {modes}: exit {out.rc} in {out.seconds:.0f} s"
-            + (" (STOPPED at its limit)" if out.stopped else "")
-            + f"; file: {st['ok']} ok, {st['failed']} failed, {st['skipped']} cannot run, "
-            f"{st['todo']} still to measure"
-        )
-        if out.rc not in (0, None) or out.stopped:
-            failed.append(f"{providers} {modes}")
-    st = bench_status(folder / f"{name}.json")
+        which = (providers.split(","), modes.split(","))
+        expected = BENCH_SHAPES * len(which[0]) * len(which[1])
+        for attempt in range(3):
+            before = bench_status(path, expected, *which)
+            if before["todo"] == 0:
+                if attempt == 0:
+                    s.note(f"bench {providers} {modes}: nothing left to measure")
+                break
+            left = limit - (time.monotonic() - start)
+            if left < 45:
+                s.note(f"bench {providers} {modes}: not started ({left:.0f} s left)")
+                failed.append("deadline")
+                break
+            # smlp-bench's own budget starts after Python, torch and CUDA have started, and
+            # it needs time to finish the case in progress and write: 40 s in all.
+            cmd = [s.python, "-m", "smlp_kernels.bench", *BENCH_COMMON, "--providers",
+                   providers, "--modes", modes, "--resume", "--out", str(folder), "--name",
+                   name, "--time-budget", f"{left - 40:.0f}", "--compile-reserve",
+                   str(reserve)]  # fmt: skip
+            out = run_bounded(cmd, left - 5, folder / "bench.log", env=s.env())
+            after = bench_status(path, expected, *which)
+            s.note(
+                f"bench {providers} {modes}: exit {out.rc} in {out.seconds:.0f} s"
+                + (" (STOPPED at its limit)" if out.stopped else "")
+                + f"; {after['ok']} ok, {after['failed']} failed, {after['skipped']} cannot "
+                f"run, {after['todo']} to measure"
+            )
+            done_now = after["todo"] < before["todo"]
+            if out.stopped or after["todo"] == 0 or not done_now:
+                if out.rc not in (0, None) or out.stopped:
+                    failed.append(f"{providers} {modes}")
+                break
+            # It ended early with pairs left and made progress: a CUDA fault stops a run
+            # (the context is lost for that process); a fresh process carries on.
+    st = bench_status(path)
     if st["todo"]:
         s.note(f"bench: {st['todo']} (case, provider) pairs left for the next call")
     if failed or st["todo"]:
@@ -562,7 +667,12 @@ def run_steps(s: Session, steps: Sequence[Step]) -> bool:
             why = step.run(s, limit)
         except Exception as exc:  # a bug here must not cost the packing of what ran
             why = f"raised {type(exc).__name__}: {exc}"
-        verdict = "ok" if why is None else f"FAILED: {why}"
+        if why is None:
+            verdict = "ok"
+        elif isinstance(why, Unavailable):
+            verdict, why = f"UNAVAILABLE: {why}", None
+        else:
+            verdict = f"FAILED: {why}"
         s.note(f"step {step.name}: {verdict} ({time.monotonic() - t0:.0f} s)")
         if why is not None:
             ok = False
@@ -580,8 +690,11 @@ def run_steps(s: Session, steps: Sequence[Step]) -> bool:
 
 def pack(folder: Path, out: Path, tag: str) -> list[Path]:
     """Archive ``folder`` into ``out`` as gpu-session-TAG.tar.gz, with summary-TAG.txt beside
-    it; logs over LOG_KEEP_BYTES keep their last part. Returns the files written, which
-    keep to the device tool's limits (ValueError otherwise, before anything is written)."""
+    it (written first, so it comes back even if the archive cannot be made); logs over
+    LOG_KEEP_BYTES keep their last part; a file that cannot be read is left out (and
+    named in the summary). An archive over the tool's size limit is made again without the
+    built extension; still too large, it is removed (ValueError). Returns the files
+    written; ValueError before writing anything for a bad tag or a full ``out``."""
     if not NAME_OK.fullmatch(tag):
         raise ValueError(f"pack: tag {tag!r} must be letters, digits, '.', '_' or '-'")
     out.mkdir(parents=True, exist_ok=True)
@@ -590,59 +703,82 @@ def pack(folder: Path, out: Path, tag: str) -> list[Path]:
     existing = [p for p in out.iterdir() if p not in (archive, summary)]
     if len(existing) + 2 > MAX_FILES:
         raise ValueError(f"pack: {out} already holds {len(existing)} files; at most {MAX_FILES}")
-
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file():
-                continue
-            arc = Path(folder.name) / path.relative_to(folder)
-            size = path.stat().st_size
-            if path.suffix in (".log", ".txt") and size > LOG_KEEP_BYTES:
-                data = path.read_bytes()[-LOG_KEEP_BYTES:]
-                info = tarfile.TarInfo(str(arc))
-                info.size = len(data)
-                info.mtime = int(path.stat().st_mtime)
-                tar.addfile(info, io.BytesIO(data))
-            else:
-                tar.add(path, arcname=str(arc), recursive=False)
-    if archive.stat().st_size > MAX_FILE_BYTES:
-        size = archive.stat().st_size
+    notes: list[str] = []
+    text = (folder / "summary.txt").read_text() if (folder / "summary.txt").is_file() else ""
+    summary.write_text(text)
+    for leave_out in ((), ("build",)):
+        notes = _write_archive(folder, archive, leave_out)
+        if archive.stat().st_size <= MAX_FILE_BYTES:
+            break
+    size = archive.stat().st_size
+    if size > MAX_FILE_BYTES:
         archive.unlink()
+        summary.write_text(text + "\n".join(notes) + f"\npack: no archive: {size} bytes\n")
         raise ValueError(f"pack: the archive would be {size} bytes, over {MAX_FILE_BYTES}")
-    if (folder / "summary.txt").is_file():
-        shutil.copy2(folder / "summary.txt", summary)
-    else:
-        summary.write_text("")
+    if notes:
+        summary.write_text(text + "".join(f"{n}\n" for n in notes))
     return [archive, summary]
 
 
+def _write_archive(folder: Path, archive: Path, leave_out: Sequence[str]) -> list[str]:
+    notes = []
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if not path.is_file() or (rel.parts and rel.parts[0] in leave_out):
+                continue
+            arc = str(Path(folder.name) / rel)
+            try:
+                size = path.stat().st_size
+                if path.suffix in (".log", ".txt") and size > LOG_KEEP_BYTES:
+                    with open(path, "rb") as f:
+                        f.seek(size - LOG_KEEP_BYTES)
+                        data = f.read()
+                    info = tarfile.TarInfo(arc)
+                    info.size = len(data)
+                    info.mtime = int(path.stat().st_mtime)
+                    tar.addfile(info, io.BytesIO(data))
+                else:
+                    tar.add(path, arcname=arc, recursive=False)
+            except OSError as exc:  # vanished or unreadable: the rest still goes
+                notes.append(f"pack: left out {rel}: {exc}")
+    if leave_out:
+        notes.append(f"pack: left out {', '.join(leave_out)} (the archive was too large)")
+    return notes
+
+
 def unpack(source: Path, folder: Path) -> Path:
-    """The newest gpu-session-*.tar.gz in ``source`` (a folder or the archive itself),
-    extracted so that it replaces ``folder``. Returns the archive used."""
+    """The newest gpu-session-*.tar.gz under ``source`` (a folder, searched recursively, or
+    the archive itself), extracted so that it replaces ``folder``. Returns the archive."""
     if source.is_dir():
-        found = sorted(source.glob("gpu-session-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+        found = sorted(source.rglob("gpu-session-*.tar.gz"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(f"no gpu-session-*.tar.gz in {source}")
+            raise FileNotFoundError(f"no gpu-session-*.tar.gz under {source}")
         source = found[-1]
     with tarfile.open(source, "r:gz") as tar:
         members = tar.getmembers()
         top = {Path(m.name).parts[0] for m in members}
-        if len(top) != 1 or any(
-            m.issym() or m.islnk() or ".." in Path(m.name).parts for m in members
-        ):
+        unsafe = [m.name for m in members if m.issym() or m.islnk() or ".." in Path(m.name).parts]
+        if len(top) != 1 or unsafe:
             raise ValueError(f"{source}: not an archive this script packed")
-        staging = folder.parent / f".{folder.name}.unpack"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        tar.extractall(staging, filter="data")
-    shutil.rmtree(folder, ignore_errors=True)
-    (staging / top.pop()).rename(folder)
-    staging.rmdir()
+        with tempfile.TemporaryDirectory() as staging:  # not in the tree that travels
+            tar.extractall(staging, filter="data")
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(staging) / top.pop()), str(folder))
     return source
 
 
-def results(folder: Path, dest: Path, python: str = sys.executable) -> int:
+def _local_python() -> str:
+    """The project's virtual environment's Python (with torch) if there is one, else this."""
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.is_file() else sys.executable
+
+
+def results(folder: Path, dest: Path, python: str | None = None) -> int:
     """Write the merged JSON, CSV and plots of the session's result file into ``dest``."""
+    python = python or _local_python()
+    dest = dest.resolve()
     files = sorted((folder / "bench").glob("smlp-bench-gpu-*.json"))
     if not files:
         print(f"gpu_session.py: no result file in {folder / 'bench'}", file=sys.stderr)
@@ -704,23 +840,31 @@ def _cuobjdump() -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def sass(dest: Path) -> int:
-    """Count the built extension's SASS instruction classes (no GPU needed) into dest."""
-    from smlp_kernels import _C
+def sass(dest: Path, so: Path | None = None) -> int:
+    """Count the SASS instruction classes of an extension build (no GPU needed) into dest:
+    ``so``, else the one the session folder holds (a GPU call's build), else the one this
+    Python imports. The file is read by cuobjdump, not imported."""
+    if so is None:
+        carried = _built_extension(_session_folder() / "build")
+        if carried is not None:
+            so = carried
+        else:
+            from smlp_kernels import _C
 
+            so = Path(_C.__file__)
     dump = _cuobjdump()
     if dump is None:
         print("gpu_session.py: sass: no cuobjdump (install the CUDA toolkit or Triton)")
         return 1
     out = subprocess.run(
-        [dump, "--dump-sass", _C.__file__], capture_output=True, text=True, timeout=300
+        [dump, "--dump-sass", str(so)], capture_output=True, text=True, timeout=300
     )
     if out.returncode != 0:
         print(f"gpu_session.py: sass: cuobjdump exit {out.returncode}: {out.stderr[-500:]}")
         return 1
     rows = sorted(sass_summary(out.stdout).items())
     dest.write_text("".join(f"{a} {k} {op} {n}\n" for (a, k, op), n in rows))
-    print(f"{dest}: {len(rows)} (arch, kernel, class) rows")
+    print(f"{dest}: {len(rows)} (arch, kernel, class) rows of {so}")
     return 0
 
 
@@ -764,6 +908,12 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--out", type=Path, default=None, help="where to pack (default: $OUT)")
     x = sub.add_parser("sass", help="here: count the extension's SASS instruction classes")
     x.add_argument("dest", type=Path, help="the summary file to write")
+    x.add_argument(
+        "--so",
+        type=Path,
+        default=None,
+        help="the extension to read (default: gpu-session/build's, else the imported one)",
+    )
     u = sub.add_parser("unpack", help="here, after a call: its archive back into gpu-session/")
     u.add_argument("source", type=Path, help="the call's files folder, or its archive")
     u.add_argument(
@@ -801,7 +951,7 @@ def _git_commit() -> str | None:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain"],  # untracked files travel too
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -814,6 +964,9 @@ def _git_commit() -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Started as a background job, this process (and every child) would ignore SIGINT, and
+    # pytest could not be stopped with its report written: restore the default handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     folder = _session_folder()
@@ -822,10 +975,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder.mkdir(parents=True)
         commit = _git_commit()
         (folder / "commit.txt").write_text((commit or "") + "\n")
+        # The files that travel to the GPU machine (tracked, and untracked but not ignored),
+        # and their digest: there, the commit counts only if the tree is still this one.
+        listed = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        ).stdout.split("\n")  # fmt: skip
+        names = sorted(n for n in listed if n and (ROOT / n).is_file())
+        (folder / "tree-files.txt").write_text("\n".join(names) + "\n")
+        (folder / "tree.sha256").write_text(tree_digest(ROOT, names) + "\n")
         print(f"{folder}: fresh; commit {commit or 'unknown (not a git checkout)'}")
         return 0
     if args.command == "sass":
-        return sass(args.dest)
+        return sass(args.dest, args.so)
     if args.command == "unpack":
         try:
             used = unpack(args.source, folder)

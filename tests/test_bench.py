@@ -998,3 +998,25 @@ def test_cli_resume_refuses_a_file_it_cannot_continue(tmp_path, capsys):
         _resume_run(out, "--no-files")
     assert info.value.code == 2
     assert "--no-files" in capsys.readouterr().err
+
+
+def test_a_lost_cuda_context_stops_the_run_and_the_files_are_written(tmp_path, monkeypatch):
+    """After an illegal memory access every later call in the process fails the same way:
+    the run stops (exit 1, meta.interrupted) with what it measured, for --resume to carry
+    on in a new process."""
+    why = "CUDA error: an illegal memory access was encountered"
+    with pytest.raises(runner_mod.CudaContextLost):
+        runner_mod._check_sticky(torch.device("cuda"), f"RuntimeError: {why}")
+    runner_mod._check_sticky(CPU, why)  # not on the CPU
+    runner_mod._check_sticky(torch.device("cuda"), "CUDA error: out of memory")  # not sticky
+
+    def lost(self, cases, progress=None):
+        raise runner_mod.CudaContextLost(why)
+
+    monkeypatch.setattr(runner_mod.Runner, "run", lost)
+    out = tmp_path / "out"
+    code = main(["--device", "cpu", "--suite", "smoke", "--ceilings", "none", "--out",
+                 str(out), "--name", "r", "--quiet"])  # fmt: skip
+    assert code == 1
+    doc = json.loads((out / "r.json").read_text())
+    assert doc["meta"]["interrupted"] is True

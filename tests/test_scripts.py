@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -124,14 +125,19 @@ def test_steps_start_only_with_enough_time_left_and_get_at_most_their_cap(tmp_pa
         gs.Step("b", step("b", 30, "raise"), cap=None, least=10),  # all but the reserve
         gs.Step("c", step("c", 100), cap=None, least=200),  # too little left: not run
         gs.Step("d", step("d", 0, "it broke"), cap=30, least=5),
+        gs.Step("e", step("e", 0, gs.Unavailable("no sanitizer here")), cap=30, least=5),
     ]
     assert gs.run_steps(session, steps) is False
-    assert seen == [("a", 60), ("b", 200 - 50 - gs.PACK_RESERVE_S), ("d", 30)]
+    assert seen == [("a", 60), ("b", 200 - 50 - gs.PACK_RESERVE_S), ("d", 30), ("e", 30)]
     summary = (tmp_path / "summary.txt").read_text()
     assert "step a: ok" in summary
     assert "step b: FAILED: raised RuntimeError: a bug in the step" in summary
     assert "step c: not run (120 s left)" in summary
     assert "step d: FAILED: it broke" in summary
+    assert "step e: UNAVAILABLE: no sanitizer here" in summary  # reported, not a failure
+    session = gs.Session(tmp_path / "3", gs.Deadline(200, clock))
+    (tmp_path / "3").mkdir()
+    assert gs.run_steps(session, [steps[0], steps[-1]]) is True
     # A failed build stops the call: nothing after it can run.
     session = gs.Session(tmp_path / "2", gs.Deadline(200, clock))
     (tmp_path / "2").mkdir()
@@ -174,7 +180,10 @@ def test_pack_keeps_to_the_device_tools_limits_and_unpack_restores(tmp_path):
     assert len(big) == gs.LOG_KEEP_BYTES and big.endswith(b"END")  # the end of a long log
     # Unpacked here, it replaces the session folder (which the next call carries).
     (folder / "stale.txt").write_text("from before")
-    assert gs.unpack(out, folder) == written[0]
+    nested = tmp_path / "files" / "out"  # where a tool may put what came back
+    nested.mkdir(parents=True)
+    shutil.copy2(written[0], nested / written[0].name)
+    assert gs.unpack(tmp_path / "files", folder) == nested / written[0].name
     assert sorted(p.name for p in folder.rglob("*")) == ["bench", "big.log", "r.json",
                                                           "summary.txt"]  # fmt: skip
     # The limits: at most 8 files back, each at most 16 MiB; a bad tag; a foreign archive.
@@ -184,10 +193,18 @@ def test_pack_keeps_to_the_device_tools_limits_and_unpack_restores(tmp_path):
         gs.pack(folder, out, "call2")
     with pytest.raises(ValueError, match="must be letters"):
         gs.pack(folder, tmp_path / "o2", "call 2")
+    # Too large with the built extension: packed again without it, and the summary says so.
+    (folder / "build").mkdir()
+    (folder / "build" / "_C.so").write_bytes(os.urandom(gs.MAX_FILE_BYTES + 1024))
+    written = gs.pack(folder, tmp_path / "o4", "call1")
+    assert "gpu-session/build/_C.so" not in _archive_names(written[0])
+    assert "left out build (the archive was too large)" in written[1].read_text()
     (folder / "noise.bin").write_bytes(os.urandom(gs.MAX_FILE_BYTES + 1024))
     with pytest.raises(ValueError, match="over 16777216"):
         gs.pack(folder, tmp_path / "o3", "call1")
     assert not (tmp_path / "o3" / "gpu-session-call1.tar.gz").exists()
+    # The summary comes back even then.
+    assert (tmp_path / "o3" / "summary-call1.txt").read_text().startswith("all passed")
     evil = tmp_path / "evil.tar.gz"
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(folder / "summary.txt", arcname="../escape.txt")
@@ -235,13 +252,21 @@ def test_verdicts_from_pytest_sanitizer_and_bench_output(tmp_path):
         "unavailable",
     )
     assert verdict(1, False, "========= odd trouble")[1] == "unavailable"  # no case ran
-    line, kind = verdict(9, False, "ok   cuda bf16\n========= ERROR SUMMARY: 3 errors")
-    assert kind == "failed" and "3 error(s)" in line
-    line, kind = verdict(0, False, "ok   cuda\nERROR SUMMARY: 0 errors\nsan: 0 failure(s)")
-    assert kind == "ok" and "0 failure(s)" in line
+    crash = "Traceback (most recent call last):\nImportError: no _C"
+    assert verdict(1, False, crash)[1] == "failed"  # our program broke before any case
+    bad = "ok   cuda bf16\n========= Invalid __global__ write of size 4 bytes\n"
+    line, kind = verdict(9, False, bad + "========= ERROR SUMMARY: 1 error")
+    assert kind == "failed" and "1 bad access(es)" in line
+    done = "ok   cuda fp32\ngpu_sanitize.py: 0 failure(s)\n"
+    assert verdict(0, False, done + "========= ERROR SUMMARY: 0 errors")[1] == "ok"
+    # API errors alone (PyTorch's or Triton's own probing) are not a kernel's bad access.
+    api = "========= Program hit cudaErrorInvalidValue on CUDA API call to cudaFoo\n"
+    line, kind = verdict(9, False, done + api + "========= ERROR SUMMARY: 1 error")
+    assert kind == "ok" and "1 CUDA API error(s) reported, none by a kernel" in line
+    assert verdict(0, False, "========= ERROR SUMMARY: 0 errors")[1] == "unavailable"
     line, kind = verdict(1, False, "ok   cuda fp32\nFAIL cuda bf16 (1, 3, 2, 1, 1) y: error")
     assert kind == "failed" and "exited 1: FAIL cuda bf16" in line
-    assert verdict(None, True, "ok   cuda fp32")[1] == "failed"
+    assert verdict(None, True, "ok   cuda fp32")[1] == "inconclusive"
     # The bench file's name is smlp-bench's own for the gpu suite on that device.
     from smlp_kernels.bench.report import file_stem
 
@@ -269,6 +294,7 @@ def test_bench_step_runs_its_phases_and_a_second_call_resumes(tmp_path, monkeypa
     common = ("--device", "cpu", "--suite", "smoke", "-k", "smlp_mix-*-H5-W5-*", "--ceilings",
               "none", "--rep-ms", "2", "--min-reps", "1", "--threads", "1")  # fmt: skip
     monkeypatch.setattr(gs, "BENCH_COMMON", common)
+    monkeypatch.setattr(gs, "BENCH_SHAPES", 1)
     monkeypatch.setattr(gs, "BENCH_PAIRS", 3 * 2)  # fwd, bwd, fwd+bwd x reference, spach-eager
     monkeypatch.setattr(gs, "BENCH_PHASES", (("reference", "fwd,bwd,fwd+bwd", 0),))
     session = gs.Session(tmp_path, gs.Deadline(300))
@@ -283,10 +309,42 @@ def test_bench_step_runs_its_phases_and_a_second_call_resumes(tmp_path, monkeypa
     )  # fmt: skip
     assert gs.step_bench(session, 240) is None
     doc = json.loads(path.read_text())
-    assert [len(r["measured"]) for r in doc["meta"]["runs"]] == [3, 0, 1, 2]
-    # Too little time: the phases are not started, and say so.
-    assert "deadline" in gs.step_bench(session, 10)
-    assert "not started (10 s left)" in (tmp_path / "summary.txt").read_text()
+    # The reference's phase was complete: not started again.
+    assert [len(r["measured"]) for r in doc["meta"]["runs"]] == [3, 1, 2]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "bench reference fwd,bwd,fwd+bwd: nothing left to measure" in summary
+    assert gs.step_bench(session, 10) is None  # all measured: nothing to do, no time needed
+    # Too little time for what is left: the phases are not started, and say so.
+    other = gs.Session(tmp_path / "other", gs.Deadline(300))
+    (tmp_path / "other").mkdir()
+    assert "deadline" in gs.step_bench(other, 30)
+    assert "not started (30 s left)" in (tmp_path / "other" / "summary.txt").read_text()
+    # A result file of another commit is moved aside, not continued.
+    doc["meta"]["git_commit"] = "f" * 40
+    path.write_text(json.dumps(doc))
+    gs.step_bench(session, 30)
+    assert (tmp_path / "bench" / f"{name}.other-commit.json").is_file()
+    assert "moved to" in (tmp_path / "summary.txt").read_text()
+
+
+def test_the_commit_counts_only_for_the_tree_prepare_saw(tmp_path):
+    root = tmp_path / "tree"
+    (root / "csrc").mkdir(parents=True)
+    (root / "csrc" / "a.cu").write_text("kernel")
+    (root / "setup.py").write_text("setup()")
+    folder = tmp_path / "session"
+    folder.mkdir()
+    names = ["csrc/a.cu", "setup.py"]
+    (folder / "commit.txt").write_text("a" * 40 + "\n")
+    (folder / "tree-files.txt").write_text("\n".join(names) + "\n")
+    (folder / "tree.sha256").write_text(gs.tree_digest(root, names) + "\n")
+    assert gs.recorded_commit(folder, root) == "a" * 40
+    assert gs.tree_digest(root, ["csrc", "setup.py"]) == gs.tree_digest(root, names)
+    (root / "csrc" / "a.cu").write_text("kernel, changed")
+    assert gs.recorded_commit(folder, root) is None  # another tree: no commit claimed
+    (root / "csrc" / "a.cu").unlink()
+    assert gs.recorded_commit(folder, root) is None
+    assert gs.recorded_commit(tmp_path / "none", root) is None
 
 
 def _cpu_name() -> str:
@@ -302,10 +360,12 @@ def test_check_step_selects_the_gpu_tests_only(tmp_path):
     why = gs.step_check(session, 400)
     counts = gs.junit_counts(tmp_path / "check" / "junit.xml")
     log = (tmp_path / "check" / "pytest.log").read_text()
-    assert why is None, log[-3000:]
-    assert counts["failed"] == counts["errors"] == 0
-    if not torch.cuda.is_available():
+    assert counts["failed"] == counts["errors"] == 0, log[-3000:]
+    if torch.cuda.is_available():
+        assert why is None and counts["passed"] > 0
+    else:  # every GPU test skips here, and a run that passed nothing is not a pass
         assert counts["passed"] == 0 and counts["skipped"] > 200
+        assert why.startswith("no test passed"), why
     ids = [line for line in log.splitlines() if "::" in line]
     assert not any(f in line for f in gs.CPU_ONLY_TESTS for line in ids)
 

@@ -44,7 +44,7 @@ from .report import (
     write_json,
 )
 from .roofline import measure_ceilings
-from .runner import Progress, RunConfig, Runner
+from .runner import CudaContextLost, Progress, RunConfig, Runner
 from .timing import TimingConfig
 
 __all__ = ["build_parser", "main"]
@@ -449,13 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         providers = {n: p.description for n, p in all_providers().items() if n in used}
         if previous is not None:
             providers = {**previous["providers"], **providers}
-        return build_report(
-            meta,
-            ceilings.as_dict() if ceilings else None,
-            providers,
-            rows,
-            summarize_results(rows),
-        )
+        # A resumed run that measured no ceilings (stopped before, or --ceilings none) keeps
+        # the earlier ones: its rows' roofline figures are their own runs' either way.
+        table_ceilings = ceilings.as_dict() if ceilings else None
+        if table_ceilings is None and previous is not None:
+            table_ceilings = previous["ceilings"]
+        return build_report(meta, table_ceilings, providers, rows, summarize_results(rows))
 
     if args.resume:
         # Rewritten after every case (atomically), so a run stopped by a time limit or a
@@ -471,6 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\nsmlp-bench: interrupted; writing what was measured", file=sys.stderr)
+    except CudaContextLost as exc:
+        # Every later call in this process would fail the same way: stop, keep what was
+        # measured (the failing row included); --resume carries on in a new process.
+        interrupted = True
+        print(
+            f"\nsmlp-bench: stopped: the CUDA context is lost after {exc}; writing what was "
+            "measured",
+            file=sys.stderr,
+        )
     finally:
         signal.signal(signal.SIGTERM, old_handler)
     config.checkpoint = None

@@ -45,7 +45,28 @@ from .providers import Provider, all_providers, select_providers
 from .roofline import Ceilings, floor_s, op_bytes, op_flops
 from .timing import Timing, TimingConfig, time_cpu, time_cuda
 
-__all__ = ["RESULT_FIELDS", "Progress", "RunConfig", "Runner", "derive_rates"]
+__all__ = ["RESULT_FIELDS", "CudaContextLost", "Progress", "RunConfig", "Runner", "derive_rates"]
+
+# CUDA errors after which the process's CUDA context is unusable: every later call in it
+# would fail with the same error, so the run stops (the rest is left for a new process).
+STICKY_CUDA_ERRORS = (
+    "illegal memory access",
+    "unspecified launch failure",
+    "misaligned address",
+    "device-side assert",
+    "illegal instruction",
+    "an illegal",
+)
+
+
+class CudaContextLost(RuntimeError):
+    """A provider hit a CUDA error that leaves the context broken; the run cannot go on."""
+
+
+def _check_sticky(device: torch.device, error: str) -> None:
+    if device.type == "cuda" and any(e in error for e in STICKY_CUDA_ERRORS):
+        raise CudaContextLost(error)
+
 
 # Every result row has exactly these keys, in this order (the CSV columns; JSON "results").
 RESULT_FIELDS = (
@@ -232,6 +253,8 @@ class Runner:
                     self._run_op_group(group, providers, progress)
                 else:
                     self._run_model_group(group, providers, progress)
+            except CudaContextLost:
+                raise
             except Exception as exc:
                 # The group's own setup failed (inputs, the float64 reference: out of memory,
                 # say): every provider of it fails with that error; the run goes on.
@@ -400,7 +423,15 @@ class Runner:
                     failure = _Failure("failed", f"while timing: {_error_text(exc)}")
                 if failure is not None:  # outside the handler: its frames are gone now
                     timings[name] = failure
+                    if any(e in failure.error for e in STICKY_CUDA_ERRORS):
+                        self._fill_timings(rows, timings)
+                        progress.advance(len(ready), what)
+                        raise CudaContextLost(failure.error)
                     _free(self.device)
+        self._fill_timings(rows, timings)
+        progress.advance(len(ready), what)
+
+    def _fill_timings(self, rows: dict[str, dict], timings: dict) -> None:
         for name, t in timings.items():
             row = rows[name]
             if isinstance(t, _Failure):
@@ -417,7 +448,6 @@ class Runner:
                     timing_method=t.method,
                 )
                 derive_rates(row, self.ceilings)
-        progress.advance(len(ready), what)
 
     def _profile(self, case: Case, ready: dict[str, _Ready]) -> None:
         """A Chrome trace of a few calls of every ready provider of one case."""
@@ -474,12 +504,18 @@ class Runner:
         def case_done(case: Case) -> None:
             # A case's rows go in as soon as all its providers are done, so a checkpoint (or
             # an interrupted run) keeps every finished case of an unfinished group.
+            finished.append(case.mode)  # first: an interrupt here must not add them twice
             self.results += [rows[case.mode, p.name] for p in providers]
-            finished.append(case.mode)
             self._checkpoint()
 
         try:
             self._run_group_rows(group, providers, progress, build, setup, rows, case_done)
+        except CudaContextLost:
+            raise
+        except Exception as exc:  # the group's own machinery failed: its open rows say why
+            for row in rows.values():
+                if row["status"] == "failed" and row["error"] is None:
+                    row["error"] = f"group: {_error_text(exc)}"
         finally:
             # Interrupted or not, the group's rows go in; unfinished ones say why.
             for row in rows.values():
@@ -533,6 +569,7 @@ class Runner:
                         row.update(status="failed", error=_error_text(exc))
                         failed = True
                     if failed:  # outside the handler, so the failed call's tensors are freed
+                        _check_sticky(self.device, row["error"])
                         _free(self.device)
                     self._note_compile(provider.name, row)
                 if r is None:
