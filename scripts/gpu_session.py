@@ -518,12 +518,6 @@ def step_sanitize(s: Session, limit: float) -> str | None:
     return line if kind == "failed" else Unavailable(f"{line} (not a kernel failure)")
 
 
-def bench_name(device: str) -> str:
-    """The result file's stem, named after the GPU (smlp-bench's own naming)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    return f"smlp-bench-gpu-{slug}"
-
-
 # Every (case, provider) pair the bench step measures: 8 shapes x 2 modes x 5 providers.
 BENCH_SHAPES = len(STAGES.split(","))
 BENCH_PAIRS = BENCH_SHAPES * 2 * 5
@@ -564,15 +558,17 @@ def _retried(row: dict) -> bool:
     return error.startswith("time budget exhausted") or error == "interrupted"
 
 
-def _device_name(s: Session) -> str:
-    out = subprocess.run(
-        [s.python, "-c", "import torch; print(torch.cuda.get_device_name(0))"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+def _bench_name(s: Session) -> str:
+    """The result file's stem: smlp-bench's own for the gpu suite on this GPU."""
+    code = (
+        "import torch; from smlp_kernels.bench.report import file_stem; "
+        "print(file_stem(['gpu'], torch.cuda.get_device_name(0), 'cuda'))"
     )
-    return out.stdout.strip() or "unknown-gpu"
+    out = subprocess.run(
+        [s.python, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+        env=s.env(),
+    )  # fmt: skip
+    return out.stdout.strip() or "smlp-bench-gpu-unknown"
 
 
 def _file_commit(path: Path) -> str | None:
@@ -586,7 +582,7 @@ def step_bench(s: Session, limit: float) -> str | None:
     folder = s.folder / "bench"
     folder.mkdir(exist_ok=True)
     start = time.monotonic()
-    name = bench_name(_device_name(s))
+    name = _bench_name(s)
     path = folder / f"{name}.json"
     commit = (s.commit() or "").split(" ")[0] or None
     if path.exists() and _file_commit(path) != commit:

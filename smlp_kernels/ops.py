@@ -834,9 +834,27 @@ def _mix_hvp(g, x, params, v, backend) -> list:
     return out
 
 
+def _saving_inputs(*extras: str):
+    """The setup_context of the Functions below: every tensor input is saved for the backward
+    and the JVP (nothing computed is kept: r, k and the prologue's activations are
+    recomputed), the trailing non-tensor inputs become the ctx attributes ``extras``, and
+    absent (co)tangents stay None rather than zeros."""
+
+    def setup_context(ctx, inputs, output):
+        n = len(inputs) - len(extras)
+        ctx.save_for_backward(*inputs[:n])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_forward(*inputs[:n])
+        for name, value in zip(extras, inputs[n:], strict=True):
+            setattr(ctx, name, value)
+
+    return staticmethod(setup_context)
+
+
 class _Mix(torch.autograd.Function):
     """smlp::mix_fwd with derivatives of every order and mode (see above)."""
 
+    setup_context = _saving_inputs("backend")
     generate_vmap_rule = True
 
     @staticmethod
@@ -844,15 +862,6 @@ class _Mix(torch.autograd.Function):
         return torch.ops.smlp.mix_fwd(
             x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
         )
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        *tensors, backend = inputs
-        # Only x and the parameters: r and k are recomputed in the backward.
-        ctx.save_for_backward(*tensors)
-        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
-        ctx.save_for_forward(*tensors)
-        ctx.backend = backend
 
     @staticmethod
     def backward(ctx, grad):
@@ -871,6 +880,7 @@ class _MixBwd(torch.autograd.Function):
     """smlp::mix_bwd, differentiable: its derivatives are :func:`_mix_jvp` (in the upstream
     gradient) and :func:`_mix_hvp` (in x and the parameters)."""
 
+    setup_context = _saving_inputs("backend")
     generate_vmap_rule = True
 
     @staticmethod
@@ -878,14 +888,6 @@ class _MixBwd(torch.autograd.Function):
         return torch.ops.smlp.mix_bwd(
             grad, x, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
         )
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        *tensors, backend = inputs
-        ctx.save_for_backward(*tensors)
-        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
-        ctx.save_for_forward(*tensors)
-        ctx.backend = backend
 
     @staticmethod
     def backward(ctx, *v):
@@ -936,6 +938,7 @@ class _MixBnGelu(torch.autograd.Function):
     smlp::mix_bn_gelu_bwd; a backward that must itself be differentiable, and the JVP, go
     through the mix's Functions at the recomputed ``gelu(x * scale + shift)``."""
 
+    setup_context = _saving_inputs("backend")
     generate_vmap_rule = True
 
     @staticmethod
@@ -944,15 +947,6 @@ class _MixBnGelu(torch.autograd.Function):
         return torch.ops.smlp.mix_bn_gelu_fwd(
             x, scale, shift, row_weight, row_bias, col_weight, col_bias, fuse_weight, backend
         )
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        *tensors, backend = inputs
-        # x, scale, shift and the parameters only: u, gelu(u), r and k are recomputed.
-        ctx.save_for_backward(*tensors)
-        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
-        ctx.save_for_forward(*tensors)
-        ctx.backend = backend
 
     @staticmethod
     def backward(ctx, grad):
@@ -1012,19 +1006,12 @@ def _axis_hvp(op, g, x, weight, v, backend) -> list:
 class _AxisMix(torch.autograd.Function):
     """smlp::row_mix_fwd or smlp::col_mix_fwd with derivatives of every order and mode."""
 
+    setup_context = _saving_inputs("op", "backend")
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, weight, bias, op, backend):
         return _axis_ops(op)[0](x, weight, bias, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, op, backend = inputs
-        ctx.save_for_backward(x, weight, bias)
-        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
-        ctx.save_for_forward(x, weight, bias)
-        ctx.op, ctx.backend = op, backend
 
     @staticmethod
     def backward(ctx, grad):
@@ -1042,19 +1029,12 @@ class _AxisMix(torch.autograd.Function):
 class _AxisBwd(torch.autograd.Function):
     """smlp::row_mix_bwd or smlp::col_mix_bwd, differentiable."""
 
+    setup_context = _saving_inputs("op", "backend")
     generate_vmap_rule = True
 
     @staticmethod
     def forward(grad, x, weight, bias, op, backend):
         return _axis_ops(op)[1](grad, x, weight, bias, backend)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        grad, x, weight, bias, op, backend = inputs
-        ctx.save_for_backward(grad, x, weight, bias)
-        ctx.set_materialize_grads(False)  # None, not zeros, for absent (co)tangents
-        ctx.save_for_forward(grad, x, weight, bias)
-        ctx.op, ctx.backend = op, backend
 
     @staticmethod
     def backward(ctx, *v):

@@ -531,6 +531,10 @@ def _load_resume(
     return doc
 
 
+# What meta.runs records of each run (with its ceilings and the pairs it measured).
+_RUN_KEYS = ("date", "git_commit", "hostname", "command", "duration_s")
+
+
 def _measured(rows: Sequence[dict]) -> list[str]:
     return [f"{r['case_id']} {r['provider']}" for r in rows if r["status"] in _RESUMED_STATUSES]
 
@@ -540,10 +544,9 @@ def _runs(previous: dict) -> list[dict]:
     meta = previous["meta"]
     if meta.get("runs"):
         return list(meta["runs"])
-    keys = ("date", "git_commit", "hostname", "command", "duration_s")
     return [
         {
-            **{k: meta.get(k) for k in keys},
+            **{k: meta.get(k) for k in _RUN_KEYS},
             "ceilings": previous["ceilings"],
             "measured": _measured(previous["results"]),
         }
@@ -551,9 +554,8 @@ def _runs(previous: dict) -> list[dict]:
 
 
 def _this_run(meta: dict, ceilings, rows: Sequence[dict], done) -> dict:
-    keys = ("date", "git_commit", "hostname", "command", "duration_s")
     return {
-        **{k: meta.get(k) for k in keys},
+        **{k: meta.get(k) for k in _RUN_KEYS},
         "ceilings": ceilings.as_dict() if ceilings else None,
         "measured": _measured([r for r in rows if (r["case_id"], r["provider"]) not in done]),
     }
