@@ -58,7 +58,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +186,6 @@ class Session:
     folder: Path
     deadline: Deadline
     python: str = sys.executable
-    lines: list[str] = field(default_factory=list)
 
     @property
     def summary_path(self) -> Path:
@@ -194,7 +193,6 @@ class Session:
 
     def note(self, text: str) -> None:
         print(text, flush=True)
-        self.lines.append(text)
         with open(self.summary_path, "a") as f:
             f.write(text + "\n")
 
