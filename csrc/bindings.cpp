@@ -157,7 +157,7 @@ struct DeviceRules {
   const char* prefix;   // launcher names: "<prefix>_mix_fwd", ...
   const char* kernels;  // the kernels' name in messages: "CPU", "CUDA"
   std::vector<DType> compute_dtypes;
-  bool float32_wgrad;  // weight gradients in float32 (else in the compute dtype)
+  bool dx_in_wgrad;  // mix_wgrad can also write the input gradient dx
   std::int64_t max_side;
 
   bool computes_in(DType dtype) const {
@@ -175,10 +175,13 @@ struct DeviceRules {
   }
 };
 
-const DeviceRules kCpuRules{"cpu", "CPU", {smlp::kFloat32, smlp::kFloat64}, false,
+const DeviceRules kCpuRules{"cpu",
+                            "CPU",
+                            {smlp::kFloat32, smlp::kFloat64, smlp::kFloat16, smlp::kBFloat16},
+                            true,
                             smlp::cpu::kMaxSide};
 const DeviceRules kCudaRules{"cuda", "CUDA", {smlp::kFloat32, smlp::kFloat16, smlp::kBFloat16},
-                             true, smlp::cuda::kMaxSide};
+                             false, smlp::cuda::kMaxSide};
 
 constexpr const char* kSameDtype = "x, g and every parameter share x's dtype";
 
@@ -240,15 +243,12 @@ class Checker {
     return tensor(name, t, shape, meaning, pr.dtype, kSameDtype, true);
   }
 
-  // A weight-gradient output, in the device's weight-gradient dtype.
+  // A weight-gradient output: float32, or float64 when the compute dtype is float64.
   TensorRef wgrad(const char* name, const TensorArg& t, const Sizes& shape, const char* meaning,
                   const smlp::Problem& pr) const {
-    if (rules_.float32_wgrad) {
-      return tensor(name, t, shape, meaning, smlp::kFloat32, "weight gradients are float32",
-                    true);
-    }
-    return tensor(name, t, shape, meaning, pr.dtype,
-                  "weight gradients have the compute dtype, x's", true);
+    const DType dtype = pr.dtype == smlp::kFloat64 ? smlp::kFloat64 : smlp::kFloat32;
+    return tensor(name, t, shape, meaning, dtype,
+                  "weight gradients are float32, float64 for a float64 x", true);
   }
 
   // C_out from f_id, after checking that it is 2-D.
@@ -371,7 +371,8 @@ void mix_wgrad(const TensorArg& g, const TensorArg& x,
                const TensorArg& f_id, const TensorArg& f_row, const TensorArg& f_col,
                const TensorArg& d_fuse, const TensorArg& d_row_weight,
                const TensorArg& d_row_bias, const TensorArg& d_col_weight,
-               const TensorArg& d_col_bias, bool deterministic, std::uintptr_t stream) {
+               const TensorArg& d_col_bias, const OptionalTensorArg& dx, bool deterministic,
+               std::uintptr_t stream) {
   const Checker ck(dev.rules, "mix_wgrad");
   smlp::MixWgradParams p;
   check_mix_inputs(ck, p, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col);
@@ -384,6 +385,13 @@ void mix_wgrad(const TensorArg& g, const TensorArg& x,
   p.d_row_bias = ck.wgrad("d_row_bias", d_row_bias, {W}, "(W,)", p);
   p.d_col_weight = ck.wgrad("d_col_weight", d_col_weight, {H, H}, "(H, H)", p);
   p.d_col_bias = ck.wgrad("d_col_bias", d_col_bias, {H}, "(H,)", p);
+  if (dx.has_value()) {
+    if (!dev.rules.dx_in_wgrad) {
+      ck.fail("dx", std::string("the ") + dev.rules.kernels +
+                        " kernels compute the input gradient with mix_fwd: pass None");
+    }
+    p.dx = ck.output("dx", *dx, {B, C, H, W}, "x's (B, C, H, W)", p);
+  }
   dev.mix_wgrad(p, stream);
 }
 
@@ -425,7 +433,7 @@ void def_launchers(py::module_& m) {
   const std::string prefix = std::string(dev.rules.prefix) + "_";
   const std::string on = std::string(" on ") + dev.rules.kernels + " tensors (" +
                          dev.rules.compute_names() + ")";
-  const std::string wgrad_dtype = dev.rules.float32_wgrad ? "float32" : "compute-dtype";
+  const std::string wgrad_dtype = "float32 (float64 for a float64 x)";
   const auto no_gil = py::call_guard<py::gil_scoped_release>();
   m.def((prefix + "mix_fwd").c_str(), &mix_fwd<dev>,
         py::arg("x"), py::arg("row_weight"), py::arg("row_bias"), py::arg("col_weight"),
@@ -440,10 +448,14 @@ void def_launchers(py::module_& m) {
         py::arg("g"), py::arg("x"), py::arg("row_weight"), py::arg("row_bias"),
         py::arg("col_weight"), py::arg("col_bias"), py::arg("f_id"), py::arg("f_row"),
         py::arg("f_col"), py::arg("d_fuse"), py::arg("d_row_weight"), py::arg("d_row_bias"),
-        py::arg("d_col_weight"), py::arg("d_col_bias"), py::arg("deterministic") = false,
-        py::arg("stream") = 0, no_gil,
+        py::arg("d_col_weight"), py::arg("d_col_bias"), py::arg("dx") = py::none(),
+        py::arg("deterministic") = false, py::arg("stream") = 0, no_gil,
         ("Weight gradients of the fused sMLP op" + on + "; overwrites the " + wgrad_dtype +
-         " d_fuse (C_out, 3C), d_row_weight, d_row_bias, d_col_weight, d_col_bias. "
+         " d_fuse (C_out, 3C), d_row_weight, d_row_bias, d_col_weight, d_col_bias. " +
+         (dev.rules.dx_in_wgrad
+              ? "With dx (x's shape and dtype), also writes the input gradient there, from "
+                "the F^T g it computes anyway. "
+              : "dx must be None (the input gradient is mix_fwd on g). ") +
          "deterministic=True: bitwise reproducible (always so on the CPU).").c_str());
   m.def((prefix + "axis_mix_fwd").c_str(), &axis_mix_fwd<dev>,
         py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("y"), py::arg("axis"),
@@ -502,6 +514,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_last_launch_threads", &smlp::cpu::last_launch_threads,
         "How many threads the calling thread's latest cpu_* launch ran on (launches of little "
         "work run on fewer threads than torch.get_num_threads()).");
+  m.def(
+      "cpu_isa",
+      []() {
+        return py::dict(py::arg("selected") = smlp::cpu::cpu_isa_selected(),
+                        py::arg("built") = smlp::cpu::cpu_isa_levels_built(),
+                        py::arg("supported") = smlp::cpu::cpu_isa_levels_supported());
+      },
+      "The CPU kernels' instruction set levels, best first: dict with built (compiled into "
+      "this module), supported (those this CPU can run) and selected (what the next cpu_* "
+      "launch uses: SMLP_CPU_ISA if set, a level's name or 'auto', else the best supported). "
+      "Levels: avx512bf16 (AVX-512 with vdpbf16ps for bfloat16), avx512, avx2 (with FMA and "
+      "F16C), baseline (the architecture's base instruction set). ValueError naming "
+      "SMLP_CPU_ISA for a level that is unknown, not built or not supported.");
 #if SMLP_WITH_CUDA
   def_launchers<kCuda>(m);
 #else

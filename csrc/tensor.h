@@ -49,10 +49,12 @@ struct MixFwdParams : MixInputs {
   TensorRef y;
 };
 
-// The five weight gradients of the fused op given g (B, C_out, H, W); outputs overwritten.
+// The five weight gradients of the fused op given g (B, C_out, H, W), and on the CPU also
+// the input gradient dx if present; outputs overwritten.
 struct MixWgradParams : MixInputs {
   bool deterministic = false;
   TensorRef g;
+  TensorRef dx;      // (B, C, H, W) in the compute dtype, or absent (CUDA: always absent)
   TensorRef d_fuse;  // (C_out, 3C)
   TensorRef d_row_weight, d_row_bias, d_col_weight, d_col_bias;
 };

@@ -9,6 +9,10 @@ int (0 for the CPU). The launchers write into outputs allocated here:
 * weight gradients in float32, or float64 when the compute dtype is float64 (the op layer
   casts them to each parameter's dtype).
 
+The CPU's mix_wgrad also writes dx when given one (``mix_grads``): its kernel computes
+``F^T g`` for the spatial weight gradients anyway, and dx needs nothing more but the
+transposed spatial mixes.
+
 Nothing here imports ``_C`` at import time: availability is checked on first use.
 """
 
@@ -74,7 +78,9 @@ class _CompiledBackend(Backend):
         return y
 
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
-                  deterministic):  # fmt: skip
+                  deterministic, dx=None):  # fmt: skip
+        """Backend.mix_wgrad; with ``dx`` (x's shape and dtype, CPU only) the launcher also
+        writes the input gradient there."""
         dt = x.dtype
         params = _cast(dt, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
         c, h, w = x.shape[1:]
@@ -83,7 +89,8 @@ class _CompiledBackend(Backend):
             torch.empty(shape, dtype=gdt, device=x.device)
             for shape in ((f_id.shape[0], 3 * c), (w, w), (w,), (h, h), (h,))
         ]
-        self._call(x, "mix_wgrad", *map(tensor_arg, (g, x, *params, *grads)), deterministic)
+        args = map(tensor_arg, (g, x, *params, *grads, dx))
+        self._call(x, "mix_wgrad", *args, deterministic)
         return tuple(grads)
 
     def axis_mix(self, x, weight, bias, axis):
@@ -103,17 +110,27 @@ class _CompiledBackend(Backend):
 
 
 class CpuBackend(_CompiledBackend):
-    """Fused C++ kernels (csrc/cpu) for CPU tensors: float32 and float64, H, W <= 128.
+    """Fused C++ kernels (csrc/cpu) for CPU tensors: float32, float64, bfloat16 and float16,
+    H, W <= 128.
 
     OpenMP-parallel over torch's thread count; deterministic (fixed-order sums) always.
-    float16 and bfloat16 inputs are left to the reference.
+    16-bit tensors are computed on in float32 (bfloat16 products with vdpbf16ps where the
+    CPU has AVX512-BF16) and rounded once. The instruction set is picked at run time
+    (``smlp_kernels._C.cpu_isa()``; SMLP_CPU_ISA forces a level).
     """
 
     name = "cpu"
     device_types = ("cpu",)
     priority = 10
     prefix = "cpu"
-    dtypes = (torch.float32, torch.float64)
+    dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+    def mix_grads(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                  deterministic):  # fmt: skip
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        wgrads = self.mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row,
+                                f_col, deterministic, dx=dx)  # fmt: skip
+        return (dx, *wgrads)
 
     def availability(self) -> tuple[bool, str]:
         module, reason = _extension.load_extension(), _extension.extension_status()[1]
@@ -121,7 +138,11 @@ class CpuBackend(_CompiledBackend):
             return False, reason
         if not hasattr(module, "cpu_mix_fwd"):
             return False, f"{_extension.EXTENSION_NAME} has no CPU launchers (cpu_mix_fwd)"
-        return True, "fused C++/OpenMP kernels (float32, float64)"
+        try:
+            isa = module.cpu_isa()["selected"]
+        except ValueError as e:  # a bad SMLP_CPU_ISA: every launch will say so
+            isa = str(e)
+        return True, f"fused C++/OpenMP kernels (float32, float64, bfloat16, float16; {isa})"
 
 
 class CudaBackend(_CompiledBackend):

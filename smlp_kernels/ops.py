@@ -137,22 +137,14 @@ def _fuse_blocks(fuse_weight: Tensor, channels: int) -> tuple[Tensor, Tensor, Te
     return fuse_weight.split(channels, dim=1)
 
 
-def _mix_input_grad(be: Backend, g: Tensor, row_weight, col_weight, f_blocks) -> Tensor:
-    """dx of the fused mix: the forward applied to g with transposed weights, no biases."""
-    f_id, f_row, f_col = f_blocks
-    return be.mix(g, row_weight.t(), None, col_weight.t(), None, f_id.t(), f_row.t(), f_col.t())
-
-
 def _mix_grads(be: Backend, g: Tensor, x_mixed: Tensor, row_weight, row_bias, col_weight,
                col_bias, fuse_weight) -> tuple[Tensor, ...]:  # fmt: skip
     """The fused mix's gradients from the backend's primitives, before any cast:
     (dx, d_fuse, d_rw, d_rb, d_cw, d_cb), given g in x's dtype and the mix's input x_mixed
     (x, or the prologue's output)."""
     f_blocks = _fuse_blocks(fuse_weight, x_mixed.shape[1])
-    dx = _mix_input_grad(be, g, row_weight, col_weight, f_blocks)
-    wgrads = be.mix_wgrad(g, x_mixed, row_weight, row_bias, col_weight, col_bias, *f_blocks,
-                          is_deterministic())  # fmt: skip
-    return (dx, *wgrads)
+    return be.mix_grads(g, x_mixed, row_weight, row_bias, col_weight, col_bias, *f_blocks,
+                        is_deterministic())  # fmt: skip
 
 
 def _zero_mix_grads(x: Tensor, row_weight, col_weight, fuse_weight) -> tuple[Tensor, ...]:

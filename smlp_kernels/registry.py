@@ -124,6 +124,21 @@ class Backend(ABC):
         gradients whether or not the biases are None. ``deterministic``: bitwise the same
         from run to run."""
 
+    def mix_grads(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                  deterministic: bool) -> tuple[Tensor, ...]:  # fmt: skip
+        """Every gradient of :meth:`mix` given ``g``: ``(dx, *mix_wgrad(...))``, dx in x's
+        dtype.
+
+        This default composes the primitives: dx is :meth:`mix` on g with the transposed
+        weights and no biases, then :meth:`mix_wgrad`. A backend whose weight-gradient kernel
+        computes ``F^T g`` anyway (the cpu backend) overrides it to get dx from there.
+        """
+        dx = self.mix(g, row_weight.t(), None, col_weight.t(), None, f_id.t(), f_row.t(),
+                      f_col.t())  # fmt: skip
+        wgrads = self.mix_wgrad(g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row,
+                                f_col, deterministic)  # fmt: skip
+        return (dx, *wgrads)
+
     def mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight, col_bias,
                     f_id, f_row, f_col) -> Tensor:  # fmt: skip
         """:meth:`mix` of ``x' = gelu(x[b,c,h,w] * scale[c] + shift[c])`` (exact, erf GELU).

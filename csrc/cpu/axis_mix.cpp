@@ -2,13 +2,9 @@
 // and input gradient with the transposed weight), and the weight gradients as sums of outer
 // products over image rows (row mix) or image columns (column mix).
 
-#include <algorithm>
-#include <cstdint>
-#include <vector>
-
 #include "cpu/kernels.h"
 
-namespace smlp::cpu {
+namespace smlp::cpu::SMLP_CPU_ISA {
 namespace {
 
 // The weight gradient sums over all B*C images in at most kMaxChunks chunks (fixed by the
@@ -17,27 +13,30 @@ namespace {
 constexpr int64_t kMaxChunks = 64;
 constexpr int64_t kBatchPixels = 64 * 1024;
 
-template <typename T>
-void axis_mix_fwd_views(const AxisMixFwdViews<T>& p) {
+template <typename S>
+void axis_mix_fwd_views(const AxisMixFwdViews<S>& p) {
+  using T = Compute<S>;
   constexpr int64_t L = Simd<T>::kLanes;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
   const int64_t P = H * W;
   const bool row = p.axis == 3;
 
   std::vector<T> storage;
-  const View<const T, 2> none2{};
-  const View<const T, 1> none1{};
+  const View<const S, 2> none2{};
+  const View<const S, 1> none1{};
   const SpatialPlan<T> sp = row ? pack_spatial(p.weight, p.bias, none2, none1, H, W, storage)
                                 : pack_spatial(none2, none1, p.weight, p.bias, H, W, storage);
 
   const int n_threads = threads_for(2 * B * C * P * (row ? W : H));
   ScratchLayout layout;
-  const size_t o_img = layout.add<T>(n_threads * (P + L));
+  const int64_t buf_size = std::is_same_v<S, T> ? 0 : P;  // the output image in T
+  const size_t o_img = layout.add<T>(n_threads * (P + L + buf_size));
   char* base = thread_arena(layout.bytes());
 
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
   {
-    T* img = at<T>(base, o_img) + thread_id() * (P + L);
+    T* img = at<T>(base, o_img) + thread_id() * (P + L + buf_size);
+    T* buf = img + P + L;
     std::fill(img + P, img + P + L, T(0));
 #pragma omp for schedule(static)
     for (int64_t bc = 0; bc < B * C; ++bc) {
@@ -46,16 +45,15 @@ void axis_mix_fwd_views(const AxisMixFwdViews<T>& p) {
                  H, W, img);
       SpatialImage<T> im;
       (row ? im.t_row : im.t_col) = img;
-      im.out = p.y.data + b * p.y.stride[0] + c * p.y.stride[1];
-      im.os_h = p.y.stride[2];
-      im.os_w = p.y.stride[3];
-      spatial_image(sp, im);
+      spatial_store(sp, im, p.y.data + b * p.y.stride[0] + c * p.y.stride[1], int64_t{0},
+                    p.y.stride[2], p.y.stride[3], buf);
     }
   }
 }
 
-template <typename T>
-void axis_mix_wgrad_views(const AxisMixWgradViews<T>& p) {
+template <typename St>
+void axis_mix_wgrad_views(const AxisMixWgradViews<St>& p) {
+  using T = Compute<St>;
   constexpr int64_t L = Simd<T>::kLanes;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
   const int64_t P = H * W, images = B * C;
@@ -91,8 +89,8 @@ void axis_mix_wgrad_views(const AxisMixWgradViews<T>& p) {
         const int64_t count = std::min(batch, chunk_end - first);
         for (int64_t i = 0; i < count; ++i) {
           const int64_t b = (first + i) / C, c = (first + i) % C;
-          const T* g = p.g.data + b * p.g.stride[0] + c * p.g.stride[1];
-          const T* x = p.x.data + b * p.x.stride[0] + c * p.x.stride[1];
+          const St* g = p.g.data + b * p.g.stride[0] + c * p.g.stride[1];
+          const St* x = p.x.data + b * p.x.stride[0] + c * p.x.stride[1];
           if (row) {
             pack_image(g, p.g.stride[2], p.g.stride[3], H, W, gb + i * P);
             pack_image(x, p.x.stride[2], p.x.stride[3], H, W, xb + i * P);
@@ -143,4 +141,4 @@ void axis_mix_wgrad(const AxisMixWgradParams& p) {
   run_typed<AxisMixWgradViews>(p, [](const auto& views) { axis_mix_wgrad_views(views); });
 }
 
-}  // namespace smlp::cpu
+}  // namespace smlp::cpu::SMLP_CPU_ISA

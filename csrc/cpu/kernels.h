@@ -16,24 +16,12 @@
 
 #pragma once
 
-#include <algorithm>
-#include <atomic>
-#include <cstddef>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <memory>
-#include <new>
-#include <vector>
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
+#include "cpu/isa.h"  // first: see there
 #include "cpu/simd.h"
+#include "cpu/storage.h"
 #include "cpu/views.h"
 
-namespace smlp::cpu {
+namespace smlp::cpu::SMLP_CPU_ISA {
 
 // ---------------------------------------------------------------------------------------
 // Threads and sizes
@@ -56,7 +44,8 @@ inline int team_size() { return 1; }
 // tiny call on all threads then took 100x what the same call takes on one.
 constexpr int64_t kGrainFlops = int64_t{1} << 22;
 
-// The calling thread's team size of its latest launch (what threads_for chose), for tests.
+// The calling thread's team size of its latest launch at this level (what threads_for
+// chose), for tests.
 inline int& last_launch_threads_slot() {
   static thread_local int n = 0;
   return n;
@@ -354,8 +343,8 @@ void gemm(int64_t m_tiles, int64_t n_cols, int64_t K, const T* ap, const T* b,
 
 // Packs row r of A into panels (see gemm_tile): A(r, k) = data[k*k_stride] for k < K, or
 // zeros for data == nullptr (padding rows).
-template <typename T>
-void pack_a_row(T* ap, int64_t K, int64_t r, const T* data, int64_t k_stride) {
+template <typename T, typename S>
+void pack_a_row(T* ap, int64_t K, int64_t r, const S* data, int64_t k_stride) {
   using Sh = GemmShape<T>;
   constexpr int MR = Sh::MR, KB = Sh::KB;
   T* row = ap + (r / MR) * Sh::panel_size(K) + (r % MR) * KB;
@@ -364,10 +353,10 @@ void pack_a_row(T* ap, int64_t K, int64_t r, const T* data, int64_t k_stride) {
     const int64_t kn = std::min<int64_t>(KB, K - k0);
     if (data == nullptr) {
       for (int64_t kk = 0; kk < kn; ++kk) d[kk] = T(0);
-    } else if (k_stride == 1 && kn == KB) {
-      Simd<T>::store(d, Simd<T>::load(data + k0));
+    } else if (k_stride == 1) {
+      load_row(data + k0, kn, d);
     } else {
-      for (int64_t kk = 0; kk < kn; ++kk) d[kk] = data[(k0 + kk) * k_stride];
+      for (int64_t kk = 0; kk < kn; ++kk) d[kk] = load_as<T>(data[(k0 + kk) * k_stride]);
     }
   }
 }
@@ -375,8 +364,8 @@ void pack_a_row(T* ap, int64_t K, int64_t r, const T* data, int64_t k_stride) {
 // Packs rows r0 .. r0+nr-1 of A with A(r0 + r, k) = base[r*rs + k*ks]. When consecutive
 // rows are closer in memory than consecutive k (a transposed view), k is the outer loop so
 // that the reads run along memory.
-template <typename T>
-void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const T* base, int64_t rs,
+template <typename T, typename S>
+void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const S* base, int64_t rs,
                   int64_t ks) {
   using Sh = GemmShape<T>;
   constexpr int MR = Sh::MR, KB = Sh::KB;
@@ -387,8 +376,10 @@ void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const T* base, int64
   const int64_t panel = Sh::panel_size(K);
   for (int64_t k = 0; k < K; ++k) {
     T* dk = ap + (k / KB) * MR * KB + k % KB;
-    const T* src = base + k * ks;
-    for (int64_t r = r0; r < r0 + nr; ++r) dk[(r / MR) * panel + (r % MR) * KB] = src[(r - r0) * rs];
+    const S* src = base + k * ks;
+    for (int64_t r = r0; r < r0 + nr; ++r) {
+      dk[(r / MR) * panel + (r % MR) * KB] = load_as<T>(src[(r - r0) * rs]);
+    }
   }
 }
 
@@ -405,6 +396,188 @@ T panel_row_sum(const T* ap, int64_t K, int64_t r) {
   for (int64_t k = full * Sh::KB; k < K; ++k) sum += row[full * Sh::MR * Sh::KB + k % Sh::KB];
   return sum;
 }
+
+// The GEMM of the channel mixing as the fused launchers use it, in T: A is packed panels of
+// T, B is packed NR-column tiles of T (element (k, n) at (n / NR)*K*NR + k*NR + n % NR).
+template <typename T>
+struct FloatGemm {
+  using Sh = GemmShape<T>;
+  using AType = T;  // packed A elements
+  using BType = T;  // packed B elements
+  static constexpr int MR = Sh::MR, NR = Sh::NR;
+
+  static int64_t panel_size(int64_t K) { return Sh::panel_size(K); }
+  // Elements of one NR-column tile of B with K rows.
+  static int64_t b_tile(int64_t K) { return K * NR; }
+  static int64_t b_index(int64_t k, int64_t n, int64_t K) {
+    return (n / NR) * K * NR + k * NR + n % NR;
+  }
+  template <typename S>
+  static T to_b(S v) {
+    return load_as<T>(v);
+  }
+  template <typename S>
+  static void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const S* base, int64_t rs,
+                           int64_t ks) {
+    SMLP_CPU_ISA::pack_a_block(ap, K, r0, nr, base, rs, ks);
+  }
+  static void zero_a_row(T* ap, int64_t K, int64_t r) {
+    pack_a_row(ap, K, r, static_cast<const T*>(nullptr), 0);
+  }
+  static T row_sum(const T* ap, int64_t K, int64_t r) { return panel_row_sum(ap, K, r); }
+  // C (+)= A B over n_cols columns of B packed in tiles (b_tile(K) apart).
+  static void gemm_tiles(int64_t m_tiles, int64_t n_cols, int64_t K, const T* ap, const T* bp,
+                         T* c, int64_t ldc, bool accumulate) {
+    gemm(m_tiles, n_cols, K, ap, bp, b_tile(K), NR, c, ldc, accumulate);
+  }
+};
+
+#if SMLP_CPU_BF16_DOT
+// ---------------------------------------------------------------------------------------
+// bfloat16 GEMM with vdpbf16ps: fp32 accumulators += the products of bfloat16 pairs
+// ---------------------------------------------------------------------------------------
+//
+// vdpbf16ps multiplies the two bfloat16 halves of each 32-bit lane of one operand with
+// those of the other and adds both products into the fp32 lane. So k comes in pairs:
+//   A panels: MR rows in blocks of KB k-values, row-major per block, as in gemm_tile; a
+//             pair (A(i, k), A(i, k+1)), k even, is one 32-bit broadcast.
+//   B:        element (k, n) at (n / NR)*b_tile + (k / 2)*2*NR + (n % NR)*2 + k % 2: per
+//             pair of k, NR lanes of (B(k, n), B(k+1, n)).
+// K is rounded up to even; the padding is zero in A and B. The tile is the fp32 one (MR x
+// NV zmm accumulators, NR = 48 columns), so C has the layout of the fp32 GEMM's.
+struct DotShape {
+  static constexpr int MR = 8, NV = 3, L = 16, NR = NV * L;
+  static constexpr int KB = 32;   // k per block of a packed A panel (16 pairs)
+  static constexpr int KC = 384;  // k per pass: a KC x NR slice of B (36 KiB) stays in L1
+  static int64_t panel_size(int64_t K) { return round_up(K, KB) * MR; }
+};
+static_assert(DotShape::NR == GemmShape<float>::NR, "the fp32 and bf16 tiles share C");
+
+template <typename S>
+inline std::uint16_t bf16_bits(S v) {
+  if constexpr (std::is_same_v<S, bf16>) {
+    return v.bits;
+  } else {
+    return to_bf16(static_cast<float>(v)).bits;
+  }
+}
+
+template <int NV>
+inline void gemm_dot_tile(int64_t K, const std::uint16_t* a, const std::uint16_t* b,
+                          int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  constexpr int MR = DotShape::MR, KB = DotShape::KB, L = DotShape::L;
+  __m512 acc[MR][NV];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += KB) {
+    const int pairs = static_cast<int>((std::min<int64_t>(KB, K - k0) + 1) / 2);
+    for (int kp = 0; kp < pairs; ++kp) {
+      __m512bh bv[NV];
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        bv[j] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + j * 2 * L));
+      }
+#pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) {
+        std::int32_t pair;
+        std::memcpy(&pair, a + i * KB + 2 * kp, sizeof pair);
+        const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
+      }
+      b += ldb;
+    }
+    a += MR * KB;
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) {
+      float* cp = c + i * ldc + j * L;
+      _mm512_storeu_ps(cp, accumulate ? _mm512_add_ps(_mm512_loadu_ps(cp), acc[i][j])
+                                      : acc[i][j]);
+    }
+  }
+}
+
+// The bfloat16 twin of FloatGemm (same interface; A and B hold bfloat16 bits).
+struct DotGemm {
+  using AType = std::uint16_t;
+  using BType = std::uint16_t;
+  static constexpr int MR = DotShape::MR, NR = DotShape::NR, KB = DotShape::KB;
+
+  static int64_t panel_size(int64_t K) { return DotShape::panel_size(K); }
+  static int64_t b_tile(int64_t K) { return round_up(K, 2) * NR; }
+  static int64_t b_index(int64_t k, int64_t n, int64_t K) {
+    return (n / NR) * b_tile(K) + (k / 2) * 2 * NR + (n % NR) * 2 + k % 2;
+  }
+  template <typename S>
+  static std::uint16_t to_b(S v) {
+    return bf16_bits(v);
+  }
+  // Rows r0 .. r0+nr-1 with A(r0 + r, k) = base[r*rs + k*ks]; k up to round_up(K, KB) zero.
+  template <typename S>
+  static void pack_a_block(std::uint16_t* ap, int64_t K, int64_t r0, int64_t nr, const S* base,
+                           int64_t rs, int64_t ks) {
+    const int64_t panel = panel_size(K), kpad = round_up(K, KB);
+    for (int64_t r = r0; r < r0 + nr; ++r) {
+      std::uint16_t* row = ap + (r / MR) * panel + (r % MR) * KB;
+      const S* src = base + (r - r0) * rs;
+      for (int64_t k = 0; k < kpad; ++k) {
+        row[(k / KB) * MR * KB + k % KB] = k < K ? bf16_bits(src[k * ks]) : std::uint16_t{0};
+      }
+    }
+  }
+  static void zero_a_row(std::uint16_t* ap, int64_t K, int64_t r) {
+    std::uint16_t* row = ap + (r / MR) * panel_size(K) + (r % MR) * KB;
+    for (int64_t k0 = 0; k0 < round_up(K, KB); k0 += KB) {
+      std::fill(row + (k0 / KB) * MR * KB, row + (k0 / KB) * MR * KB + KB, std::uint16_t{0});
+    }
+  }
+  static float row_sum(const std::uint16_t* ap, int64_t K, int64_t r) {
+    const std::uint16_t* row = ap + (r / MR) * panel_size(K) + (r % MR) * KB;
+    float sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += to_float(bf16{row[(k / KB) * MR * KB + k % KB]});
+    return sum;
+  }
+  static void gemm_tiles(int64_t m_tiles, int64_t n_cols, int64_t K, const std::uint16_t* ap,
+                         const std::uint16_t* bp, float* c, int64_t ldc, bool accumulate) {
+    gemm_dot(m_tiles, n_cols, K, ap, bp, b_tile(K), c, ldc, accumulate);
+  }
+
+  // C (+)= A B; B element (k, n) at b + (n / NR)*b_tile_stride + (k / 2)*2*NR + ...
+  static void gemm_dot(int64_t m_tiles, int64_t n_cols, int64_t K, const std::uint16_t* ap,
+                       const std::uint16_t* b, int64_t b_tile_stride, float* c, int64_t ldc,
+                       bool accumulate) {
+    constexpr int L = DotShape::L;
+    const int64_t panel = panel_size(K);
+    const int64_t passes = ceil_div(K, DotShape::KC);
+    const int64_t kc_max = round_up(ceil_div(K, passes), KB);
+    for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+      const int64_t kc = std::min<int64_t>(kc_max, K - k0);
+      const bool acc = accumulate || k0 > 0;
+      for (int64_t n0 = 0; n0 < n_cols; n0 += NR) {
+        const std::uint16_t* bt = b + (n0 / NR) * b_tile_stride + (k0 / 2) * 2 * NR;
+        const int64_t nv = std::min<int64_t>(DotShape::NV, ceil_div(n_cols - n0, L));
+        for (int64_t t = 0; t < m_tiles; ++t) {
+          const std::uint16_t* at = ap + t * panel + k0 * MR;
+          float* ct = c + t * MR * ldc + n0;
+          if (nv == DotShape::NV) {
+            gemm_dot_tile<DotShape::NV>(kc, at, bt, 2 * NR, ct, ldc, acc);
+          } else if (nv == 2) {
+            gemm_dot_tile<2>(kc, at, bt, 2 * NR, ct, ldc, acc);
+          } else {
+            gemm_dot_tile<1>(kc, at, bt, 2 * NR, ct, ldc, acc);
+          }
+        }
+      }
+    }
+  }
+};
+#endif  // SMLP_CPU_BF16_DOT
 
 // ---------------------------------------------------------------------------------------
 // Spatial mixing of one image
@@ -524,6 +697,39 @@ void spatial_image(const SpatialPlan<T>& s, const SpatialImage<T>& im) {
   }
 }
 
+// spatial_image of im's `count` channels with the outputs in storage type S: channel c's
+// image to out + c*out_stride, strides os_h, os_w. When S is not T, each image goes through
+// buf (H*W elements of T) and is rounded on the way out.
+template <typename S, typename T>
+void spatial_store(const SpatialPlan<T>& sp, SpatialImage<T> im, S* out, int64_t out_stride,
+                   int64_t os_h, int64_t os_w, T* buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    im.out = out;
+    im.out_stride = out_stride;
+    im.os_h = os_h;
+    im.os_w = os_w;
+    spatial_image(sp, im);
+  } else {
+    const int64_t count = im.count;
+    for (int64_t c = 0; c < count; ++c) {
+      SpatialImage<T> one = im;
+      const int64_t off = c * im.t_stride;
+      if (one.t_id != nullptr) one.t_id += off;
+      if (one.t_row != nullptr) one.t_row += off;
+      if (one.t_col != nullptr) one.t_col += off;
+      if (one.row_scale != nullptr) one.row_scale += c;
+      if (one.col_scale != nullptr) one.col_scale += c;
+      one.count = 1;
+      one.out = buf;
+      one.out_stride = 0;
+      one.os_h = sp.W;
+      one.os_w = 1;
+      spatial_image(sp, one);
+      store_image(buf, sp.H, sp.W, out + c * out_stride, os_h, os_w);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Outer-product accumulation: D[i][j] += sum over rows k of a_k[i] * b_k[j]
 // ---------------------------------------------------------------------------------------
@@ -591,30 +797,42 @@ void outer_accumulate(const OuterArgs<T>& o, double* a_sum) {
 // Packing
 // ---------------------------------------------------------------------------------------
 
-// dst[h*W + w] = image (h, w) of a strided image.
-template <typename T>
-void pack_image(const T* src, int64_t sh, int64_t sw, int64_t H, int64_t W, T* dst) {
+// dst[h*W + w] = image (h, w) of a strided image, converted to T.
+template <typename T, typename S>
+void pack_image(const S* src, int64_t sh, int64_t sw, int64_t H, int64_t W, T* dst) {
   if (sw == 1 && sh == W) {
-    std::memcpy(dst, src, sizeof(T) * H * W);
+    load_row(src, H * W, dst);
   } else if (sw == 1) {
-    for (int64_t h = 0; h < H; ++h) std::memcpy(dst + h * W, src + h * sh, sizeof(T) * W);
+    for (int64_t h = 0; h < H; ++h) load_row(src + h * sh, W, dst + h * W);
   } else {
     for (int64_t h = 0; h < H; ++h) {
-      for (int64_t w = 0; w < W; ++w) dst[h * W + w] = src[h * sh + w * sw];
+      for (int64_t w = 0; w < W; ++w) dst[h * W + w] = load_as<T>(src[h * sh + w * sw]);
+    }
+  }
+}
+
+// Image (h, w) of src (H x W, rows W apart) to a strided image of storage type S.
+template <typename S, typename T>
+void store_image(const T* src, int64_t H, int64_t W, S* dst, int64_t sh, int64_t sw) {
+  for (int64_t h = 0; h < H; ++h) {
+    if (sw == 1) {
+      store_row(src + h * W, W, dst + h * sh);
+    } else {
+      for (int64_t w = 0; w < W; ++w) dst[h * sh + w * sw] = store_as<S>(src[h * W + w]);
     }
   }
 }
 
 // dst[w*H + h] = image (h, w): the transposed image, in 16 x 16 blocks so that the
 // strided writes of a block stay in L1.
-template <typename T>
-void pack_image_transposed(const T* src, int64_t sh, int64_t sw, int64_t H, int64_t W, T* dst) {
+template <typename T, typename S>
+void pack_image_transposed(const S* src, int64_t sh, int64_t sw, int64_t H, int64_t W, T* dst) {
   constexpr int64_t kBlock = 16;
   for (int64_t h0 = 0; h0 < H; h0 += kBlock) {
     for (int64_t w0 = 0; w0 < W; w0 += kBlock) {
       const int64_t h1 = std::min(H, h0 + kBlock), w1 = std::min(W, w0 + kBlock);
       for (int64_t h = h0; h < h1; ++h) {
-        for (int64_t w = w0; w < w1; ++w) dst[w * H + h] = src[h * sh + w * sw];
+        for (int64_t w = w0; w < w1; ++w) dst[w * H + h] = load_as<T>(src[h * sh + w * sw]);
       }
     }
   }
@@ -622,9 +840,9 @@ void pack_image_transposed(const T* src, int64_t sh, int64_t sw, int64_t H, int6
 
 // The spatial weights of a launch, packed into storage. A part whose weight is absent
 // (data == nullptr) is left out.
-template <typename T>
-SpatialPlan<T> pack_spatial(const View<const T, 2>& row_weight, const View<const T, 1>& row_bias,
-                            const View<const T, 2>& col_weight, const View<const T, 1>& col_bias,
+template <typename T, typename S>
+SpatialPlan<T> pack_spatial(const View<const S, 2>& row_weight, const View<const S, 1>& row_bias,
+                            const View<const S, 2>& col_weight, const View<const S, 1>& col_bias,
                             int64_t H, int64_t W, std::vector<T>& storage) {
   constexpr int L = Simd<T>::kLanes;
   SpatialPlan<T> s;
@@ -640,13 +858,14 @@ SpatialPlan<T> pack_spatial(const View<const T, 2>& row_weight, const View<const
     T* wrT = p;
     for (int64_t v = 0; v < W; ++v) {
       for (int64_t w = 0; w < W; ++w) {
-        wrT[v * s.ldw + w] = row_weight.data[w * row_weight.stride[0] + v * row_weight.stride[1]];
+        wrT[v * s.ldw + w] =
+            load_as<T>(row_weight.data[w * row_weight.stride[0] + v * row_weight.stride[1]]);
       }
     }
     s.wrT = wrT;
     if (row_bias.data != nullptr) {
       T* rb = p + W * s.ldw;
-      for (int64_t w = 0; w < W; ++w) rb[w] = row_bias.data[w * row_bias.stride[0]];
+      for (int64_t w = 0; w < W; ++w) rb[w] = load_as<T>(row_bias.data[w * row_bias.stride[0]]);
       s.rb = rb;
     }
   }
@@ -654,17 +873,18 @@ SpatialPlan<T> pack_spatial(const View<const T, 2>& row_weight, const View<const
     T* wcT = p + n_wr;
     for (int64_t u = 0; u < H; ++u) {
       for (int64_t h = 0; h < H; ++h) {
-        wcT[u * H + h] = col_weight.data[h * col_weight.stride[0] + u * col_weight.stride[1]];
+        wcT[u * H + h] =
+            load_as<T>(col_weight.data[h * col_weight.stride[0] + u * col_weight.stride[1]]);
       }
     }
     s.wcT = wcT;
     if (col_bias.data != nullptr) {
       T* cb = wcT + H * H;
-      for (int64_t h = 0; h < H; ++h) cb[h] = col_bias.data[h * col_bias.stride[0]];
+      for (int64_t h = 0; h < H; ++h) cb[h] = load_as<T>(col_bias.data[h * col_bias.stride[0]]);
       s.cb = cb;
     }
   }
   return s;
 }
 
-}  // namespace smlp::cpu
+}  // namespace smlp::cpu::SMLP_CPU_ISA

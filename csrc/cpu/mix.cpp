@@ -23,14 +23,9 @@
 // row/column weight gradients. Partials are added in block order at the end (in double),
 // so the result does not depend on the number of threads.
 
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <vector>
-
 #include "cpu/kernels.h"
 
-namespace smlp::cpu {
+namespace smlp::cpu::SMLP_CPU_ISA {
 namespace {
 
 // Pixels a work item aims for: enough NR-wide tiles for the GEMM, small enough that the
@@ -41,77 +36,101 @@ constexpr int64_t kTBytes = 192 * 1024;
 // Pixels per block of the transposing copies.
 constexpr int64_t kBlock = 16;
 
-// Copies images b0 .. b0+n_img-1 of x (all C channels) into NR-pixel tiles:
-// pixel n = i*P + h*W + w of channel c at dst[(n / NR)*C*NR + c*NR + n % NR]; pixels from
-// n_img*P up to n_cols are zero.
-template <typename T>
-void pack_pixel_tiles(const View<const T, 4>& x, int64_t b0, int64_t n_img, int64_t n_cols,
-                      T* dst) {
-  using S = Simd<T>;
-  constexpr int64_t NR = GemmShape<T>::NR, L = S::kLanes;
+// Copies images b0 .. b0+n_img-1 of x (all C channels) into the B operand of Ops's GEMM
+// (FloatGemm: NR-pixel tiles, pixel n = i*P + h*W + w of channel c at
+// dst[(n / NR)*C*NR + c*NR + n % NR]; DotGemm: the same with channel pairs interleaved).
+// Pixels from n_img*P up to n_cols, and a channel padding up to the GEMM's K, are zero.
+template <typename Ops, typename S>
+void pack_pixel_tiles(const View<const S, 4>& x, int64_t b0, int64_t n_img, int64_t n_cols,
+                      typename Ops::BType* dst) {
+  using B = typename Ops::BType;
+  constexpr int64_t NR = Ops::NR;
   const int64_t C = x.size[1], H = x.size[2], W = x.size[3], P = H * W;
   const int64_t s0 = x.stride[0], s1 = x.stride[1], s2 = x.stride[2], s3 = x.stride[3];
-  const int64_t tile = C * NR;
-  // len contiguous source elements to pixels n .. n+len-1 of the channel at dc.
-  auto copy_run = [&](T* dc, const T* src, int64_t n, int64_t len) {
-    while (len > 0) {
-      T* d = dc + (n / NR) * tile + n % NR;
-      if (n % NR == 0 && len >= NR) {
-        for (int64_t j = 0; j < NR; j += L) S::store(d + j, S::load(src + j));
-        src += NR;
-        n += NR;
-        len -= NR;
-      } else {
-        const int64_t run = std::min(len, NR - n % NR);
-        for (int64_t k = 0; k < run; ++k) d[k] = src[k];
-        src += run;
-        n += run;
-        len -= run;
-      }
-    }
-  };
-  if (s1 < s3 && s1 < s2) {
-    // Channels vary fastest in memory (channels_last): read each pixel's channels in order.
-    for (int64_t i = 0; i < n_img; ++i) {
-      for (int64_t h = 0; h < H; ++h) {
-        for (int64_t w = 0; w < W; ++w) {
-          const int64_t n = i * P + h * W + w;
-          const T* src = x.data + (b0 + i) * s0 + h * s2 + w * s3;
-          T* d = dst + (n / NR) * tile + n % NR;
-          for (int64_t c = 0; c < C; ++c) d[c * NR] = src[c * s1];
+  const int64_t tile = Ops::b_tile(C), K = tile / NR;  // K: C rounded up to the GEMM's
+  if constexpr (std::is_same_v<Ops, FloatGemm<S>>) {
+    using Sv = Simd<B>;
+    constexpr int64_t L = Sv::kLanes;
+    // len contiguous source elements to pixels n .. n+len-1 of the channel at dc.
+    auto copy_run = [&](B* dc, const S* src, int64_t n, int64_t len) {
+      while (len > 0) {
+        B* d = dc + (n / NR) * tile + n % NR;
+        if (n % NR == 0 && len >= NR) {
+          for (int64_t j = 0; j < NR; j += L) Sv::store(d + j, Sv::load(src + j));
+          src += NR;
+          n += NR;
+          len -= NR;
+        } else {
+          const int64_t run = std::min(len, NR - n % NR);
+          for (int64_t k = 0; k < run; ++k) d[k] = src[k];
+          src += run;
+          n += run;
+          len -= run;
         }
       }
-    }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      T* dc = dst + c * NR;
-      for (int64_t i = 0; i < n_img; ++i) {
-        const T* src = x.data + (b0 + i) * s0 + c * s1;
-        if (s3 == 1 && s2 == W) {
-          copy_run(dc, src, i * P, P);
-        } else if (s3 == 1) {
-          for (int64_t h = 0; h < H; ++h) copy_run(dc, src + h * s2, i * P + h * W, W);
-        } else {
-          for (int64_t h = 0; h < H; ++h) {
-            for (int64_t w = 0; w < W; ++w) {
-              const int64_t n = i * P + h * W + w;
-              dc[(n / NR) * tile + n % NR] = src[h * s2 + w * s3];
+    };
+    if (!(s1 < s3 && s1 < s2)) {
+      for (int64_t c = 0; c < C; ++c) {
+        B* dc = dst + c * NR;
+        for (int64_t i = 0; i < n_img; ++i) {
+          const S* src = x.data + (b0 + i) * s0 + c * s1;
+          if (s3 == 1 && s2 == W) {
+            copy_run(dc, src, i * P, P);
+          } else if (s3 == 1) {
+            for (int64_t h = 0; h < H; ++h) copy_run(dc, src + h * s2, i * P + h * W, W);
+          } else {
+            for (int64_t h = 0; h < H; ++h) {
+              for (int64_t w = 0; w < W; ++w) {
+                const int64_t n = i * P + h * W + w;
+                dc[(n / NR) * tile + n % NR] = src[h * s2 + w * s3];
+              }
             }
           }
         }
       }
+      for (int64_t n = n_img * P; n < n_cols; ++n) {
+        B* d = dst + (n / NR) * tile + n % NR;
+        for (int64_t c = 0; c < C; ++c) d[c * NR] = B(0);
+      }
+      return;
     }
   }
+  if (s3 == 1 && !(s1 < s3 && s1 < s2)) {
+    // Rows of W pixels, contiguous: one channel (or a pair of them) at a time.
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t i = 0; i < n_img; ++i) {
+        const S* src = x.data + (b0 + i) * s0 + c * s1;
+        for (int64_t h = 0; h < H; ++h) {
+          for (int64_t w = 0, n = i * P + h * W; w < W; ++w, ++n) {
+            dst[Ops::b_index(c, n, C)] = Ops::to_b(src[h * s2 + w]);
+          }
+        }
+      }
+    }
+  } else {
+    // Channels fastest (channels_last) or any other layout: each pixel's channels in order.
+    for (int64_t i = 0; i < n_img; ++i) {
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t n = i * P + h * W + w;
+          const S* src = x.data + (b0 + i) * s0 + h * s2 + w * s3;
+          for (int64_t c = 0; c < C; ++c) dst[Ops::b_index(c, n, C)] = Ops::to_b(src[c * s1]);
+        }
+      }
+    }
+  }
+  for (int64_t c = C; c < K; ++c) {
+    for (int64_t n = 0; n < n_img * P; ++n) dst[Ops::b_index(c, n, C)] = B(0);
+  }
   for (int64_t n = n_img * P; n < n_cols; ++n) {
-    T* d = dst + (n / NR) * tile + n % NR;
-    for (int64_t c = 0; c < C; ++c) d[c * NR] = T(0);
+    for (int64_t c = 0; c < K; ++c) dst[Ops::b_index(c, n, C)] = B(0);
   }
 }
 
 // Copies images b0 .. b0+n_img-1 of channels c0 .. c0+nc-1 of t into rows: channel c at
 // dst + (c - c0)*ld, pixel n = i*P + h*W + w; pixels n_img*P .. ld-1 are zero.
-template <typename T>
-void pack_rows(const View<const T, 4>& t, int64_t b0, int64_t n_img, int64_t c0, int64_t nc,
+template <typename T, typename S>
+void pack_rows(const View<const S, 4>& t, int64_t b0, int64_t n_img, int64_t c0, int64_t nc,
                T* dst, int64_t ld) {
   const int64_t H = t.size[2], W = t.size[3], P = H * W;
   for (int64_t c = 0; c < nc; ++c) {
@@ -144,11 +163,13 @@ void write_vector(const View<T, 1>& out, const double* src) {
 // Forward
 // ---------------------------------------------------------------------------------------
 
-template <typename T>
-void mix_fwd_views(const MixFwdViews<T>& p) {
-  using Sh = GemmShape<T>;
-  constexpr int64_t L = Simd<T>::kLanes, MR = Sh::MR, NR = Sh::NR;
-  const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
+template <typename S, typename Ops>
+void mix_fwd_impl(const MixFwdViews<S>& p) {
+  using T = Compute<S>;
+  using A = typename Ops::AType;
+  using B = typename Ops::BType;
+  constexpr int64_t L = Simd<T>::kLanes, MR = Ops::MR, NR = Ops::NR;
+  const int64_t B_ = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
   const int64_t Co = p.f_id.size[0], P = H * W;
 
   std::vector<T> spatial_storage;
@@ -156,8 +177,8 @@ void mix_fwd_views(const MixFwdViews<T>& p) {
       pack_spatial(p.row_weight, p.row_bias, p.col_weight, p.col_bias, H, W, spatial_storage);
   const bool biased = sp.rb != nullptr || sp.cb != nullptr;
 
-  const int64_t group = std::clamp<int64_t>(ceil_div(kTargetPixels, P), 1, B);
-  const int64_t n_groups = ceil_div(B, group);
+  const int64_t group = std::clamp<int64_t>(ceil_div(kTargetPixels, P), 1, B_);
+  const int64_t n_groups = ceil_div(B_, group);
   const int64_t n_cols_max = round_up(group * P, NR);
   const int64_t ldt = leading_dim<T>(group * P + L, NR);
   // Output channels per item: 3*ob rows of T in kTBytes, ob a multiple of MR (so that the
@@ -166,17 +187,21 @@ void mix_fwd_views(const MixFwdViews<T>& p) {
   ob = std::clamp<int64_t>(ob, MR, 32);
   ob = std::min(ob, round_up(Co, MR));
   const int64_t n_blocks = ceil_div(Co, ob), rows = 3 * ob, m_tiles = rows / MR;
+  const int64_t b_tile = Ops::b_tile(C);  // packed x of one NR-pixel tile
 
   // The spatial mixes and the fuse GEMM, 2 FLOPs a multiply-add.
-  const int n_threads = threads_for(2 * B * P * (C * (H + W) + 3 * C * Co));
+  const int n_threads = threads_for(2 * B_ * P * (C * (H + W) + 3 * C * Co));
   ScratchLayout layout;
-  const int64_t block_size = m_tiles * Sh::panel_size(C);  // packed rows of one block
-  const size_t o_ap = layout.add<T>(n_threads * block_size);
-  const size_t o_xp = layout.add<T>(n_threads * C * n_cols_max);
+  const int64_t block_size = m_tiles * Ops::panel_size(C);  // packed rows of one block
+  const int64_t xp_size = b_tile * (n_cols_max / NR);
+  const int64_t buf_size = std::is_same_v<S, T> ? 0 : P;
+  const size_t o_ap = layout.add<A>(n_threads * block_size);
+  const size_t o_xp = layout.add<B>(n_threads * xp_size);
   const size_t o_t = layout.add<T>(n_threads * rows * ldt);
   const size_t o_sums = layout.add<T>(n_threads * 2 * ob);
+  const size_t o_buf = layout.add<T>(n_threads * buf_size);
   char* base = thread_arena(layout.bytes());
-  const View<const T, 2>* parts[3] = {&p.f_id, &p.f_row, &p.f_col};
+  const View<const S, 2>* parts[3] = {&p.f_id, &p.f_row, &p.f_col};
   ItemQueues queues(n_threads);
 
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1)
@@ -184,11 +209,12 @@ void mix_fwd_views(const MixFwdViews<T>& p) {
     const int tid = thread_id();
     // The block's rows are packed by the thread that uses them, just before, so they are
     // in its L2 when the GEMM reads them (a packed copy of all of F would go through L3).
-    T* ap = at<T>(base, o_ap) + tid * block_size;
-    T* xp = at<T>(base, o_xp) + tid * C * n_cols_max;
+    A* ap = at<A>(base, o_ap) + tid * block_size;
+    B* xp = at<B>(base, o_xp) + tid * xp_size;
     T* tb = at<T>(base, o_t) + tid * rows * ldt;
     T* s_row = at<T>(base, o_sums) + tid * 2 * ob;  // sum_c F_row[o, c] of the block
     T* s_col = s_row + ob;
+    T* buf = at<T>(base, o_buf) + tid * buf_size;
     // Columns past the GEMM's are read (and dropped) by the spatial pass: keep them finite.
     std::fill(tb, tb + rows * ldt, T(0));
 #pragma omp single
@@ -197,33 +223,31 @@ void mix_fwd_views(const MixFwdViews<T>& p) {
     int64_t packed_grp = -1, packed_blk = -1;
     for (int64_t item; (item = queues.take(tid)) >= 0;) {
       const int64_t grp = item / n_blocks, blk = item % n_blocks;
-      const int64_t b0 = grp * group, n_img = std::min(group, B - b0);
+      const int64_t b0 = grp * group, n_img = std::min(group, B_ - b0);
       const int64_t n_cols = round_up(n_img * P, L);
       const int64_t o0 = blk * ob, n_out = std::min(ob, Co - o0);
       if (grp != packed_grp) {
-        pack_pixel_tiles(p.x, b0, n_img, n_cols, xp);
+        pack_pixel_tiles<Ops>(p.x, b0, n_img, n_cols, xp);
         packed_grp = grp;
       }
       if (blk != packed_blk) {
         // Row part*ob + oi of the block: F_id, F_row or F_col (part 0, 1, 2) of output
         // channel o0 + oi; rows past C_out are zero.
         for (int64_t part = 0; part < 3; ++part) {
-          const View<const T, 2>& f = *parts[part];
-          pack_a_block(ap, C, part * ob, n_out, f.data + o0 * f.stride[0], f.stride[0],
-                       f.stride[1]);
-          for (int64_t oi = n_out; oi < ob; ++oi) {
-            pack_a_row(ap, C, part * ob + oi, static_cast<const T*>(nullptr), 0);
-          }
+          const View<const S, 2>& f = *parts[part];
+          Ops::pack_a_block(ap, C, part * ob, n_out, f.data + o0 * f.stride[0], f.stride[0],
+                            f.stride[1]);
+          for (int64_t oi = n_out; oi < ob; ++oi) Ops::zero_a_row(ap, C, part * ob + oi);
         }
         if (biased) {  // the bias terms' scales (the spatial pass reads them only then)
           for (int64_t oi = 0; oi < n_out; ++oi) {
-            s_row[oi] = panel_row_sum(ap, C, ob + oi);
-            s_col[oi] = panel_row_sum(ap, C, 2 * ob + oi);
+            s_row[oi] = Ops::row_sum(ap, C, ob + oi);
+            s_col[oi] = Ops::row_sum(ap, C, 2 * ob + oi);
           }
         }
         packed_blk = blk;
       }
-      gemm(m_tiles, n_cols, C, ap, xp, C * NR, NR, tb, ldt, false);
+      Ops::gemm_tiles(m_tiles, n_cols, C, ap, xp, tb, ldt, false);
       for (int64_t i = 0; i < n_img; ++i) {
         SpatialImage<T> im;
         im.t_id = tb + i * P;
@@ -232,23 +256,41 @@ void mix_fwd_views(const MixFwdViews<T>& p) {
         im.t_stride = ldt;
         im.row_scale = s_row;
         im.col_scale = s_col;
-        im.out = p.y.data + (b0 + i) * p.y.stride[0] + o0 * p.y.stride[1];
-        im.out_stride = p.y.stride[1];
-        im.os_h = p.y.stride[2];
-        im.os_w = p.y.stride[3];
         im.count = n_out;
-        spatial_image(sp, im);
+        spatial_store(sp, im, p.y.data + (b0 + i) * p.y.stride[0] + o0 * p.y.stride[1],
+                      p.y.stride[1], p.y.stride[2], p.y.stride[3], buf);
       }
     }
   }
+}
+
+template <typename S>
+void mix_fwd_views(const MixFwdViews<S>& p) {
+#if SMLP_CPU_BF16_DOT
+  if constexpr (std::is_same_v<S, bf16>) {
+    mix_fwd_impl<S, DotGemm>(p);
+    return;
+  }
+#endif
+  mix_fwd_impl<S, FloatGemm<Compute<S>>>(p);
 }
 
 // ---------------------------------------------------------------------------------------
 // Weight gradients
 // ---------------------------------------------------------------------------------------
 
-template <typename T>
-void mix_wgrad_views(const MixWgradViews<T>& p) {
+// The transpose of a matrix view (no copy).
+template <typename S>
+View<const S, 2> transposed(const View<const S, 2>& v) {
+  View<const S, 2> t = v;
+  std::swap(t.size[0], t.size[1]);
+  std::swap(t.stride[0], t.stride[1]);
+  return t;
+}
+
+template <typename S>
+void mix_wgrad_views(const MixWgradViews<S>& p) {
+  using T = Compute<S>;
   using Sh = GemmShape<T>;
   constexpr int64_t L = Simd<T>::kLanes, MR = Sh::MR, NR = Sh::NR;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
@@ -261,6 +303,17 @@ void mix_wgrad_views(const MixWgradViews<T>& p) {
   SpatialPlan<T> sp_row = sp, sp_col = sp;
   sp_row.cb = nullptr;
   sp_col.rb = nullptr;
+  // dx = F_id^T g + R^T(F_row^T g) + K^T(F_col^T g): the spatial kernel with the transposed
+  // weights and no biases, on the rows of [F_row^T; F_col^T; F_id^T] g this launch computes
+  // anyway (gr and gk for the row and column weight gradients).
+  const bool want_dx = p.dx.data != nullptr;
+  std::vector<T> spatial_t_storage;
+  const View<const S, 1> no_bias{};
+  const SpatialPlan<T> sp_t =
+      want_dx ? pack_spatial(transposed(p.row_weight), no_bias, transposed(p.col_weight), no_bias,
+                             H, W, spatial_t_storage)
+              : SpatialPlan<T>{};
+  const int64_t n_parts = want_dx ? 3 : 2;  // rows of F^T per channel: F_row, F_col, (F_id)
 
   const int64_t group = std::clamp<int64_t>(ceil_div(kTargetPixels, P), 1, B);
   const int64_t n_groups = ceil_div(B, group);
@@ -272,13 +325,15 @@ void mix_wgrad_views(const MixWgradViews<T>& p) {
   const int64_t n_cblk = ceil_div(C, cb_size);
   const int64_t z_cols = round_up(3 * cb_size, NR);  // [x | r | k] columns of one block
   const int64_t z_tiles = z_cols / NR;
-  const int64_t grk_tiles = ceil_div(2 * cb_size, MR);
+  const int64_t grk_tiles = ceil_div(n_parts * cb_size, MR);
   const int64_t co_tiles = ceil_div(Co, MR);
   const int64_t ldwp = round_up(W, L), ldhp = round_up(H, L);
   const int64_t part_size = W * ldwp + H * ldhp;  // d_row_weight, d_col_weight partials
 
-  // Recomputing r and k, F^T g for gr and gk, g z^T for d_fuse, the spatial weight gradients.
-  const int n_threads = threads_for(2 * B * P * (2 * C * (H + W) + 5 * C * Co));
+  // Recomputing r and k, F^T g for gr and gk (and g_id), g z^T for d_fuse, the spatial weight
+  // gradients (and dx's spatial mixes).
+  const int n_threads =
+      threads_for(2 * B * P * ((want_dx ? 3 : 2) * C * (H + W) + (3 + n_parts) * C * Co));
   ScratchLayout layout;
   const size_t o_gp = layout.add<T>(Co * ld);                           // g, row-major
   const int64_t af_size = grk_tiles * Sh::panel_size(Co);
@@ -287,8 +342,9 @@ void mix_wgrad_views(const MixWgradViews<T>& p) {
   const size_t o_d = layout.add<T>(n_cblk * co_tiles * MR * z_cols);    // d_fuse blocks
   const size_t o_part = layout.add<T>(n_cblk * part_size);              // weight partials
   const size_t o_bias = layout.add<double>(n_cblk * (W + H));          // bias partials
+  const int64_t buf_size = want_dx && !std::is_same_v<S, T> ? P : 0;
   const int64_t per_thread = 3 * cb_size * ld + z_tiles * np_max * NR + grk_tiles * MR * ld +
-                             2 * (cb_size * np_max + L);
+                             2 * (cb_size * np_max + L) + buf_size;
   const size_t o_thread = layout.add<T>(n_threads * per_thread);
   char* base = thread_arena(layout.bytes());
   T* gp = at<T>(base, o_gp);
@@ -304,18 +360,19 @@ void mix_wgrad_views(const MixWgradViews<T>& p) {
   {
 #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < n_cblk; ++blk) {
-      // Rows 0 .. cb_size-1: F_row^T of channels c0 .., then F_col^T; the rest zero.
+      // Rows 0 .. cb_size-1: F_row^T of channels c0 .., then F_col^T (and F_id^T); the rest
+      // zero.
       T* panels = af + blk * af_size;
       const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
-      for (int64_t part = 0; part < 2; ++part) {
-        const View<const T, 2>& f = part == 0 ? p.f_row : p.f_col;
+      for (int64_t part = 0; part < n_parts; ++part) {
+        const View<const S, 2>& f = part == 0 ? p.f_row : part == 1 ? p.f_col : p.f_id;
         pack_a_block(panels, Co, part * cb_size, nc, f.data + c0 * f.stride[1], f.stride[1],
                      f.stride[0]);
         for (int64_t r = nc; r < cb_size; ++r) {
           pack_a_row(panels, Co, part * cb_size + r, static_cast<const T*>(nullptr), 0);
         }
       }
-      for (int64_t r = 2 * cb_size; r < grk_tiles * MR; ++r) {
+      for (int64_t r = n_parts * cb_size; r < grk_tiles * MR; ++r) {
         pack_a_row(panels, Co, r, static_cast<const T*>(nullptr), 0);
       }
     }
@@ -326,6 +383,9 @@ void mix_wgrad_views(const MixWgradViews<T>& p) {
     T* grk = zt + z_tiles * np_max * NR;                // gr, gk rows
     T* gk_t = grk + grk_tiles * MR * ld;                // gk transposed per image
     T* x_t = gk_t + cb_size * np_max + L;               // x transposed per image
+    T* buf = x_t + cb_size * np_max + L;                // one image of dx in T (16-bit dx)
+    // Lanes past a group's last pixel are read (and dropped) by dx's spatial pass: finite.
+    std::fill(grk, grk + grk_tiles * MR * ld, T(0));
 
     for (int64_t grp = 0; grp < n_groups; ++grp) {
       const int64_t b0 = grp * group, n_img = std::min(group, B - b0), np = n_img * P;
@@ -384,8 +444,20 @@ void mix_wgrad_views(const MixWgradViews<T>& p) {
         // d_fuse columns of this block (+)= g z^T, contracted over the group's pixels.
         gemm(co_tiles, z_cols, np, gt, zt, np * NR, NR, dblk + blk * co_tiles * MR * z_cols,
              z_cols, grp > 0);
-        // [gr; gk] = [F_row^T; F_col^T] g for this block's channels.
+        // [gr; gk (; g_id)] = [F_row^T; F_col^T (; F_id^T)] g for this block's channels.
         gemm(grk_tiles, n_cols, Co, af + blk * af_size, gp, NR, ld, grk, ld, false);
+        if (want_dx) {
+          for (int64_t c = 0; c < nc; ++c) {
+            SpatialImage<T> im;  // the group's images of channel c, P apart
+            im.t_row = grk + c * ld;
+            im.t_col = grk + (cb_size + c) * ld;
+            im.t_id = grk + (2 * cb_size + c) * ld;
+            im.t_stride = P;
+            im.count = n_img;
+            spatial_store(sp_t, im, p.dx.data + b0 * p.dx.stride[0] + (c0 + c) * p.dx.stride[1],
+                          p.dx.stride[0], p.dx.stride[2], p.dx.stride[3], buf);
+          }
+        }
 
         T* part = parts + blk * part_size;
         T* d_rw = part;
@@ -474,4 +546,4 @@ void mix_wgrad(const MixWgradParams& p) {
 
 int last_launch_threads() { return last_launch_threads_slot(); }
 
-}  // namespace smlp::cpu
+}  // namespace smlp::cpu::SMLP_CPU_ISA

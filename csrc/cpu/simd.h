@@ -1,24 +1,19 @@
 // Portable SIMD vectors for the CPU kernels: GCC/Clang vector extensions, so one kernel
-// source serves float and double and every instruction set the compiler targets.
+// source serves float and double and every instruction set level (cpu/isa.h).
 //
-// The register budget follows the target: AVX-512 has 32 vector registers, so the kernels
+// The register budget follows the level: AVX-512 has 32 vector registers, so the kernels
 // keep 24 accumulators; AVX2 and SSE have 16, so they keep 12.
 
 #pragma once
 
-#include <cstdint>
-#include <cstring>
+#include "cpu/isa.h"
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
+namespace smlp::cpu::SMLP_CPU_ISA {
 
-namespace smlp::cpu {
-
-#if defined(__AVX512F__)
+#if SMLP_CPU_AVX512
 inline constexpr int kVecBytes = 64;
 inline constexpr int kAccRegs = 24;
-#elif defined(__AVX__)
+#elif SMLP_CPU_AVX
 inline constexpr int kVecBytes = 32;
 inline constexpr int kAccRegs = 12;
 #elif defined(__aarch64__)
@@ -43,10 +38,10 @@ struct Simd {
   // A broadcast (folded into the FMA's memory operand where it can be). Not `V{} + a`:
   // 0 + a is not a no-op for a = -0, so the compiler must keep an extra add.
   static inline V set1(T a) {
-#if defined(__AVX512F__)
+#if SMLP_CPU_AVX512
     if constexpr (sizeof(T) == 4) return reinterpret_cast<V>(_mm512_set1_ps(a));
     if constexpr (sizeof(T) == 8) return reinterpret_cast<V>(_mm512_set1_pd(a));
-#elif defined(__AVX__)
+#elif SMLP_CPU_AVX
     if constexpr (sizeof(T) == 4) return reinterpret_cast<V>(_mm256_set1_ps(a));
     if constexpr (sizeof(T) == 8) return reinterpret_cast<V>(_mm256_set1_pd(a));
 #endif
@@ -58,7 +53,7 @@ struct Simd {
 
   // The first n lanes (0 < n <= kLanes) to p[0 .. n-1]; memory after them is untouched.
   static inline void store_n(T* p, V v, int n) {
-#if defined(__AVX512F__)
+#if SMLP_CPU_AVX512
     if constexpr (sizeof(T) == 4) {
       _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u),
                             reinterpret_cast<__m512>(v));
@@ -88,4 +83,4 @@ struct Simd {
   }
 };
 
-}  // namespace smlp::cpu
+}  // namespace smlp::cpu::SMLP_CPU_ISA

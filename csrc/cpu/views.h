@@ -1,14 +1,13 @@
 // The CPU kernels' typed views of the launchers' params (csrc/tensor.h): a TensorRef becomes
 // a View<T, N>, a typed pointer with N sizes and strides in elements. An absent optional
-// tensor has data == nullptr. The kernels compute in T (float or double).
+// tensor has data == nullptr. The views of one launch are typed by the storage type S of x
+// (float, double, bf16 or f16, cpu/storage.h); weight gradients are in the compute type
+// Compute<S> (float, or double for float64).
 #pragma once
 
-#include <cstdint>
+#include "cpu/storage.h"
 
-#include "cpu/launchers.h"
-#include "tensor.h"
-
-namespace smlp::cpu {
+namespace smlp::cpu::SMLP_CPU_ISA {
 
 template <typename T, int N>
 struct View {
@@ -50,15 +49,17 @@ struct MixFwdViews : MixInputViews<T> {
 
 template <typename T>
 struct MixWgradViews : MixInputViews<T> {
+  using C = Compute<T>;
   View<const T, 4> g;       // (B, C_out, H, W)
-  View<T, 2> d_fuse;        // (C_out, 3C), overwritten
-  View<T, 2> d_row_weight;  // (W, W)
-  View<T, 1> d_row_bias;    // (W,)
-  View<T, 2> d_col_weight;  // (H, H)
-  View<T, 1> d_col_bias;    // (H,)
+  View<T, 4> dx;            // (B, C, H, W), overwritten; absent: not wanted
+  View<C, 2> d_fuse;        // (C_out, 3C), overwritten
+  View<C, 2> d_row_weight;  // (W, W)
+  View<C, 1> d_row_bias;    // (W,)
+  View<C, 2> d_col_weight;  // (H, H)
+  View<C, 1> d_col_bias;    // (H,)
 
   explicit MixWgradViews(const MixWgradParams& p)
-      : MixInputViews<T>(p), g(p.g), d_fuse(p.d_fuse), d_row_weight(p.d_row_weight),
+      : MixInputViews<T>(p), g(p.g), dx(p.dx), d_fuse(p.d_fuse), d_row_weight(p.d_row_weight),
         d_row_bias(p.d_row_bias), d_col_weight(p.d_col_weight), d_col_bias(p.d_col_bias) {}
 };
 
@@ -76,24 +77,33 @@ struct AxisMixFwdViews {
 
 template <typename T>
 struct AxisMixWgradViews {
-  View<const T, 4> g;   // (B, C, H, W)
-  View<const T, 4> x;   // (B, C, H, W)
-  View<T, 2> d_weight;  // overwritten
-  View<T, 1> d_bias;    // overwritten
+  View<const T, 4> g;             // (B, C, H, W)
+  View<const T, 4> x;             // (B, C, H, W)
+  View<Compute<T>, 2> d_weight;  // overwritten
+  View<Compute<T>, 1> d_bias;    // overwritten
   int axis;
 
   explicit AxisMixWgradViews(const AxisMixWgradParams& p)
       : g(p.g), x(p.x), d_weight(p.d_weight), d_bias(p.d_bias), axis(p.axis) {}
 };
 
-// Runs kernel<T>(Views<T>(params)) for the compute dtype (float64 or float32).
+// Runs kernel(Views<S>(params)) for the storage type S of the launch's dtype.
 template <template <typename> class Views, typename Params, typename Kernel>
 void run_typed(const Params& params, Kernel kernel) {
-  if (params.dtype == kFloat64) {
-    kernel(Views<double>(params));
-  } else {
-    kernel(Views<float>(params));
+  switch (params.dtype) {
+    case kFloat64:
+      kernel(Views<double>(params));
+      break;
+    case kBFloat16:
+      kernel(Views<bf16>(params));
+      break;
+    case kFloat16:
+      kernel(Views<f16>(params));
+      break;
+    default:
+      kernel(Views<float>(params));
+      break;
   }
 }
 
-}  // namespace smlp::cpu
+}  // namespace smlp::cpu::SMLP_CPU_ISA
