@@ -110,22 +110,17 @@ def test_blocking_boundaries(b, c, c_out, h, w, dtype, bias):
         _assert_f32(ours, _forward_backward(args, grad, "reference", dtype), ref64, NAMES)
 
 
-def test_automatic_choice_is_cpu_for_fp32_and_fp64_only():
+def test_automatic_choice_is_cpu_for_every_floating_dtype():
     from smlp_kernels.registry import resolve_backend
 
-    for dtype, expected in (
-        (torch.float32, "cpu"),
-        (torch.float64, "cpu"),
-        (torch.float16, "reference"),
-        (torch.bfloat16, "reference"),
-    ):
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         x = torch.zeros(1, 2, 3, 4, dtype=dtype)
-        assert resolve_backend(None, "mix", x, 2) == expected, dtype
+        assert resolve_backend(None, "mix", x, 2) == "cpu", dtype
     assert resolve_backend(None, "row_mix", torch.zeros(1, 1, 2, 129), 1) == "reference"
     with pytest.raises(ValueError, match="H, W <= 128"):
         smlp_kernels.col_mix(torch.zeros(1, 1, 129, 2), torch.zeros(129, 129), backend="cpu")
-    with pytest.raises(ValueError, match="compute in float32, float64, not float16"):
-        smlp_kernels.smlp_mix(*make_args(1, 1, 1, 2, 2, dtype=torch.float16), backend="cpu")
+    y = smlp_kernels.smlp_mix(*make_args(1, 1, 1, 2, 2, dtype=torch.float16), backend="cpu")
+    assert y.dtype == torch.float16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +275,11 @@ def test_raw_launchers_write_every_element(b, c, c_out, h, w, dtype):
 
     g = randn(b, c_out, h, w, seed=5, dtype=dtype)
     outs = [_poisoned(*s, dtype=dtype) for s in [(c_out, 3 * c), (w, w), (w,), (h, h), (h,)]]
-    _C.cpu_mix_wgrad(*map(tensor_arg, (g, x, rw, rb, cw, cb, f_id, f_row, f_col, *outs)), False, 0)
+    dx = _poisoned(b, c, h, w, dtype=dtype)
+    _C.cpu_mix_wgrad(
+        *map(tensor_arg, (g, x, rw, rb, cw, cb, f_id, f_row, f_col, *outs, dx)), False, 0
+    )
+    _check_against_reference(dx, lambda *a: R.smlp_mix_bwd_ref(*a).x, (g, *params), "dx")
     for out, field in zip(
         outs, ["fuse_weight", "row_weight", "row_bias", "col_weight", "col_bias"], strict=True
     ):
@@ -326,7 +325,7 @@ def test_raw_launchers_reject_bad_arguments():
         (_with(args, 0, (x[0], 7, x[2], x[3])), r"cpu_mix_fwd: x: unknown dtype code 7"),
         (
             _with(args, 0, (x[0], 2, x[2], x[3])),
-            r"x: float16 is not supported: the CPU kernels compute in float32 or float64",
+            r"row_weight: dtype float32, expected float16 \(x, g and every parameter share",
         ),
         (_with(args, 1, (args[1][0], 0, (6, 5), (5, 1))), r"row_weight: expected shape \(W, W\)"),
         (_with(args, 2, (args[2][0], 0, (5,), (1,))), r"row_bias: expected shape \(W,\) = \(6,\)"),
@@ -371,4 +370,4 @@ def test_raw_launchers_reject_bad_arguments():
     wgrad = [tensor_arg(t) for t in wgrad_tensors[:-1]]
     wgrad[9] = tensor_arg(wgrad_tensors[-1])
     with pytest.raises(ValueError, match=r"cpu_mix_wgrad: d_fuse: expected shape \(C_out, 3C\)"):
-        _C.cpu_mix_wgrad(*wgrad, False, 0)
+        _C.cpu_mix_wgrad(*wgrad, None, False, 0)

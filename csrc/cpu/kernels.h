@@ -362,8 +362,8 @@ void pack_a_row(T* ap, int64_t K, int64_t r, const S* data, int64_t k_stride) {
 }
 
 // Packs rows r0 .. r0+nr-1 of A with A(r0 + r, k) = base[r*rs + k*ks]. When consecutive
-// rows are closer in memory than consecutive k (a transposed view), k is the outer loop so
-// that the reads run along memory.
+// rows are closer in memory than consecutive k (a transposed view), the source is read in
+// tiles of KB k-values, so that the strided reads hit lines already in L1.
 template <typename T, typename S>
 void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const S* base, int64_t rs,
                   int64_t ks) {
@@ -373,12 +373,15 @@ void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const S* base, int64
     for (int64_t r = 0; r < nr; ++r) pack_a_row(ap, K, r0 + r, base + r * rs, ks);
     return;
   }
+  // A transposed view: a KB x nr tile of the source at a time (KB rows of memory, read along
+  // them), small enough for L1.
   const int64_t panel = Sh::panel_size(K);
-  for (int64_t k = 0; k < K; ++k) {
-    T* dk = ap + (k / KB) * MR * KB + k % KB;
-    const S* src = base + k * ks;
+  for (int64_t k0 = 0; k0 < K; k0 += KB) {
+    const int64_t kn = std::min<int64_t>(KB, K - k0);
     for (int64_t r = r0; r < r0 + nr; ++r) {
-      dk[(r / MR) * panel + (r % MR) * KB] = load_as<T>(src[(r - r0) * rs]);
+      T* d = ap + (r / MR) * panel + (r % MR) * KB + (k0 / KB) * MR * KB;
+      const S* src = base + k0 * ks + (r - r0) * rs;
+      for (int64_t kk = 0; kk < kn; ++kk) d[kk] = load_as<T>(src[kk * ks]);
     }
   }
 }
@@ -404,6 +407,7 @@ struct FloatGemm {
   using Sh = GemmShape<T>;
   using AType = T;  // packed A elements
   using BType = T;  // packed B elements
+  static constexpr bool kPairs = false;
   static constexpr int MR = Sh::MR, NR = Sh::NR;
 
   static int64_t panel_size(int64_t K) { return Sh::panel_size(K); }
@@ -448,7 +452,7 @@ struct FloatGemm {
 struct DotShape {
   static constexpr int MR = 8, NV = 3, L = 16, NR = NV * L;
   static constexpr int KB = 32;   // k per block of a packed A panel (16 pairs)
-  static constexpr int KC = 384;  // k per pass: a KC x NR slice of B (36 KiB) stays in L1
+  static constexpr int KC = 384;  // k per pass: a KC x NR slice of B is 36 KiB
   static int64_t panel_size(int64_t K) { return round_up(K, KB) * MR; }
 };
 static_assert(DotShape::NR == GemmShape<float>::NR, "the fp32 and bf16 tiles share C");
@@ -507,6 +511,7 @@ inline void gemm_dot_tile(int64_t K, const std::uint16_t* a, const std::uint16_t
 struct DotGemm {
   using AType = std::uint16_t;
   using BType = std::uint16_t;
+  static constexpr bool kPairs = true;  // B holds k in interleaved pairs
   static constexpr int MR = DotShape::MR, NR = DotShape::NR, KB = DotShape::KB;
 
   static int64_t panel_size(int64_t K) { return DotShape::panel_size(K); }
@@ -522,12 +527,35 @@ struct DotGemm {
   template <typename S>
   static void pack_a_block(std::uint16_t* ap, int64_t K, int64_t r0, int64_t nr, const S* base,
                            int64_t rs, int64_t ks) {
-    const int64_t panel = panel_size(K), kpad = round_up(K, KB);
+    const int64_t panel = panel_size(K);
+    if (ks != 1 && ks > rs) {
+      // A transposed view: a KB x nr tile of the source at a time (KB rows of memory, read
+      // along them), small enough for L1.
+      for (int64_t r = r0; r < r0 + nr; ++r) zero_a_row(ap, K, r);
+      for (int64_t k0 = 0; k0 < K; k0 += KB) {
+        const int64_t kn = std::min<int64_t>(KB, K - k0);
+        for (int64_t r = r0; r < r0 + nr; ++r) {
+          std::uint16_t* d = ap + (r / MR) * panel + (r % MR) * KB + (k0 / KB) * MR * KB;
+          const S* src = base + k0 * ks + (r - r0) * rs;
+          for (int64_t kk = 0; kk < kn; ++kk) d[kk] = bf16_bits(src[kk * ks]);
+        }
+      }
+      return;
+    }
     for (int64_t r = r0; r < r0 + nr; ++r) {
       std::uint16_t* row = ap + (r / MR) * panel + (r % MR) * KB;
       const S* src = base + (r - r0) * rs;
-      for (int64_t k = 0; k < kpad; ++k) {
-        row[(k / KB) * MR * KB + k % KB] = k < K ? bf16_bits(src[k * ks]) : std::uint16_t{0};
+      for (int64_t k0 = 0; k0 < K; k0 += KB) {
+        std::uint16_t* d = row + (k0 / KB) * MR * KB;
+        const int64_t kn = std::min<int64_t>(KB, K - k0);
+        if (ks == 1 && std::is_same_v<S, bf16> && kn == KB) {
+          std::memcpy(d, src + k0, sizeof(std::uint16_t) * KB);  // one vector
+        } else if (ks == 1 && std::is_same_v<S, bf16>) {
+          std::memcpy(d, src + k0, sizeof(std::uint16_t) * static_cast<size_t>(kn));
+        } else {
+          for (int64_t kk = 0; kk < kn; ++kk) d[kk] = bf16_bits(src[(k0 + kk) * ks]);
+        }
+        std::fill(d + kn, d + KB, std::uint16_t{0});
       }
     }
   }
@@ -537,10 +565,17 @@ struct DotGemm {
       std::fill(row + (k0 / KB) * MR * KB, row + (k0 / KB) * MR * KB + KB, std::uint16_t{0});
     }
   }
+  // KB partial sums, one per position in a block (the padding is zero), added in a fixed
+  // order: vector adds, not a chain of scalar ones.
   static float row_sum(const std::uint16_t* ap, int64_t K, int64_t r) {
     const std::uint16_t* row = ap + (r / MR) * panel_size(K) + (r % MR) * KB;
+    float part[KB] = {};
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+      const std::uint16_t* blk = row + (k0 / KB) * MR * KB;
+      for (int kk = 0; kk < KB; ++kk) part[kk] += to_float(bf16{blk[kk]});
+    }
     float sum = 0;
-    for (int64_t k = 0; k < K; ++k) sum += to_float(bf16{row[(k / KB) * MR * KB + k % KB]});
+    for (int kk = 0; kk < KB; ++kk) sum += part[kk];
     return sum;
   }
   static void gemm_tiles(int64_t m_tiles, int64_t n_cols, int64_t K, const std::uint16_t* ap,

@@ -33,7 +33,7 @@ namespace {
 constexpr int64_t kTargetPixels = 384;
 // Bytes of the per-thread T scratch (3*ob rows of the group's pixels).
 constexpr int64_t kTBytes = 192 * 1024;
-// Pixels per block of the transposing copies.
+// Rows per block of the transposing copies.
 constexpr int64_t kBlock = 16;
 
 // Copies images b0 .. b0+n_img-1 of x (all C channels) into the B operand of Ops's GEMM
@@ -95,8 +95,49 @@ void pack_pixel_tiles(const View<const S, 4>& x, int64_t b0, int64_t n_img, int6
       return;
     }
   }
+  if constexpr (Ops::kPairs) {
+    if (s3 == 1 && !(s1 < s3 && s1 < s2)) {
+      // Rows of W pixels (whole images when dense), two channels at a time: runs of up to
+      // NR pixels of channels c and c+1 interleaved; c+1 = C (padding) is zero.
+      const bool dense = s2 == W;
+      for (int64_t c = 0; c < K; c += 2) {
+        for (int64_t i = 0; i < n_img; ++i) {
+          const S* img0 = x.data + (b0 + i) * s0 + c * s1;
+          const S* img1 = c + 1 < C ? img0 + s1 : nullptr;
+          for (int64_t h = 0; h < (dense ? 1 : H); ++h) {
+            const S* src0 = img0 + h * s2;
+            const S* src1 = img1 != nullptr ? img1 + h * s2 : nullptr;
+            int64_t n = i * P + h * W, len = dense ? P : W;
+            while (len > 0) {
+              const int64_t off = n % NR, run = std::min(len, NR - off);
+              B* d = dst + (n / NR) * tile + c * NR + off * 2;
+              if (src1 != nullptr) {
+                for (int64_t k = 0; k < run; ++k) {
+                  d[2 * k] = Ops::to_b(src0[k]);
+                  d[2 * k + 1] = Ops::to_b(src1[k]);
+                }
+                src1 += run;
+              } else {
+                for (int64_t k = 0; k < run; ++k) {
+                  d[2 * k] = Ops::to_b(src0[k]);
+                  d[2 * k + 1] = B(0);
+                }
+              }
+              src0 += run;
+              n += run;
+              len -= run;
+            }
+          }
+        }
+      }
+      for (int64_t n = n_img * P; n < n_cols; ++n) {
+        for (int64_t c = 0; c < K; ++c) dst[Ops::b_index(c, n, C)] = B(0);
+      }
+      return;
+    }
+  }
   if (s3 == 1 && !(s1 < s3 && s1 < s2)) {
-    // Rows of W pixels, contiguous: one channel (or a pair of them) at a time.
+    // Rows of W pixels, contiguous: one channel at a time.
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t i = 0; i < n_img; ++i) {
         const S* src = x.data + (b0 + i) * s0 + c * s1;
@@ -288,11 +329,15 @@ View<const S, 2> transposed(const View<const S, 2>& v) {
   return t;
 }
 
-template <typename S>
-void mix_wgrad_views(const MixWgradViews<S>& p) {
+// Ops: FloatGemm<T> (every GEMM in T), or DotGemm (bfloat16 at the avx512bf16 level: the
+// GEMMs' operands rounded to bfloat16, exact for g and x, once for r and k, as PyTorch's
+// own bfloat16 backward rounds them).
+template <typename S, typename Ops>
+void mix_wgrad_impl(const MixWgradViews<S>& p) {
   using T = Compute<S>;
-  using Sh = GemmShape<T>;
-  constexpr int64_t L = Simd<T>::kLanes, MR = Sh::MR, NR = Sh::NR;
+  using A = typename Ops::AType;
+  using Bt = typename Ops::BType;
+  constexpr int64_t L = Simd<T>::kLanes, MR = Ops::MR, NR = Ops::NR;
   const int64_t B = p.x.size[0], C = p.x.size[1], H = p.x.size[2], W = p.x.size[3];
   const int64_t Co = p.f_id.size[0], P = H * W;
 
@@ -323,8 +368,8 @@ void mix_wgrad_views(const MixWgradViews<S>& p) {
   // added in do not depend on the thread count.
   const int64_t cb_size = C >= 256 ? 32 : 16;
   const int64_t n_cblk = ceil_div(C, cb_size);
-  const int64_t z_cols = round_up(3 * cb_size, NR);  // [x | r | k] columns of one block
-  const int64_t z_tiles = z_cols / NR;
+  const int64_t z_tiles = ceil_div(3 * cb_size, MR);  // [x | r | k] rows of a block, A tiles
+  const int64_t ldd = round_up(Co, NR);                // d_fuse^T rows of a block
   const int64_t grk_tiles = ceil_div(n_parts * cb_size, MR);
   const int64_t co_tiles = ceil_div(Co, MR);
   const int64_t ldwp = round_up(W, L), ldhp = round_up(H, L);
@@ -336,20 +381,26 @@ void mix_wgrad_views(const MixWgradViews<S>& p) {
       threads_for(2 * B * P * ((want_dx ? 3 : 2) * C * (H + W) + (3 + n_parts) * C * Co));
   ScratchLayout layout;
   const size_t o_gp = layout.add<T>(Co * ld);                           // g, row-major
-  const int64_t af_size = grk_tiles * Sh::panel_size(Co);
-  const size_t o_gt = layout.add<T>(co_tiles * Sh::panel_size(np_max));  // g, A panels
-  const size_t o_af = layout.add<T>(n_cblk * af_size);                   // [F_row^T; F_col^T]
-  const size_t o_d = layout.add<T>(n_cblk * co_tiles * MR * z_cols);    // d_fuse blocks
+  const int64_t af_size = grk_tiles * Ops::panel_size(Co);
+  // g as the B of F^T g: FloatGemm reads the rows gp, DotGemm its pairs layout gb.
+  const int64_t gb_size = Ops::kPairs ? Ops::b_tile(co_tiles * MR) * (ld / NR) : 0;
+  const size_t o_gb = layout.add<Bt>(gb_size);
+  const size_t o_gt = layout.add<Bt>(ldd / NR * Ops::b_tile(np_max));  // g^T, as a B
+  const size_t o_af = layout.add<A>(n_cblk * af_size);  // [F_row^T; F_col^T (; F_id^T)]
+  const size_t o_d = layout.add<T>(n_cblk * z_tiles * MR * ldd);  // d_fuse^T blocks
   const size_t o_part = layout.add<T>(n_cblk * part_size);              // weight partials
   const size_t o_bias = layout.add<double>(n_cblk * (W + H));          // bias partials
   const int64_t buf_size = want_dx && !std::is_same_v<S, T> ? P : 0;
-  const int64_t per_thread = 3 * cb_size * ld + z_tiles * np_max * NR + grk_tiles * MR * ld +
+  const int64_t per_thread = 3 * cb_size * ld + grk_tiles * MR * ld +
                              2 * (cb_size * np_max + L) + buf_size;
+  const int64_t zt_size = z_tiles * Ops::panel_size(np_max);  // [x | r | k] as an A
   const size_t o_thread = layout.add<T>(n_threads * per_thread);
+  const size_t o_zt = layout.add<A>(n_threads * zt_size);
   char* base = thread_arena(layout.bytes());
   T* gp = at<T>(base, o_gp);
-  T* gt = at<T>(base, o_gt);
-  T* af = at<T>(base, o_af);
+  Bt* gb = at<Bt>(base, o_gb);
+  Bt* gt = at<Bt>(base, o_gt);
+  A* af = at<A>(base, o_af);
   T* dblk = at<T>(base, o_d);
   T* parts = at<T>(base, o_part);
   std::fill(parts, parts + n_cblk * part_size, T(0));
@@ -362,25 +413,23 @@ void mix_wgrad_views(const MixWgradViews<S>& p) {
     for (int64_t blk = 0; blk < n_cblk; ++blk) {
       // Rows 0 .. cb_size-1: F_row^T of channels c0 .., then F_col^T (and F_id^T); the rest
       // zero.
-      T* panels = af + blk * af_size;
+      A* panels = af + blk * af_size;
       const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
       for (int64_t part = 0; part < n_parts; ++part) {
         const View<const S, 2>& f = part == 0 ? p.f_row : part == 1 ? p.f_col : p.f_id;
-        pack_a_block(panels, Co, part * cb_size, nc, f.data + c0 * f.stride[1], f.stride[1],
-                     f.stride[0]);
-        for (int64_t r = nc; r < cb_size; ++r) {
-          pack_a_row(panels, Co, part * cb_size + r, static_cast<const T*>(nullptr), 0);
-        }
+        Ops::pack_a_block(panels, Co, part * cb_size, nc, f.data + c0 * f.stride[1],
+                          f.stride[1], f.stride[0]);
+        for (int64_t r = nc; r < cb_size; ++r) Ops::zero_a_row(panels, Co, part * cb_size + r);
       }
       for (int64_t r = n_parts * cb_size; r < grk_tiles * MR; ++r) {
-        pack_a_row(panels, Co, r, static_cast<const T*>(nullptr), 0);
+        Ops::zero_a_row(panels, Co, r);
       }
     }
 
     const int tid = thread_id();
     T* zr = at<T>(base, o_thread) + tid * per_thread;  // x, r, k rows of the block
-    T* zt = zr + 3 * cb_size * ld;                      // [x | r | k] in NR-column tiles
-    T* grk = zt + z_tiles * np_max * NR;                // gr, gk rows
+    A* zt = at<A>(base, o_zt) + tid * zt_size;         // [x | r | k] as the A of z g^T
+    T* grk = zr + 3 * cb_size * ld;                     // gr, gk (, g_id) rows
     T* gk_t = grk + grk_tiles * MR * ld;                // gk transposed per image
     T* x_t = gk_t + cb_size * np_max + L;               // x transposed per image
     T* buf = x_t + cb_size * np_max + L;                // one image of dx in T (16-bit dx)
@@ -394,10 +443,46 @@ void mix_wgrad_views(const MixWgradViews<S>& p) {
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < co_tiles; ++t) {
         const int64_t nrow = std::min<int64_t>(MR, Co - t * MR);
-        pack_rows(p.g, b0, n_img, t * MR, nrow, gp + t * MR * ld, ld);
-        for (int64_t i = 0; i < MR; ++i) {
-          pack_a_row(gt + t * Sh::panel_size(np), np, i,
-                     i < nrow ? gp + (t * MR + i) * ld : nullptr, int64_t{1});
+        T* rows = gp + t * MR * ld;
+        pack_rows(p.g, b0, n_img, t * MR, nrow, rows, ld);
+        // g^T as the B of z g^T: row k = pixel k, column o = output channel o; columns past
+        // C_out (up to the last NR tile) and the pixel padding zero. Rows t*MR .. of g are
+        // consecutive columns: one pixel (or pixel pair) of them is one contiguous run.
+        {
+          const int64_t tile = Ops::b_tile(np), kp = tile / NR;
+          for (int64_t k = 0; k < kp; k += (Ops::kPairs ? 2 : 1)) {
+            for (int64_t i = 0; i < MR; ++i) {
+              const int64_t o = t * MR + i;
+              if (o >= ldd) break;
+              const T* row = i < nrow ? rows + i * ld : nullptr;
+              Bt* d = gt + Ops::b_index(k, o, np);
+              if constexpr (Ops::kPairs) {
+                d[0] = row != nullptr && k < np ? Ops::to_b(row[k]) : Bt(0);
+                d[1] = row != nullptr && k + 1 < np ? Ops::to_b(row[k + 1]) : Bt(0);
+              } else {
+                d[0] = row != nullptr ? row[k] : T(0);
+              }
+            }
+          }
+          if (t == co_tiles - 1) {  // the columns past the last tile of rows
+            for (int64_t o = co_tiles * MR; o < ldd; ++o) {
+              for (int64_t k = 0; k < kp; ++k) gt[Ops::b_index(k, o, np)] = Bt(0);
+            }
+          }
+        }
+        if constexpr (Ops::kPairs) {
+          // Rows t*MR .. of g as rows k of a B (an even count: MR is even), pairs of rows
+          // interleaved; rows past C_out are zero.
+          const int64_t K = co_tiles * MR, tile = Ops::b_tile(K);
+          for (int64_t i = 0; i < MR; i += 2) {
+            const T* r0 = i < nrow ? rows + i * ld : nullptr;
+            const T* r1 = i + 1 < nrow ? rows + (i + 1) * ld : nullptr;
+            for (int64_t n = 0; n < n_cols; ++n) {
+              Bt* d = gb + (n / NR) * tile + (t * MR + i) * NR + (n % NR) * 2;
+              d[0] = r0 != nullptr ? Ops::to_b(r0[n]) : Bt(0);
+              d[1] = r1 != nullptr ? Ops::to_b(r1[n]) : Bt(0);
+            }
+          }
         }
       }
       // (implicit barrier)
@@ -423,29 +508,23 @@ void mix_wgrad_views(const MixWgradViews<S>& p) {
           im.out = kr + c * ld;
           spatial_image(sp_col, im);
         }
-        // z^T tiles: column j of [x | r | k] is part j / cb_size, channel j % cb_size.
-        // Transposed in blocks of kBlock pixels, so the block written stays in L1.
-        for (int64_t tt = 0; tt < z_tiles; ++tt) {
-          T* tile = zt + tt * np * NR;
-          for (int64_t n0 = 0; n0 < np; n0 += kBlock) {
-            const int64_t nn = std::min(kBlock, np - n0);
-            for (int64_t j = 0; j < NR; ++j) {
-              const int64_t col = tt * NR + j, part = col / cb_size, c = col % cb_size;
-              T* d = tile + n0 * NR + j;
-              if (part < 3 && c < nc) {
-                const T* src = zr + part * cb_size * ld + c * ld + n0;
-                for (int64_t n = 0; n < nn; ++n) d[n * NR] = src[n];
-              } else {
-                for (int64_t n = 0; n < nn; ++n) d[n * NR] = T(0);
-              }
-            }
-          }
+        // d_fuse^T rows of this block (+)= z g^T, contracted over the group's pixels: row
+        // part*cb_size + c of z is x, r or k (part 0, 1, 2) of channel c0 + c, the rows of
+        // zr as they are; rows past the block's channels are zero.
+        for (int64_t part = 0; part < 3; ++part) {
+          Ops::pack_a_block(zt, np, part * cb_size, nc, zr + part * cb_size * ld, ld,
+                            int64_t{1});
+          for (int64_t c = nc; c < cb_size; ++c) Ops::zero_a_row(zt, np, part * cb_size + c);
         }
-        // d_fuse columns of this block (+)= g z^T, contracted over the group's pixels.
-        gemm(co_tiles, z_cols, np, gt, zt, np * NR, NR, dblk + blk * co_tiles * MR * z_cols,
-             z_cols, grp > 0);
+        for (int64_t r = 3 * cb_size; r < z_tiles * MR; ++r) Ops::zero_a_row(zt, np, r);
+        Ops::gemm_tiles(z_tiles, ldd, np, zt, gt, dblk + blk * z_tiles * MR * ldd, ldd, grp > 0);
         // [gr; gk (; g_id)] = [F_row^T; F_col^T (; F_id^T)] g for this block's channels.
-        gemm(grk_tiles, n_cols, Co, af + blk * af_size, gp, NR, ld, grk, ld, false);
+        if constexpr (Ops::kPairs) {
+          Ops::gemm_tiles(grk_tiles, n_cols, co_tiles * MR, af + blk * af_size, gb, grk, ld,
+                          false);
+        } else {
+          gemm(grk_tiles, n_cols, Co, af + blk * af_size, gp, NR, ld, grk, ld, false);
+        }
         if (want_dx) {
           for (int64_t c = 0; c < nc; ++c) {
             SpatialImage<T> im;  // the group's images of channel c, P apart
@@ -504,22 +583,26 @@ void mix_wgrad_views(const MixWgradViews<S>& p) {
       }
       // (implicit barrier before the next group's g overwrites gp and gt)
     }
-  }
-
-  // Blocks in order: the same sums whatever thread ran which block.
-  const int64_t ldd = z_cols;
-  for (int64_t blk = 0; blk < n_cblk; ++blk) {
-    const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
-    const T* d = dblk + blk * co_tiles * MR * z_cols;
-    for (int64_t o = 0; o < Co; ++o) {
-      for (int64_t part = 0; part < 3; ++part) {
-        for (int64_t c = 0; c < nc; ++c) {
-          p.d_fuse.data[o * p.d_fuse.stride[0] + (part * C + c0 + c) * p.d_fuse.stride[1]] =
-              d[o * ldd + part * cb_size + c];
+    // d_fuse from the blocks' d_fuse^T, kBlock output channels at a time (the block's rows
+    // read along o, d_fuse's rows written along its columns).
+#pragma omp for schedule(static)
+    for (int64_t o0 = 0; o0 < Co; o0 += kBlock) {
+      const int64_t o1 = std::min(Co, o0 + kBlock);
+      for (int64_t blk = 0; blk < n_cblk; ++blk) {
+        const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
+        const T* d = dblk + blk * z_tiles * MR * ldd;
+        for (int64_t part = 0; part < 3; ++part) {
+          for (int64_t c = 0; c < nc; ++c) {
+            const T* row = d + (part * cb_size + c) * ldd;
+            T* out = p.d_fuse.data + (part * C + c0 + c) * p.d_fuse.stride[1];
+            for (int64_t o = o0; o < o1; ++o) out[o * p.d_fuse.stride[0]] = row[o];
+          }
         }
       }
     }
   }
+
+
   std::vector<double> total(static_cast<size_t>(part_size + W + H), 0.0);
   for (int64_t blk = 0; blk < n_cblk; ++blk) {
     const T* part = parts + blk * part_size;
@@ -532,6 +615,17 @@ void mix_wgrad_views(const MixWgradViews<S>& p) {
   write_matrix(p.d_col_weight, t + W * ldwp, ldhp);
   write_vector(p.d_row_bias, t + part_size);
   write_vector(p.d_col_bias, t + part_size + W);
+}
+
+template <typename S>
+void mix_wgrad_views(const MixWgradViews<S>& p) {
+#if SMLP_CPU_BF16_DOT
+  if constexpr (std::is_same_v<S, bf16>) {
+    mix_wgrad_impl<S, DotGemm>(p);
+    return;
+  }
+#endif
+  mix_wgrad_impl<S, FloatGemm<Compute<S>>>(p);
 }
 
 }  // namespace
