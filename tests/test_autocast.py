@@ -179,15 +179,17 @@ def test_low_precision_x_in_autocast_dtype_is_not_copied():
 
 
 def test_automatic_choice_and_forced_backend_under_cpu_autocast():
-    """The C++ cpu backend computes in float32/float64 only: under bfloat16 autocast the
-    automatic choice falls back to one that takes bfloat16, and forcing cpu says why not."""
+    """Under bfloat16 autocast the automatic choice is the C++ cpu backend where it is built
+    (it computes in bfloat16 too), and forcing it gives the automatic choice's result."""
     args = make_args(*SHAPE)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         chosen = registry.resolve_backend(None, "mix", args[0].bfloat16(), SHAPE[2])
         assert unsupported(chosen, "mix", args[0].bfloat16(), SHAPE[2]) is None
         if smlp_kernels.backends()["cpu"].available:
-            with pytest.raises(ValueError, match=r"'cpu' cannot run mix.*not bfloat16"):
-                smlp_kernels.smlp_mix(*args, backend="cpu")
+            assert chosen == "cpu"
+            forced = smlp_kernels.smlp_mix(*args, backend="cpu")
+            assert forced.dtype == torch.bfloat16
+            assert torch.equal(forced, smlp_kernels.smlp_mix(*args))
 
 
 def test_custom_op_called_directly_ignores_autocast():

@@ -41,10 +41,12 @@ F32_ABS = 1e-6  # float32: the absolute allowance, as a fraction of the output's
 
 # (B, C, C_out, H, W). The kernels group small images (P < 384 pixels) into one GEMM,
 # split output channels into blocks of <= 32 and input channels (weight gradients) into
-# blocks of 16 (32 from C = 256): the cases cross those boundaries.
+# blocks of 8 (16 from C = 160, 32 from C = 256): the cases cross those boundaries, each
+# with a last, partial block.
 CASES = _helpers.cases(
     "B2-C3-Co5-H4-W6 B1-C1-Co1-H1-W1 B2-C7-Co13-H13-W7 B1-C3-Co4-H57-W13"
-    " B9-C5-Co3-H7-W7-two-groups B2-C40-Co37-H14-W14-channel-blocks B1-C260-Co6-H3-W2-wide-C"
+    " B9-C5-Co3-H7-W7-two-groups B2-C43-Co37-H14-W14-channel-blocks"
+    " B1-C170-Co5-H3-W4-C16-blocks B1-C260-Co6-H3-W2-wide-C"
 )
 
 

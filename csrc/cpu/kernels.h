@@ -420,6 +420,7 @@ struct FloatGemm {
   static T to_b(S v) {
     return load_as<T>(v);
   }
+  static T exact_b(T v) { return v; }
   template <typename S>
   static void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const S* base, int64_t rs,
                            int64_t ks) {
@@ -523,6 +524,10 @@ struct DotGemm {
   static std::uint16_t to_b(S v) {
     return bf16_bits(v);
   }
+  // A float that holds a bfloat16 value exactly (a bfloat16 tensor read into float).
+  static std::uint16_t exact_b(float v) {
+    return static_cast<std::uint16_t>(float_to_bits(v) >> 16);
+  }
   // Rows r0 .. r0+nr-1 with A(r0 + r, k) = base[r*rs + k*ks]; k up to round_up(K, KB) zero.
   template <typename S>
   static void pack_a_block(std::uint16_t* ap, int64_t K, int64_t r0, int64_t nr, const S* base,
@@ -569,11 +574,20 @@ struct DotGemm {
   // order: vector adds, not a chain of scalar ones.
   static float row_sum(const std::uint16_t* ap, int64_t K, int64_t r) {
     const std::uint16_t* row = ap + (r / MR) * panel_size(K) + (r % MR) * KB;
-    float part[KB] = {};
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
     for (int64_t k0 = 0; k0 < K; k0 += KB) {
       const std::uint16_t* blk = row + (k0 / KB) * MR * KB;
-      for (int kk = 0; kk < KB; ++kk) part[kk] += to_float(bf16{blk[kk]});
+      // bfloat16 -> float32: the 16 bits become the upper half of a 32-bit lane.
+      const __m512i v0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(blk)));
+      const __m512i v1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(blk + 16)));
+      lo = _mm512_add_ps(lo, _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)));
+      hi = _mm512_add_ps(hi, _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)));
     }
+    float part[KB];
+    _mm512_storeu_ps(part, lo);
+    _mm512_storeu_ps(part + 16, hi);
     float sum = 0;
     for (int kk = 0; kk < KB; ++kk) sum += part[kk];
     return sum;
@@ -733,8 +747,8 @@ void spatial_image(const SpatialPlan<T>& s, const SpatialImage<T>& im) {
 }
 
 // spatial_image of im's `count` channels with the outputs in storage type S: channel c's
-// image to out + c*out_stride, strides os_h, os_w. When S is not T, each image goes through
-// buf (H*W elements of T) and is rounded on the way out.
+// image to out + c*out_stride, strides os_h, os_w. When S is not T, the images go through
+// buf (count*H*W elements of T) and are rounded on the way out.
 template <typename S, typename T>
 void spatial_store(const SpatialPlan<T>& sp, SpatialImage<T> im, S* out, int64_t out_stride,
                    int64_t os_h, int64_t os_w, T* buf) {
@@ -745,22 +759,18 @@ void spatial_store(const SpatialPlan<T>& sp, SpatialImage<T> im, S* out, int64_t
     im.os_w = os_w;
     spatial_image(sp, im);
   } else {
-    const int64_t count = im.count;
-    for (int64_t c = 0; c < count; ++c) {
-      SpatialImage<T> one = im;
-      const int64_t off = c * im.t_stride;
-      if (one.t_id != nullptr) one.t_id += off;
-      if (one.t_row != nullptr) one.t_row += off;
-      if (one.t_col != nullptr) one.t_col += off;
-      if (one.row_scale != nullptr) one.row_scale += c;
-      if (one.col_scale != nullptr) one.col_scale += c;
-      one.count = 1;
-      one.out = buf;
-      one.out_stride = 0;
-      one.os_h = sp.W;
-      one.os_w = 1;
-      spatial_image(sp, one);
-      store_image(buf, sp.H, sp.W, out + c * out_stride, os_h, os_w);
+    const int64_t P = sp.H * sp.W;
+    im.out = buf;
+    im.out_stride = P;
+    im.os_h = sp.W;
+    im.os_w = 1;
+    spatial_image(sp, im);
+    for (int64_t c = 0; c < im.count; ++c) {
+      if (os_w == 1 && os_h == sp.W) {
+        store_row(buf + c * P, P, out + c * out_stride);
+      } else {
+        store_image(buf + c * P, sp.H, sp.W, out + c * out_stride, os_h, os_w);
+      }
     }
   }
 }
@@ -866,6 +876,17 @@ void pack_image_transposed(const S* src, int64_t sh, int64_t sw, int64_t H, int6
   for (int64_t h0 = 0; h0 < H; h0 += kBlock) {
     for (int64_t w0 = 0; w0 < W; w0 += kBlock) {
       const int64_t h1 = std::min(H, h0 + kBlock), w1 = std::min(W, w0 + kBlock);
+      if (sw == 1 && h1 - h0 == kBlock && w1 - w0 == kBlock) {
+        // A whole block: read through a local copy, so both sides are unit-stride loops.
+        T tile[kBlock][kBlock];
+        for (int64_t i = 0; i < kBlock; ++i) {
+          for (int64_t j = 0; j < kBlock; ++j) tile[j][i] = load_as<T>(src[(h0 + i) * sh + w0 + j]);
+        }
+        for (int64_t j = 0; j < kBlock; ++j) {
+          for (int64_t i = 0; i < kBlock; ++i) dst[(w0 + j) * H + h0 + i] = tile[j][i];
+        }
+        continue;
+      }
       for (int64_t h = h0; h < h1; ++h) {
         for (int64_t w = w0; w < w1; ++w) dst[w * H + h] = load_as<T>(src[h * sh + w * sw]);
       }

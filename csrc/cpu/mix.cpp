@@ -235,7 +235,7 @@ void mix_fwd_impl(const MixFwdViews<S>& p) {
   ScratchLayout layout;
   const int64_t block_size = m_tiles * Ops::panel_size(C);  // packed rows of one block
   const int64_t xp_size = b_tile * (n_cols_max / NR);
-  const int64_t buf_size = std::is_same_v<S, T> ? 0 : P;
+  const int64_t buf_size = std::is_same_v<S, T> ? 0 : ob * P;  // a block's images in T
   const size_t o_ap = layout.add<A>(n_threads * block_size);
   const size_t o_xp = layout.add<B>(n_threads * xp_size);
   const size_t o_t = layout.add<T>(n_threads * rows * ldt);
@@ -366,7 +366,8 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
   const int64_t ld = leading_dim<T>(np_max + L, NR);  // rows of g, x, r, k, gr, gk
   // Channel blocks: a fixed size (from C only), so the partial sums and the order they are
   // added in do not depend on the thread count.
-  const int64_t cb_size = C >= 256 ? 32 : 16;
+  // Narrower at small C so that a stage-1 launch still has ~10 blocks to share out.
+  const int64_t cb_size = C >= 256 ? 32 : C >= 160 ? 16 : 8;
   const int64_t n_cblk = ceil_div(C, cb_size);
   const int64_t z_tiles = ceil_div(3 * cb_size, MR);  // [x | r | k] rows of a block, A tiles
   const int64_t ldd = round_up(Co, NR);                // d_fuse^T rows of a block
@@ -390,7 +391,7 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
   const size_t o_d = layout.add<T>(n_cblk * z_tiles * MR * ldd);  // d_fuse^T blocks
   const size_t o_part = layout.add<T>(n_cblk * part_size);              // weight partials
   const size_t o_bias = layout.add<double>(n_cblk * (W + H));          // bias partials
-  const int64_t buf_size = want_dx && !std::is_same_v<S, T> ? P : 0;
+  const int64_t buf_size = want_dx && !std::is_same_v<S, T> ? group * P : 0;  // dx in T
   const int64_t per_thread = 3 * cb_size * ld + grk_tiles * MR * ld +
                              2 * (cb_size * np_max + L) + buf_size;
   const int64_t zt_size = z_tiles * Ops::panel_size(np_max);  // [x | r | k] as an A
@@ -432,7 +433,7 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
     T* grk = zr + 3 * cb_size * ld;                     // gr, gk (, g_id) rows
     T* gk_t = grk + grk_tiles * MR * ld;                // gk transposed per image
     T* x_t = gk_t + cb_size * np_max + L;               // x transposed per image
-    T* buf = x_t + cb_size * np_max + L;                // one image of dx in T (16-bit dx)
+    T* buf = x_t + cb_size * np_max + L;                // a group's dx images in T (16-bit)
     // Lanes past a group's last pixel are read (and dropped) by dx's spatial pass: finite.
     std::fill(grk, grk + grk_tiles * MR * ld, T(0));
 
@@ -450,15 +451,19 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
         // consecutive columns: one pixel (or pixel pair) of them is one contiguous run.
         {
           const int64_t tile = Ops::b_tile(np), kp = tile / NR;
-          for (int64_t k = 0; k < kp; k += (Ops::kPairs ? 2 : 1)) {
-            for (int64_t i = 0; i < MR; ++i) {
-              const int64_t o = t * MR + i;
-              if (o >= ldd) break;
+          const int64_t ni = std::min<int64_t>(MR, ldd - t * MR);  // columns of this tile
+          Bt* col[MR];  // column o's element of pixel (pair) 0
+          for (int64_t i = 0; i < ni; ++i) col[i] = gt + Ops::b_index(0, t * MR + i, np);
+          constexpr int64_t kStep = Ops::kPairs ? 2 : 1;
+          for (int64_t k = 0; k < kp; k += kStep) {
+            const int64_t off = (k / kStep) * kStep * NR;  // pixel (pair) k's row of the tile
+            for (int64_t i = 0; i < ni; ++i) {
               const T* row = i < nrow ? rows + i * ld : nullptr;
-              Bt* d = gt + Ops::b_index(k, o, np);
+              Bt* d = col[i] + off;
               if constexpr (Ops::kPairs) {
-                d[0] = row != nullptr && k < np ? Ops::to_b(row[k]) : Bt(0);
-                d[1] = row != nullptr && k + 1 < np ? Ops::to_b(row[k + 1]) : Bt(0);
+                // g is bfloat16 here: its float copy converts back exactly.
+                d[0] = row != nullptr && k < np ? Ops::exact_b(row[k]) : Bt(0);
+                d[1] = row != nullptr && k + 1 < np ? Ops::exact_b(row[k + 1]) : Bt(0);
               } else {
                 d[0] = row != nullptr ? row[k] : T(0);
               }
@@ -477,10 +482,12 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
           for (int64_t i = 0; i < MR; i += 2) {
             const T* r0 = i < nrow ? rows + i * ld : nullptr;
             const T* r1 = i + 1 < nrow ? rows + (i + 1) * ld : nullptr;
-            for (int64_t n = 0; n < n_cols; ++n) {
-              Bt* d = gb + (n / NR) * tile + (t * MR + i) * NR + (n % NR) * 2;
-              d[0] = r0 != nullptr ? Ops::to_b(r0[n]) : Bt(0);
-              d[1] = r1 != nullptr ? Ops::to_b(r1[n]) : Bt(0);
+            for (int64_t n0 = 0; n0 < n_cols; n0 += NR) {
+              Bt* d = gb + (n0 / NR) * tile + (t * MR + i) * NR;
+              for (int64_t n = 0; n < NR; ++n) {
+                d[2 * n] = r0 != nullptr ? Ops::exact_b(r0[n0 + n]) : Bt(0);
+                d[2 * n + 1] = r1 != nullptr ? Ops::exact_b(r1[n0 + n]) : Bt(0);
+              }
             }
           }
         }
@@ -583,19 +590,27 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
       }
       // (implicit barrier before the next group's g overwrites gp and gt)
     }
-    // d_fuse from the blocks' d_fuse^T, kBlock output channels at a time (the block's rows
-    // read along o, d_fuse's rows written along its columns).
+    // d_fuse from the blocks' d_fuse^T, in kBlock x kBlock tiles through a local copy: the
+    // block's rows read along o, d_fuse's rows written along its columns, whole lines both.
 #pragma omp for schedule(static)
     for (int64_t o0 = 0; o0 < Co; o0 += kBlock) {
-      const int64_t o1 = std::min(Co, o0 + kBlock);
+      const int64_t on = std::min(Co - o0, kBlock);
+      T tile[kBlock][kBlock];
       for (int64_t blk = 0; blk < n_cblk; ++blk) {
         const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
         const T* d = dblk + blk * z_tiles * MR * ldd;
         for (int64_t part = 0; part < 3; ++part) {
-          for (int64_t c = 0; c < nc; ++c) {
-            const T* row = d + (part * cb_size + c) * ldd;
-            T* out = p.d_fuse.data + (part * C + c0 + c) * p.d_fuse.stride[1];
-            for (int64_t o = o0; o < o1; ++o) out[o * p.d_fuse.stride[0]] = row[o];
+          for (int64_t j0 = 0; j0 < nc; j0 += kBlock) {
+            const int64_t jn = std::min(nc - j0, kBlock);
+            for (int64_t j = 0; j < jn; ++j) {
+              const T* row = d + (part * cb_size + j0 + j) * ldd + o0;
+              for (int64_t i = 0; i < on; ++i) tile[i][j] = row[i];
+            }
+            for (int64_t i = 0; i < on; ++i) {
+              T* out = p.d_fuse.data + (o0 + i) * p.d_fuse.stride[0] +
+                       (part * C + c0 + j0) * p.d_fuse.stride[1];
+              for (int64_t j = 0; j < jn; ++j) out[j * p.d_fuse.stride[1]] = tile[i][j];
+            }
           }
         }
       }
