@@ -655,16 +655,19 @@ def test_cli_numbers_in_range_are_accepted():
 
 
 def test_cli_reports_a_provider_that_cannot_run_as_skipped(tmp_path, capsys):
-    # The cpu backend takes float32 and float64 only: asked for by name on fp16, it is
-    # skipped with the reason; reference runs in fp16. A skip is not a failure.
+    # The cuda backend cannot run on CPU tensors (here: no CUDA device; on a GPU machine:
+    # not the tensors' device): asked for by name, it is skipped with the reason; reference
+    # runs. A skip is not a failure.
     code = main(
         ["--device", "cpu", "--suite", "smoke", "--modes", "fwd", "-k", "smlp_mix*",
-         "--dtype", "fp16", "--providers", "cpu,reference", "--ceilings", "none", "--rep-ms", "1",
+         "--dtype", "fp16", "--providers", "cuda,reference", "--ceilings", "none", "--rep-ms", "1",
          "--min-reps", "1", "--no-files", "--quiet", "--out", str(tmp_path)]
     )  # fmt: skip
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "SKIPPED" in text and "the cpu kernels compute in" in text
+    skipped = [line for line in text.splitlines() if "SKIPPED" in line]
+    assert skipped and all(" cuda " in line for line in skipped)
+    assert "2 skipped" in text and "0 failed" in text
 
 
 def test_cli_exit_status_is_1_when_a_provider_fails_and_files_are_still_written(

@@ -16,6 +16,9 @@ Suites (``SUITES``; ``smlp-bench --list`` prints them):
 
 * ``cpu``: the short CPU suite, the default on a machine without CUDA: the four sMLPNet-T
   stage shapes, float32, batch 8, fwd, and fwd+bwd on stages 1 and 4;
+* ``cpu-stages``: the eight sMLPNet-T and -B stage shapes in float32 and bfloat16 at batch
+  8, fwd and fwd+bwd, the ``cpu`` backend against SPACH-style eager and compiled (about 10
+  minutes on 2 cores, most of it compiling);
 * ``gpu``: the default with CUDA: the eight sMLPNet-T and -B stage shapes in bfloat16 at
   batch 128, fwd and fwd+bwd, then sMLPNet-B inference and training at batch 128;
 * ``stages``: the eight stage shapes at batch 1, 32 and 128, fwd, bwd and fwd+bwd;
@@ -224,6 +227,16 @@ SUITES: dict[str, Suite] = {
                 + _stage_cases(["T1", "T4"], [8], "fp32", ["fwd+bwd"])
             ),
             op_providers=("cpu", "reference", "spach-eager", "spach-compile"),
+        ),
+        Suite(
+            "cpu-stages",
+            "sMLPNet-T and -B stage shapes, fp32 and bf16, batch 8, fwd and fwd+bwd: the cpu "
+            "backend against SPACH-style eager and compiled",
+            tuple(
+                _stage_cases(_TB, [8], "fp32", ["fwd", "fwd+bwd"])
+                + _stage_cases(_TB, [8], "bf16", ["fwd", "fwd+bwd"])
+            ),
+            op_providers=("cpu", "spach-eager", "spach-compile"),
         ),
         Suite(
             "gpu",
