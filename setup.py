@@ -9,9 +9,10 @@ Build switches, read from the environment:
     SMLP_SKIP_EXTENSION  "1": build no extension at all; the package falls back to PyTorch
     SMLP_BUILD_JOBS      parallel compile jobs, default os.cpu_count()
     SMLP_PTXAS_VERBOSE   "1": ptxas prints registers and spills for every kernel
-    SMLP_CPU_NATIVE      "1" (default): CPU kernels for the build machine's CPU
-                         (-march=native); "0": portable x86-64, for a wheel or an image that
-                         runs on other machines
+    SMLP_CPU_NATIVE      "1" (default): the CPU kernels' scheduling tuned for the build
+                         machine's CPU (-mtune=native); "0": generic tuning, for a wheel or an
+                         image that runs on other machines. Either way every instruction set
+                         level is built and the best one the CPU has runs (SMLP_CPU_ISA)
     SMLP_TEST_HOOKS      "1": a test build, with the test-only hooks (the cuda_probe function,
                          the SMLP_CUDA_MAX_SPLITS variable) that the tests needing them use;
                          "0" (default): a release build without them

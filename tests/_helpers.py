@@ -9,6 +9,7 @@ Backends are discovered with :func:`smlp_kernels.backends`, so the same tests co
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 
 import pytest
@@ -18,6 +19,20 @@ import smlp_kernels
 from smlp_kernels import registry
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+def cpu_extension_or_skip():
+    """The compiled extension, for a test module of the cpu backend's launchers; at module
+    level, skips the module when the cpu backend is unavailable (fails instead under
+    SMLP_REQUIRE_EXTENSION=1)."""
+    status = smlp_kernels.backends()["cpu"]
+    if not status.available:
+        if os.environ.get("SMLP_REQUIRE_EXTENSION") == "1":
+            pytest.fail(
+                f"SMLP_REQUIRE_EXTENSION=1 but the cpu backend is unavailable: {status.reason}"
+            )
+        pytest.skip(f"cpu backend unavailable: {status.reason}", allow_module_level=True)
+    return smlp_kernels._extension.require_extension()
 
 
 def backend_devices() -> list[tuple[str, str]]:

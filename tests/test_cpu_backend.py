@@ -26,15 +26,7 @@ import smlp_kernels
 from smlp_kernels import reference as R
 from smlp_kernels.cpp_backends import tensor_arg
 
-_STATUS = smlp_kernels.backends()["cpu"]
-if not _STATUS.available:
-    if os.environ.get("SMLP_REQUIRE_EXTENSION") == "1":
-        pytest.fail(
-            f"SMLP_REQUIRE_EXTENSION=1 but the cpu backend is unavailable: {_STATUS.reason}"
-        )
-    pytest.skip(f"cpu backend unavailable: {_STATUS.reason}", allow_module_level=True)
-
-_C = smlp_kernels._extension.require_extension()
+_C = _helpers.cpu_extension_or_skip()
 
 F32_ABS = 1e-6  # float32: the absolute allowance, as a fraction of the output's largest value
 

@@ -49,15 +49,7 @@ import smlp_kernels
 from smlp_kernels import registry
 from smlp_kernels.cpp_backends import CpuBackend
 
-_STATUS = smlp_kernels.backends()["cpu"]
-if not _STATUS.available:
-    if os.environ.get("SMLP_REQUIRE_EXTENSION") == "1":
-        pytest.fail(
-            f"SMLP_REQUIRE_EXTENSION=1 but the cpu backend is unavailable: {_STATUS.reason}"
-        )
-    pytest.skip(f"cpu backend unavailable: {_STATUS.reason}", allow_module_level=True)
-
-_C = smlp_kernels._extension.require_extension()
+_C = _helpers.cpu_extension_or_skip()
 
 ENV = "SMLP_CPU_ISA"
 LEVELS = ("avx512bf16", "avx512", "avx2", "baseline")  # best first, as dispatch.cpp orders

@@ -23,9 +23,9 @@
 // has no FMA: one mulps/mulpd + addps/addpd pair per step, 2 FLOPs per lane.
 //
 // Every instruction set is a function with its own target attribute, dispatched on
-// __builtin_cpu_supports at run time. This file is compiled without -march=native (its own
-// static library in CMakeLists.txt), so the SSE path really is SSE and a portable build
-// (SMLP_CPU_NATIVE=0) still measures AVX-512 on a machine that has it.
+// __builtin_cpu_supports at run time. This file is compiled for the baseline instruction set
+// (its own static library in CMakeLists.txt), so the SSE path really is SSE and any build
+// measures AVX-512 on a machine that has it.
 
 #include "cpu/fma_peak.h"
 

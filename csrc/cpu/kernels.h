@@ -5,7 +5,8 @@
 // product (NV vector loads of B, MR broadcasts of A). Three kernels are built that way:
 //
 //   gemm        C (MR x NR tiles) = A (packed MR-row panels) x B, cache-blocked over k: the
-//               channel mixing (the fuse GEMM of the forward, F^T g and g z^T of the backward).
+//               channel mixing (the fuse GEMM of the forward, F^T g and z g^T of the backward);
+//               gemm_dot (DotGemm) is its bfloat16 twin on vdpbf16ps.
 //   spatial     images' row mix (x W^T along W) and column mix (W x along H), plus the
 //               identity term and the biases, written to a strided output (fma_tile).
 //   outer       D += sum_k a_k b_k^T over many rows: the row/column weight gradients

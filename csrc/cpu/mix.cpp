@@ -17,11 +17,16 @@
 // Threads take contiguous ranges of items (group-major), so each packs x for few groups,
 // then help with the others' ranges.
 //
-// Weight gradients: per image group, g is packed twice (rows for F^T g, and as A panels
-// for g z^T, z = [x | r | k]); then channel blocks (fixed size, any thread) recompute r and
-// k from x, accumulate their columns of d_fuse with a GEMM and their partial sums of the
-// row/column weight gradients. Partials are added in block order at the end (in double),
+// Weight gradients (and dx): per image group, g is packed twice (rows, the B of F^T g, and
+// g^T, the B of z g^T, z = [x | r | k]); then channel blocks (fixed size, any thread)
+// recompute r and k from x, accumulate their rows of d_fuse^T = z g^T with a GEMM, compute
+// [gr; gk; g_id] = [F_row^T; F_col^T; F_id^T] g for their channels, and from those their
+// partial sums of the row/column weight gradients and, if wanted, their channels of
+// dx = g_id + R^T(gr) + K^T(gk). Partials are added in block order at the end (in double),
 // so the result does not depend on the number of threads.
+//
+// Both launchers are templates on the storage type (cpu/storage.h) and on the GEMM: float
+// (FloatGemm) or, for bfloat16 at the avx512bf16 level, bfloat16 pairs (DotGemm).
 
 #include "cpu/kernels.h"
 
@@ -376,7 +381,7 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
   const int64_t ldwp = round_up(W, L), ldhp = round_up(H, L);
   const int64_t part_size = W * ldwp + H * ldhp;  // d_row_weight, d_col_weight partials
 
-  // Recomputing r and k, F^T g for gr and gk (and g_id), g z^T for d_fuse, the spatial weight
+  // Recomputing r and k, F^T g for gr and gk (and g_id), z g^T for d_fuse, the spatial weight
   // gradients (and dx's spatial mixes).
   const int n_threads =
       threads_for(2 * B * P * ((want_dx ? 3 : 2) * C * (H + W) + (3 + n_parts) * C * Co));
@@ -440,7 +445,7 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
     for (int64_t grp = 0; grp < n_groups; ++grp) {
       const int64_t b0 = grp * group, n_img = std::min(group, B - b0), np = n_img * P;
       const int64_t n_cols = round_up(np, NR);
-      // g of the group: rows (the B of F^T g) and A panels (the A of g z^T).
+      // g of the group: rows (the B of F^T g) and g^T (the B of z g^T).
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < co_tiles; ++t) {
         const int64_t nrow = std::min<int64_t>(MR, Co - t * MR);
