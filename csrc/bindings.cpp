@@ -158,6 +158,7 @@ struct DeviceRules {
   const char* kernels;  // the kernels' name in messages: "CPU", "CUDA"
   std::vector<DType> compute_dtypes;
   bool dx_in_wgrad;  // mix_wgrad can also write the input gradient dx
+  bool prologue;     // mix_fwd can apply the BatchNorm -> GELU prologue (scale, shift)
   std::int64_t max_side;
 
   bool computes_in(DType dtype) const {
@@ -179,9 +180,10 @@ const DeviceRules kCpuRules{"cpu",
                             "CPU",
                             {smlp::kFloat32, smlp::kFloat64, smlp::kFloat16, smlp::kBFloat16},
                             true,
+                            true,
                             smlp::cpu::kMaxSide};
 const DeviceRules kCudaRules{"cuda", "CUDA", {smlp::kFloat32, smlp::kFloat16, smlp::kBFloat16},
-                             false, smlp::cuda::kMaxSide};
+                             false, false, smlp::cuda::kMaxSide};
 
 constexpr const char* kSameDtype = "x, g and every parameter share x's dtype";
 
@@ -249,6 +251,14 @@ class Checker {
     const DType dtype = pr.dtype == smlp::kFloat64 ? smlp::kFloat64 : smlp::kFloat32;
     return tensor(name, t, shape, meaning, dtype,
                   "weight gradients are float32, float64 for a float64 x", true);
+  }
+
+  // An input in float32, or float64 when the compute dtype is float64 (the prologue's).
+  TensorRef float_input(const char* name, const TensorArg& t, const Sizes& shape,
+                        const char* meaning, const smlp::Problem& pr) const {
+    const DType dtype = pr.dtype == smlp::kFloat64 ? smlp::kFloat64 : smlp::kFloat32;
+    return tensor(name, t, shape, meaning, dtype,
+                  "the prologue's scale and shift are float32, float64 for a float64 x", false);
   }
 
   // C_out from f_id, after checking that it is 2-D.
@@ -356,11 +366,23 @@ template <const Device& dev>
 void mix_fwd(const TensorArg& x, const TensorArg& row_weight,
              const OptionalTensorArg& row_bias, const TensorArg& col_weight,
              const OptionalTensorArg& col_bias, const TensorArg& f_id, const TensorArg& f_row,
-             const TensorArg& f_col, const TensorArg& y, std::uintptr_t stream) {
+             const TensorArg& f_col, const TensorArg& y, std::uintptr_t stream,
+             const OptionalTensorArg& scale, const OptionalTensorArg& shift) {
   const Checker ck(dev.rules, "mix_fwd");
   smlp::MixFwdParams p;
   check_mix_inputs(ck, p, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col);
   p.y = ck.output("y", y, {p.batch, p.out_channels, p.height, p.width}, "(B, C_out, H, W)", p);
+  if (scale.has_value() || shift.has_value()) {
+    const char* name = scale.has_value() ? "scale" : "shift";
+    if (!dev.rules.prologue) {
+      ck.fail(name, std::string("the ") + dev.rules.kernels + " kernels have no fused prologue");
+    }
+    if (!scale.has_value() || !shift.has_value()) {
+      ck.fail(scale.has_value() ? "shift" : "scale", "the prologue needs both scale and shift");
+    }
+    p.scale = ck.float_input("scale", *scale, {p.channels}, "(C,)", p);
+    p.shift = ck.float_input("shift", *shift, {p.channels}, "(C,)", p);
+  }
   dev.mix_fwd(p, stream);
 }
 
@@ -438,12 +460,17 @@ void def_launchers(py::module_& m) {
   m.def((prefix + "mix_fwd").c_str(), &mix_fwd<dev>,
         py::arg("x"), py::arg("row_weight"), py::arg("row_bias"), py::arg("col_weight"),
         py::arg("col_bias"), py::arg("f_id"), py::arg("f_row"), py::arg("f_col"), py::arg("y"),
-        py::arg("stream") = 0, no_gil,
+        py::arg("stream") = 0, py::arg("scale") = py::none(), py::arg("shift") = py::none(),
+        no_gil,
         ("Fused sMLP forward" + on + ", written into y (B, C_out, H, W) on `stream` (a "
          "cudaStream_t as an int; ignored on the CPU): y = F_id x + F_row r + F_col k with "
          "r, k the row and column mixes (biases included). Every tensor is a TensorArg "
          "(data_ptr, dtype_code, sizes, strides), biases may be None. With g, transposed "
-         "weight views and no biases it is the input gradient.").c_str());
+         "weight views and no biases it is the input gradient. " +
+         (dev.rules.prologue
+              ? "With scale and shift ((C,), float32; float64 for a float64 x) the mix of "
+                "gelu(x * scale[c] + shift[c]) (exact GELU, rounded to x's dtype)."
+              : "scale and shift must be None (no fused prologue).")).c_str());
   m.def((prefix + "mix_wgrad").c_str(), &mix_wgrad<dev>,
         py::arg("g"), py::arg("x"), py::arg("row_weight"), py::arg("row_bias"),
         py::arg("col_weight"), py::arg("col_bias"), py::arg("f_id"), py::arg("f_row"),

@@ -44,9 +44,12 @@ struct MixInputs : Problem {
   TensorRef f_id, f_row, f_col;  // (C_out, C) each
 };
 
-// mix_fwd: y (B, C_out, H, W), overwritten.
+// mix_fwd: y (B, C_out, H, W), overwritten. With scale and shift (CPU only), the mix of
+// x' = gelu(x * scale[c] + shift[c]) (exact GELU, computed in float32, float64 for a float64
+// x, and rounded to x's dtype) instead of x: the fused BatchNorm -> GELU prologue.
 struct MixFwdParams : MixInputs {
   TensorRef y;
+  TensorRef scale, shift;  // (C,) in float32 (float64 for a float64 x), or both absent
 };
 
 // The five weight gradients of the fused op given g (B, C_out, H, W), and on the CPU also

@@ -52,9 +52,9 @@ class _CompiledBackend(Backend):
 
     prefix = ""  # launcher name prefix in _C: "cpu" or "cuda"
 
-    def _call(self, x: Tensor, name: str, *args) -> None:
+    def _call(self, x: Tensor, name: str, *args, **kwargs) -> None:
         launcher = getattr(_extension.require_extension(), f"{self.prefix}_{name}")
-        launcher(*args, self._stream(x))
+        launcher(*args, self._stream(x), **kwargs)
 
     def _stream(self, x: Tensor) -> int:
         return 0
@@ -116,7 +116,8 @@ class CpuBackend(_CompiledBackend):
     OpenMP-parallel over torch's thread count; deterministic (fixed-order sums) always.
     16-bit tensors are computed on in float32 (bfloat16 products with vdpbf16ps where the
     CPU has AVX512-BF16) and rounded once. The instruction set is picked at run time
-    (``smlp_kernels._C.cpu_isa()``; SMLP_CPU_ISA forces a level).
+    (``smlp_kernels._C.cpu_isa()``; SMLP_CPU_ISA forces a level). The BatchNorm -> GELU
+    prologue is fused into the forward (``mix_bn_gelu``).
     """
 
     name = "cpu"
@@ -124,6 +125,20 @@ class CpuBackend(_CompiledBackend):
     priority = 10
     prefix = "cpu"
     dtypes = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    fused_prologue = True
+
+    def mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight, col_bias,
+                    f_id, f_row, f_col):  # fmt: skip
+        """Backend.mix_bn_gelu, fused: the launcher applies gelu(x * scale + shift) (float32,
+        float64 for a float64 x, rounded to x's dtype) while it packs x for the GEMM."""
+        dt = x.dtype
+        params = _cast(dt, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
+        scale, shift = _cast(self._wgrad_dtype(x), scale, shift)
+        b, _, h, w = x.shape
+        y = torch.empty((b, f_id.shape[0], h, w), dtype=dt, device=x.device)
+        self._call(x, "mix_fwd", *map(tensor_arg, (x, *params, y)), scale=tensor_arg(scale),
+                   shift=tensor_arg(shift))  # fmt: skip
+        return y
 
     def mix_grads(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip

@@ -365,3 +365,62 @@ def test_raw_launchers_reject_bad_arguments():
     wgrad[9] = tensor_arg(wgrad_tensors[-1])
     with pytest.raises(ValueError, match=r"cpu_mix_wgrad: d_fuse: expected shape \(C_out, 3C\)"):
         _C.cpu_mix_wgrad(*wgrad, None, False, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused BatchNorm -> GELU prologue
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dtype, tol",
+    [(torch.float32, 4e-7), (torch.float64, 1e-15), (torch.bfloat16, None), (torch.float16, None)],
+    ids=["fp32", "fp64", "bf16", "fp16"],
+)
+def test_prologue_gelu_values(dtype, tol):
+    """The launcher's x' = gelu(x * scale + shift), seen through a mix that passes it through
+    (F_id = I, no spatial or other terms), against PyTorch's exact GELU in float64 on a dense
+    grid of [-12, 12] with per-channel scale and shift: float32 within 4e-7 of max(1, |gelu|)
+    (PyTorch's own float32 GELU: 8.8e-7 here), float64 to rounding; 16-bit x' is the float32
+    GELU rounded once, so within one unit of the dtype of the exact value."""
+    c, h, w = 3, 16, 64
+    u = torch.linspace(-12, 12, c * h * w, dtype=torch.float64).reshape(1, c, h, w)
+    x = u.to(dtype)
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.tensor([1.0, 0.5, -2.0], dtype=pdt)
+    shift = torch.tensor([0.0, 0.25, -0.5], dtype=pdt)
+    eye, zero = torch.eye(c, dtype=dtype), torch.zeros(c, c, dtype=dtype)
+    rw, cw = torch.zeros(w, w, dtype=dtype), torch.zeros(h, h, dtype=dtype)
+    y = _poisoned(1, c, h, w, dtype=dtype)
+    args = (x, rw, None, cw, None, eye, zero, zero, y)
+    _C.cpu_mix_fwd(*map(tensor_arg, args), 0, scale=tensor_arg(scale), shift=tensor_arg(shift))
+    v = x.to(pdt) * scale[:, None, None] + shift[:, None, None]
+    want = torch.nn.functional.gelu(v.double())
+    if tol is not None:
+        err = ((y.double() - want).abs() / want.abs().clamp(min=1)).max().item()
+        assert err <= tol, err
+    else:
+        # The float32 value (within 4e-7 of max(1, |gelu|), as above) rounded once: within
+        # one unit of the dtype of the exact value plus that. Not PyTorch's float32 GELU
+        # rounded: it loses tiny negative values to cancellation (gelu(-5.9) is -8.6e-9;
+        # PyTorch's float32 gives -0.0), ours keeps them.
+        fi = torch.finfo(dtype)
+        unit = fi.eps * (want.abs() + fi.smallest_normal) + 4e-7 * want.abs().clamp(min=1)
+        assert ((y.double() - want).abs() <= unit).all()
+
+
+def test_prologue_arguments_are_checked():
+    _alive, args = _mix_fwd_args()
+    x = _alive[0]
+    c = x.shape[1]
+    scale, shift = torch.ones(c), torch.zeros(c)
+    scale64 = torch.ones(c, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"cpu_mix_fwd: shift: the prologue needs both"):
+        _C.cpu_mix_fwd(*args, 0, scale=tensor_arg(scale))
+    with pytest.raises(ValueError, match=r"cpu_mix_fwd: scale: dtype float64, expected float32"):
+        _C.cpu_mix_fwd(*args, 0, scale=tensor_arg(scale64), shift=tensor_arg(shift))
+    with pytest.raises(ValueError, match=r"cpu_mix_fwd: shift: expected shape \(C,\)"):
+        _C.cpu_mix_fwd(*args, 0, scale=tensor_arg(scale), shift=tensor_arg(torch.zeros(c + 1)))
+    from smlp_kernels.registry import get_backend
+
+    assert get_backend("cpu").fused_prologue

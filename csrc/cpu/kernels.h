@@ -630,6 +630,61 @@ struct DotGemm {
 #endif  // SMLP_CPU_BF16_DOT
 
 // ---------------------------------------------------------------------------------------
+// The BatchNorm -> GELU prologue: x' = gelu(x * scale + shift), exact (erf) GELU
+// ---------------------------------------------------------------------------------------
+
+// exp(y) for y <= 0 in float, in plain arithmetic the compiler vectorizes: y = n ln2 + r
+// (ln2 in two parts, so r is exact to float rounding; |r| <= ln2 / 2), exp(r) by its Taylor
+// series to r^7 (truncation < 6e-9 relative), 2^n through the exponent bits. Below y = -87
+// (exp(-87) ~ 1.6e-38, the smallest normal float's order) it returns 0: the result would
+// be subnormal, and 2^n below there has no exponent bits.
+inline float exp_nonpositive(float y0) {
+  const float y = y0 < -87.0f ? -87.0f : y0;
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693145751953125f;  // ln 2, its leading 16 bits
+  constexpr float kLn2Lo = 1.42860682030941723e-06f;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (y * kLog2e + kRound) - kRound;
+  const float r = (y - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.0f / 5040;
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const std::uint32_t bits = static_cast<std::uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  return y0 < -87.0f ? 0.0f : p * bits_to_float(bits);
+}
+
+// gelu(u) = u * Phi(u) = u * (1 + erf(u / sqrt 2)) / 2. Float: erfc(z), z = |u| / sqrt 2, by
+// Abramowitz and Stegun 7.1.26 (absolute error <= 1.5e-7), so that Phi(u) = erfc(z) / 2 for
+// u < 0 keeps its relative size where Phi is tiny, and Phi(u) = 1 - erfc(z) / 2 otherwise.
+// Double: std::erf, as PyTorch's float64 GELU.
+inline float gelu(float u) {
+  constexpr float kInvSqrt2 = 0.707106781186547524f;
+  const float z = (u < 0.0f ? -u : u) * kInvSqrt2;
+  const float t = 1.0f / (1.0f + 0.3275911f * z);
+  float q = 1.061405429f;
+  q = q * t - 1.453152027f;
+  q = q * t + 1.421413741f;
+  q = q * t - 0.284496736f;
+  q = q * t + 0.254829592f;
+  const float half_erfc = 0.5f * q * t * exp_nonpositive(-z * z);
+  return u * (u < 0.0f ? half_erfc : 1.0f - half_erfc);
+}
+
+inline double gelu(double u) { return 0.5 * u * (1.0 + std::erf(u * 0.70710678118654752440)); }
+
+// dst[i] = gelu(v[i] * scale + shift) for i < n (v overwritten), rounded to S.
+template <typename S, typename T>
+void bn_gelu_row(T* v, int64_t n, T scale, T shift, S* dst) {
+  for (int64_t i = 0; i < n; ++i) v[i] = gelu(v[i] * scale + shift);
+  store_row(v, n, dst);
+}
+
+// ---------------------------------------------------------------------------------------
 // Spatial mixing of one image
 // ---------------------------------------------------------------------------------------
 

@@ -209,6 +209,32 @@ void write_vector(const View<T, 1>& out, const double* src) {
 // Forward
 // ---------------------------------------------------------------------------------------
 
+// x' = gelu(x * scale[c] + shift[c]) of image b, channel c into dst (H*W elements, dense),
+// rounded to S; tmp: H*W elements of T. A dense image is one run of H*W elements (7x7 rows
+// alone would leave the vector loop no full vector).
+template <typename S, typename T>
+void bn_gelu_image(const View<const S, 4>& x, int64_t b, int64_t c,
+                   const View<const T, 1>& scale, const View<const T, 1>& shift, S* dst,
+                   T* tmp) {
+  const int64_t H = x.size[2], W = x.size[3];
+  const S* src = x.data + b * x.stride[0] + c * x.stride[1];
+  const T a = scale.data[c * scale.stride[0]], sh = shift.data[c * shift.stride[0]];
+  if (x.stride[3] == 1 && x.stride[2] == W) {
+    load_row(src, H * W, tmp);
+    bn_gelu_row(tmp, H * W, a, sh, dst);
+    return;
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    const S* s = src + h * x.stride[2];
+    if (x.stride[3] == 1) {
+      load_row(s, W, tmp);
+    } else {
+      for (int64_t w = 0; w < W; ++w) tmp[w] = load_as<T>(s[w * x.stride[3]]);
+    }
+    bn_gelu_row(tmp, W, a, sh, dst + h * W);
+  }
+}
+
 template <typename S, typename Ops>
 void mix_fwd_impl(const MixFwdViews<S>& p) {
   using T = Compute<S>;
@@ -241,6 +267,13 @@ void mix_fwd_impl(const MixFwdViews<S>& p) {
   const int64_t block_size = m_tiles * Ops::panel_size(C);  // packed rows of one block
   const int64_t xp_size = b_tile * (n_cols_max / NR);
   const int64_t buf_size = std::is_same_v<S, T> ? 0 : ob * P;  // a block's images in T
+  // The prologue's x' of the whole batch, dense (computed once, by all threads, before the
+  // items: a group's x is packed by every thread that takes one of its items), and an image
+  // of T per thread for computing it.
+  const bool prologue = p.scale.data != nullptr;
+  const int64_t row_size = prologue ? P : 0;
+  const size_t o_xprol = layout.add<S>(prologue ? B_ * C * P : 0);
+  const size_t o_row = layout.add<T>(n_threads * row_size);
   const size_t o_ap = layout.add<A>(n_threads * block_size);
   const size_t o_xp = layout.add<B>(n_threads * xp_size);
   const size_t o_t = layout.add<T>(n_threads * rows * ldt);
@@ -261,6 +294,21 @@ void mix_fwd_impl(const MixFwdViews<S>& p) {
     T* s_row = at<T>(base, o_sums) + tid * 2 * ob;  // sum_c F_row[o, c] of the block
     T* s_col = s_row + ob;
     T* buf = at<T>(base, o_buf) + tid * buf_size;
+    S* xprol = at<S>(base, o_xprol);
+    T* row = at<T>(base, o_row) + tid * row_size;
+    View<const S, 4> xin = p.x;  // what the items pack: x, or the prologue's x'
+    if (prologue) {
+#pragma omp for schedule(static)
+      for (int64_t bc = 0; bc < B_ * C; ++bc) {
+        bn_gelu_image(p.x, bc / C, bc % C, p.scale, p.shift, xprol + bc * P, row);
+      }
+      // (implicit barrier)
+      xin.data = xprol;
+      xin.stride[0] = C * P;
+      xin.stride[1] = P;
+      xin.stride[2] = W;
+      xin.stride[3] = 1;
+    }
     // Columns past the GEMM's are read (and dropped) by the spatial pass: keep them finite.
     std::fill(tb, tb + rows * ldt, T(0));
 #pragma omp single
@@ -273,7 +321,7 @@ void mix_fwd_impl(const MixFwdViews<S>& p) {
       const int64_t n_cols = round_up(n_img * P, L);
       const int64_t o0 = blk * ob, n_out = std::min(ob, Co - o0);
       if (grp != packed_grp) {
-        pack_pixel_tiles<Ops>(p.x, b0, n_img, n_cols, xp);
+        pack_pixel_tiles<Ops>(xin, b0, n_img, n_cols, xp);
         packed_grp = grp;
       }
       if (blk != packed_blk) {

@@ -42,9 +42,12 @@ struct MixInputViews {
 
 template <typename T>
 struct MixFwdViews : MixInputViews<T> {
-  View<T, 4> y;  // (B, C_out, H, W), overwritten
+  View<T, 4> y;                     // (B, C_out, H, W), overwritten
+  View<const Compute<T>, 1> scale;  // (C,): the prologue's, or absent
+  View<const Compute<T>, 1> shift;  // (C,)
 
-  explicit MixFwdViews(const MixFwdParams& p) : MixInputViews<T>(p), y(p.y) {}
+  explicit MixFwdViews(const MixFwdParams& p)
+      : MixInputViews<T>(p), y(p.y), scale(p.scale), shift(p.shift) {}
 };
 
 template <typename T>
