@@ -245,19 +245,23 @@ class Checker {
     return tensor(name, t, shape, meaning, pr.dtype, kSameDtype, true);
   }
 
-  // A weight-gradient output: float32, or float64 when the compute dtype is float64.
+  // float32, or float64 when the compute dtype is float64: the weight gradients' dtype and
+  // the prologue's.
+  static DType float_dtype(const smlp::Problem& pr) {
+    return pr.dtype == smlp::kFloat64 ? smlp::kFloat64 : smlp::kFloat32;
+  }
+
+  // A weight-gradient output, in float_dtype.
   TensorRef wgrad(const char* name, const TensorArg& t, const Sizes& shape, const char* meaning,
                   const smlp::Problem& pr) const {
-    const DType dtype = pr.dtype == smlp::kFloat64 ? smlp::kFloat64 : smlp::kFloat32;
-    return tensor(name, t, shape, meaning, dtype,
+    return tensor(name, t, shape, meaning, float_dtype(pr),
                   "weight gradients are float32, float64 for a float64 x", true);
   }
 
-  // An input in float32, or float64 when the compute dtype is float64 (the prologue's).
+  // A prologue input (scale, shift), in float_dtype.
   TensorRef float_input(const char* name, const TensorArg& t, const Sizes& shape,
                         const char* meaning, const smlp::Problem& pr) const {
-    const DType dtype = pr.dtype == smlp::kFloat64 ? smlp::kFloat64 : smlp::kFloat32;
-    return tensor(name, t, shape, meaning, dtype,
+    return tensor(name, t, shape, meaning, float_dtype(pr),
                   "the prologue's scale and shift are float32, float64 for a float64 x", false);
   }
 

@@ -68,13 +68,22 @@ class _CompiledBackend(Backend):
         return torch.float64 if x.dtype == torch.float64 else torch.float32
 
     def mix(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col):
+        return self._mix_fwd(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
+
+    def _mix_fwd(self, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                 scale=None, shift=None):  # fmt: skip
+        """The mix_fwd launch; with scale and shift (the cpu launcher's fused prologue) in
+        float32 (float64 for a float64 x)."""
         # The launchers take every tensor in the compute dtype (x's); the casts are kept in
         # locals, alive until the launch returns.
         dt = x.dtype
         params = _cast(dt, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
+        prologue = _cast(self._wgrad_dtype(x), scale, shift)
         b, _, h, w = x.shape
         y = torch.empty((b, f_id.shape[0], h, w), dtype=dt, device=x.device)
-        self._call(x, "mix_fwd", *map(tensor_arg, (x, *params, y)))
+        kwargs = {} if scale is None else {"scale": tensor_arg(prologue[0]),
+                                           "shift": tensor_arg(prologue[1])}  # fmt: skip
+        self._call(x, "mix_fwd", *map(tensor_arg, (x, *params, y)), **kwargs)
         return y
 
     def mix_wgrad(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
@@ -129,16 +138,11 @@ class CpuBackend(_CompiledBackend):
 
     def mix_bn_gelu(self, x, scale, shift, row_weight, row_bias, col_weight, col_bias,
                     f_id, f_row, f_col):  # fmt: skip
-        """Backend.mix_bn_gelu, fused: the launcher applies gelu(x * scale + shift) (float32,
-        float64 for a float64 x, rounded to x's dtype) while it packs x for the GEMM."""
-        dt = x.dtype
-        params = _cast(dt, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col)
-        scale, shift = _cast(self._wgrad_dtype(x), scale, shift)
-        b, _, h, w = x.shape
-        y = torch.empty((b, f_id.shape[0], h, w), dtype=dt, device=x.device)
-        self._call(x, "mix_fwd", *map(tensor_arg, (x, *params, y)), scale=tensor_arg(scale),
-                   shift=tensor_arg(shift))  # fmt: skip
-        return y
+        """Backend.mix_bn_gelu, fused: the launcher computes x' = gelu(x * scale + shift)
+        (float32, float64 for a float64 x, rounded to x's dtype) once and packs it for the
+        GEMM as it packs x."""
+        return self._mix_fwd(x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
+                             scale, shift)  # fmt: skip
 
     def mix_grads(self, g, x, row_weight, row_bias, col_weight, col_bias, f_id, f_row, f_col,
                   deterministic):  # fmt: skip

@@ -134,10 +134,10 @@ const Level& current_level() {
                               "' is not a level; use auto, avx512bf16, avx512, avx2 or baseline");
 }
 
-}  // namespace
-
 // The level of the calling thread's latest launch.
 thread_local const Level* last_level = nullptr;
+
+}  // namespace
 
 int last_launch_threads() { return last_level == nullptr ? 0 : last_level->last_launch_threads(); }
 

@@ -53,25 +53,21 @@ void pack_pixel_tiles(const View<const S, 4>& x, int64_t b0, int64_t n_img, int6
   const int64_t C = x.size[1], H = x.size[2], W = x.size[3], P = H * W;
   const int64_t s0 = x.stride[0], s1 = x.stride[1], s2 = x.stride[2], s3 = x.stride[3];
   const int64_t tile = Ops::b_tile(C), K = tile / NR;  // K: C rounded up to the GEMM's
-  if constexpr (std::is_same_v<Ops, FloatGemm<S>>) {
-    using Sv = Simd<B>;
-    constexpr int64_t L = Sv::kLanes;
-    // len contiguous source elements to pixels n .. n+len-1 of the channel at dc.
+  if constexpr (!Ops::kPairs) {
+    // len contiguous source elements to pixels n .. n+len-1 of the channel at dc, converted
+    // (a plain copy when S is B).
     auto copy_run = [&](B* dc, const S* src, int64_t n, int64_t len) {
       while (len > 0) {
+        const int64_t run = std::min(len, NR - n % NR);
         B* d = dc + (n / NR) * tile + n % NR;
-        if (n % NR == 0 && len >= NR) {
-          for (int64_t j = 0; j < NR; j += L) Sv::store(d + j, Sv::load(src + j));
-          src += NR;
-          n += NR;
-          len -= NR;
+        if (run == NR) {
+          load_row(src, NR, d);  // a whole tile row: a fixed-size copy the compiler unrolls
         } else {
-          const int64_t run = std::min(len, NR - n % NR);
-          for (int64_t k = 0; k < run; ++k) d[k] = src[k];
-          src += run;
-          n += run;
-          len -= run;
+          load_row(src, run, d);
         }
+        src += run;
+        n += run;
+        len -= run;
       }
     };
     if (!(s1 < s3 && s1 < s2)) {
@@ -87,7 +83,7 @@ void pack_pixel_tiles(const View<const S, 4>& x, int64_t b0, int64_t n_img, int6
             for (int64_t h = 0; h < H; ++h) {
               for (int64_t w = 0; w < W; ++w) {
                 const int64_t n = i * P + h * W + w;
-                dc[(n / NR) * tile + n % NR] = src[h * s2 + w * s3];
+                dc[(n / NR) * tile + n % NR] = Ops::to_b(src[h * s2 + w * s3]);
               }
             }
           }
@@ -141,27 +137,14 @@ void pack_pixel_tiles(const View<const S, 4>& x, int64_t b0, int64_t n_img, int6
       return;
     }
   }
-  if (s3 == 1 && !(s1 < s3 && s1 < s2)) {
-    // Rows of W pixels, contiguous: one channel at a time.
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t i = 0; i < n_img; ++i) {
-        const S* src = x.data + (b0 + i) * s0 + c * s1;
-        for (int64_t h = 0; h < H; ++h) {
-          for (int64_t w = 0, n = i * P + h * W; w < W; ++w, ++n) {
-            dst[Ops::b_index(c, n, C)] = Ops::to_b(src[h * s2 + w]);
-          }
-        }
-      }
-    }
-  } else {
-    // Channels fastest (channels_last) or any other layout: each pixel's channels in order.
-    for (int64_t i = 0; i < n_img; ++i) {
-      for (int64_t h = 0; h < H; ++h) {
-        for (int64_t w = 0; w < W; ++w) {
-          const int64_t n = i * P + h * W + w;
-          const S* src = x.data + (b0 + i) * s0 + h * s2 + w * s3;
-          for (int64_t c = 0; c < C; ++c) dst[Ops::b_index(c, n, C)] = Ops::to_b(src[c * s1]);
-        }
+  // Channels fastest (channels_last), or DotGemm on rows that are not contiguous: each
+  // pixel's channels in order.
+  for (int64_t i = 0; i < n_img; ++i) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t w = 0; w < W; ++w) {
+        const int64_t n = i * P + h * W + w;
+        const S* src = x.data + (b0 + i) * s0 + h * s2 + w * s3;
+        for (int64_t c = 0; c < C; ++c) dst[Ops::b_index(c, n, C)] = Ops::to_b(src[c * s1]);
       }
     }
   }
