@@ -252,6 +252,107 @@ inline void for_each_row_tile(int64_t n, int max_rows, Fn&& fn) {
 // GEMM: C = A x B (or C += A x B)
 // ---------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------
+// 8 x 8 transposes: dst row j = src column j (rows `ss` and `ds` elements apart)
+// ---------------------------------------------------------------------------------------
+#if SMLP_CPU_AVX
+inline void transpose8x8(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m256 r[8], t[8], u[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved, per 128-bit half
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {  // 4 rows of columns c and c+4 per vector
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {  // rows 0-3 and 4-7 of columns j and j+4
+    _mm256_storeu_ps(dst + j * ds, _mm256_permute2f128_ps(u[j], u[j + 4], 0x20));
+    _mm256_storeu_ps(dst + (j + 4) * ds, _mm256_permute2f128_ps(u[j], u[j + 4], 0x31));
+  }
+}
+
+inline void transpose8x8(const std::uint16_t* src, int64_t ss, std::uint16_t* dst, int64_t ds) {
+  __m128i a[8], b[8], c[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * ss));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {  // rows i, i+1 interleaved: columns 0-3, 4-7
+    b[i] = _mm_unpacklo_epi16(a[i], a[i + 1]);
+    b[i + 1] = _mm_unpackhi_epi16(a[i], a[i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {  // 4 rows of columns (0,1), (2,3), (4,5), (6,7)
+    c[i] = _mm_unpacklo_epi32(b[i], b[i + 2]);
+    c[i + 1] = _mm_unpackhi_epi32(b[i], b[i + 2]);
+    c[i + 2] = _mm_unpacklo_epi32(b[i + 1], b[i + 3]);
+    c[i + 3] = _mm_unpackhi_epi32(b[i + 1], b[i + 3]);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {  // columns 2j and 2j+1: rows 0-3 from c[j], 4-7 from c[j+4]
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * j * ds),
+                     _mm_unpacklo_epi64(c[j], c[j + 4]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * j + 1) * ds),
+                     _mm_unpackhi_epi64(c[j], c[j + 4]));
+  }
+}
+#endif
+
+// Where a GEMM's last k pass stores C, transposed, instead of into c (the fused
+// weight gradient writes d_fuse this way, without a transposing pass over the whole of it):
+// C(r, n) goes to base[row_off[r] + n * n_stride] for the rows with row_off[r] >= 0 and the
+// columns n < n_end; c is not written by that pass.
+template <typename T>
+struct TransposedStore {
+  T* base = nullptr;
+  const int64_t* row_off = nullptr;  // one entry per row of C
+  int64_t n_stride = 0;
+  int64_t n_end = 0;
+};
+
+// Stores an MR x (NV*L) tile whose rows are `tile` (row-major, NV*L apart) through `ts`:
+// rows r0 .., columns n0 ... Column-outer, so that rows with consecutive offsets (channels
+// of d_fuse's row) are written one after the other.
+template <typename T, int MR, int N>
+inline void store_tile_transposed(const T (&tile)[MR][N], const TransposedStore<T>& ts,
+                                  int64_t r0, int64_t n0) {
+  const int64_t* off = ts.row_off + r0;
+  const int nn = static_cast<int>(std::min<int64_t>(N, ts.n_end - n0));
+  bool dense = true;  // every row stored, at consecutive offsets
+  for (int i = 0; i < MR; ++i) dense = dense && off[i] == off[0] + i;
+  int j = 0;
+#if SMLP_CPU_AVX
+  if constexpr (std::is_same_v<T, float> && MR == 8) {
+    if (dense) {
+      for (; j + 8 <= nn; j += 8) {
+        transpose8x8(&tile[0][j], N, ts.base + (n0 + j) * ts.n_stride + off[0], ts.n_stride);
+      }
+    }
+  }
+#endif
+  for (; j < nn; ++j) {
+    T* col = ts.base + (n0 + j) * ts.n_stride;
+    if (dense) {
+      T* d = col + off[0];
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) d[i] = tile[i][j];
+    } else {
+      for (int i = 0; i < MR; ++i) {
+        if (off[i] >= 0) col[off[i]] = tile[i][j];
+      }
+    }
+  }
+}
+
 template <typename T>
 struct GemmShape {
   // MR x NV accumulators fill the register budget; per k, NV loads of B and MR broadcasts
@@ -272,7 +373,8 @@ struct GemmShape {
 // NV = GemmShape::NV is the main tile; narrower NV serve a last, narrower column tile.
 template <typename T, int NV>
 inline void gemm_tile(int64_t K, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
-                      bool accumulate) {
+                      bool accumulate, const TransposedStore<T>* ts = nullptr, int64_t r0 = 0,
+                      int64_t n0 = 0) {
   using S = Simd<T>;
   using V = typename S::V;
   using Sh = GemmShape<T>;
@@ -295,6 +397,19 @@ inline void gemm_tile(int64_t K, const T* a, const T* b, int64_t ldb, T* c, int6
     }
     a += MR * KB;
   }
+  if (ts != nullptr) {
+    T tile[MR][NV * L];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        S::store(&tile[i][j * L], accumulate ? S::load(c + i * ldc + j * L) + acc[i][j]
+                                             : acc[i][j]);
+      }
+    }
+    store_tile_transposed(tile, *ts, r0, n0);
+    return;
+  }
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
@@ -312,10 +427,12 @@ inline void gemm_tile(int64_t K, const T* a, const T* b, int64_t ldb, T* c, int6
 //      b_tile_stride = NR, a B packed in NR-column tiles has b_tile_stride = K*NR, ldb = NR.
 //   C: row-major, ldc.
 // Loop order: a KC x NR slice of B is loaded into L1 once and used by every row tile; k is
-// split into near-equal passes of at most KC.
+// split into near-equal passes of at most KC. With ts, the last pass stores through it (C
+// read first if accumulating) and c keeps the earlier passes' sums only.
 template <typename T>
 void gemm(int64_t m_tiles, int64_t n_cols, int64_t K, const T* ap, const T* b,
-          int64_t b_tile_stride, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+          int64_t b_tile_stride, int64_t ldb, T* c, int64_t ldc, bool accumulate,
+          const TransposedStore<T>* ts = nullptr) {
   using Sh = GemmShape<T>;
   constexpr int L = Simd<T>::kLanes;
   const int64_t panel = Sh::panel_size(K);
@@ -324,18 +441,20 @@ void gemm(int64_t m_tiles, int64_t n_cols, int64_t K, const T* ap, const T* b,
   for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
     const int64_t kc = std::min<int64_t>(kc_max, K - k0);
     const bool acc = accumulate || k0 > 0;
+    const TransposedStore<T>* last = k0 + kc >= K ? ts : nullptr;
     for (int64_t n0 = 0; n0 < n_cols; n0 += Sh::NR) {
       const T* bt = b + (n0 / Sh::NR) * b_tile_stride + k0 * ldb;
       const int64_t nv = std::min<int64_t>(Sh::NV, ceil_div(n_cols - n0, L));
       for (int64_t t = 0; t < m_tiles; ++t) {
         const T* at = ap + t * panel + k0 * Sh::MR;
         T* ct = c + t * Sh::MR * ldc + n0;
+        const int64_t r0 = t * Sh::MR;
         if (nv == Sh::NV) {
-          gemm_tile<T, Sh::NV>(kc, at, bt, ldb, ct, ldc, acc);
+          gemm_tile<T, Sh::NV>(kc, at, bt, ldb, ct, ldc, acc, last, r0, n0);
         } else if (nv == 2) {
-          gemm_tile<T, 2>(kc, at, bt, ldb, ct, ldc, acc);
+          gemm_tile<T, 2>(kc, at, bt, ldb, ct, ldc, acc, last, r0, n0);
         } else {
-          gemm_tile<T, 1>(kc, at, bt, ldb, ct, ldc, acc);
+          gemm_tile<T, 1>(kc, at, bt, ldb, ct, ldc, acc, last, r0, n0);
         }
       }
     }
@@ -379,7 +498,20 @@ void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const S* base, int64
   const int64_t panel = Sh::panel_size(K);
   for (int64_t k0 = 0; k0 < K; k0 += KB) {
     const int64_t kn = std::min<int64_t>(KB, K - k0);
-    for (int64_t r = r0; r < r0 + nr; ++r) {
+    int64_t r = r0;
+#if SMLP_CPU_AVX
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<S, float> && MR == 8) {
+      // Whole panels of 8 rows with the rows adjacent in memory: 8 x 8 transposes.
+      if (rs == 1 && kn % 8 == 0 && r0 % MR == 0) {
+        for (; r + 8 <= r0 + nr; r += 8) {
+          T* d = ap + (r / MR) * panel + (k0 / KB) * MR * KB;
+          const S* src = base + k0 * ks + (r - r0);
+          for (int64_t kk = 0; kk < kn; kk += 8) transpose8x8(src + kk * ks, ks, d + kk, KB);
+        }
+      }
+    }
+#endif
+    for (; r < r0 + nr; ++r) {
       T* d = ap + (r / MR) * panel + (r % MR) * KB + (k0 / KB) * MR * KB;
       const S* src = base + k0 * ks + (r - r0) * rs;
       for (int64_t kk = 0; kk < kn; ++kk) d[kk] = load_as<T>(src[kk * ks]);
@@ -433,8 +565,9 @@ struct FloatGemm {
   static T row_sum(const T* ap, int64_t K, int64_t r) { return panel_row_sum(ap, K, r); }
   // C (+)= A B over n_cols columns of B packed in tiles (b_tile(K) apart).
   static void gemm_tiles(int64_t m_tiles, int64_t n_cols, int64_t K, const T* ap, const T* bp,
-                         T* c, int64_t ldc, bool accumulate) {
-    gemm(m_tiles, n_cols, K, ap, bp, b_tile(K), NR, c, ldc, accumulate);
+                         T* c, int64_t ldc, bool accumulate,
+                         const TransposedStore<T>* ts = nullptr) {
+    gemm(m_tiles, n_cols, K, ap, bp, b_tile(K), NR, c, ldc, accumulate, ts);
   }
 };
 
@@ -470,7 +603,9 @@ inline std::uint16_t bf16_bits(S v) {
 
 template <int NV>
 inline void gemm_dot_tile(int64_t K, const std::uint16_t* a, const std::uint16_t* b,
-                          int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+                          int64_t ldb, float* c, int64_t ldc, bool accumulate,
+                          const TransposedStore<float>* ts = nullptr, int64_t r0 = 0,
+                          int64_t n0 = 0) {
   constexpr int MR = DotShape::MR, KB = DotShape::KB, L = DotShape::L;
   __m512 acc[MR][NV];
 #pragma GCC unroll 12
@@ -497,6 +632,21 @@ inline void gemm_dot_tile(int64_t K, const std::uint16_t* a, const std::uint16_t
       b += ldb;
     }
     a += MR * KB;
+  }
+  if (ts != nullptr) {
+    float tile[MR][NV * L];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        const float* cp = c + i * ldc + j * L;
+        _mm512_storeu_ps(&tile[i][j * L], accumulate
+                                              ? _mm512_add_ps(_mm512_loadu_ps(cp), acc[i][j])
+                                              : acc[i][j]);
+      }
+    }
+    store_tile_transposed(tile, *ts, r0, n0);
+    return;
   }
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
@@ -537,10 +687,29 @@ struct DotGemm {
     if (ks != 1 && ks > rs) {
       // A transposed view: a KB x nr tile of the source at a time (KB rows of memory, read
       // along them), small enough for L1.
-      for (int64_t r = r0; r < r0 + nr; ++r) zero_a_row(ap, K, r);
+      // The last block's padding (k from K up to a whole block) is zero.
+      if (K % KB != 0) {
+        for (int64_t r = r0; r < r0 + nr; ++r) {
+          std::uint16_t* d = ap + (r / MR) * panel + (r % MR) * KB + (K / KB) * MR * KB;
+          std::fill(d + K % KB, d + KB, std::uint16_t{0});
+        }
+      }
       for (int64_t k0 = 0; k0 < K; k0 += KB) {
         const int64_t kn = std::min<int64_t>(KB, K - k0);
-        for (int64_t r = r0; r < r0 + nr; ++r) {
+        int64_t r = r0;
+        if constexpr (std::is_same_v<S, bf16>) {
+          // Whole panels of 8 rows with the rows adjacent in memory: 8 x 8 transposes.
+          if (rs == 1 && kn % 8 == 0 && r0 % MR == 0) {
+            for (; r + 8 <= r0 + nr; r += 8) {
+              std::uint16_t* d = ap + (r / MR) * panel + (k0 / KB) * MR * KB;
+              const auto* src = reinterpret_cast<const std::uint16_t*>(base + k0 * ks + (r - r0));
+              for (int64_t kk = 0; kk < kn; kk += 8) {
+                transpose8x8(src + kk * ks, ks, d + kk, KB);
+              }
+            }
+          }
+        }
+        for (; r < r0 + nr; ++r) {
           std::uint16_t* d = ap + (r / MR) * panel + (r % MR) * KB + (k0 / KB) * MR * KB;
           const S* src = base + k0 * ks + (r - r0) * rs;
           for (int64_t kk = 0; kk < kn; ++kk) d[kk] = bf16_bits(src[kk * ks]);
@@ -594,14 +763,15 @@ struct DotGemm {
     return sum;
   }
   static void gemm_tiles(int64_t m_tiles, int64_t n_cols, int64_t K, const std::uint16_t* ap,
-                         const std::uint16_t* bp, float* c, int64_t ldc, bool accumulate) {
-    gemm_dot(m_tiles, n_cols, K, ap, bp, b_tile(K), c, ldc, accumulate);
+                         const std::uint16_t* bp, float* c, int64_t ldc, bool accumulate,
+                         const TransposedStore<float>* ts = nullptr) {
+    gemm_dot(m_tiles, n_cols, K, ap, bp, b_tile(K), c, ldc, accumulate, ts);
   }
 
   // C (+)= A B; B element (k, n) at b + (n / NR)*b_tile_stride + (k / 2)*2*NR + ...
   static void gemm_dot(int64_t m_tiles, int64_t n_cols, int64_t K, const std::uint16_t* ap,
                        const std::uint16_t* b, int64_t b_tile_stride, float* c, int64_t ldc,
-                       bool accumulate) {
+                       bool accumulate, const TransposedStore<float>* ts = nullptr) {
     constexpr int L = DotShape::L;
     const int64_t panel = panel_size(K);
     const int64_t passes = ceil_div(K, DotShape::KC);
@@ -609,6 +779,7 @@ struct DotGemm {
     for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
       const int64_t kc = std::min<int64_t>(kc_max, K - k0);
       const bool acc = accumulate || k0 > 0;
+      const TransposedStore<float>* last = k0 + kc >= K ? ts : nullptr;
       for (int64_t n0 = 0; n0 < n_cols; n0 += NR) {
         const std::uint16_t* bt = b + (n0 / NR) * b_tile_stride + (k0 / 2) * 2 * NR;
         const int64_t nv = std::min<int64_t>(DotShape::NV, ceil_div(n_cols - n0, L));
@@ -616,11 +787,11 @@ struct DotGemm {
           const std::uint16_t* at = ap + t * panel + k0 * MR;
           float* ct = c + t * MR * ldc + n0;
           if (nv == DotShape::NV) {
-            gemm_dot_tile<DotShape::NV>(kc, at, bt, 2 * NR, ct, ldc, acc);
+            gemm_dot_tile<DotShape::NV>(kc, at, bt, 2 * NR, ct, ldc, acc, last, t * MR, n0);
           } else if (nv == 2) {
-            gemm_dot_tile<2>(kc, at, bt, 2 * NR, ct, ldc, acc);
+            gemm_dot_tile<2>(kc, at, bt, 2 * NR, ct, ldc, acc, last, t * MR, n0);
           } else {
-            gemm_dot_tile<1>(kc, at, bt, 2 * NR, ct, ldc, acc);
+            gemm_dot_tile<1>(kc, at, bt, 2 * NR, ct, ldc, acc, last, t * MR, n0);
           }
         }
       }

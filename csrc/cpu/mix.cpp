@@ -38,8 +38,6 @@ namespace {
 constexpr int64_t kTargetPixels = 384;
 // Bytes of the per-thread T scratch (3*ob rows of the group's pixels).
 constexpr int64_t kTBytes = 192 * 1024;
-// Rows per block of the transposing copies.
-constexpr int64_t kBlock = 16;
 
 // Copies images b0 .. b0+n_img-1 of x (all C channels) into the B operand of Ops's GEMM
 // (FloatGemm: NR-pixel tiles, pixel n = i*P + h*W + w of channel c at
@@ -472,6 +470,7 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
     T* buf = x_t + cb_size * np_max + L;                // a group's dx images in T (16-bit)
     // Lanes past a group's last pixel are read (and dropped) by dx's spatial pass: finite.
     std::fill(grk, grk + grk_tiles * MR * ld, T(0));
+    std::vector<int64_t> d_off(static_cast<size_t>(z_tiles * MR));  // d_fuse offset per z row
 
     for (int64_t grp = 0; grp < n_groups; ++grp) {
       const int64_t b0 = grp * group, n_img = std::min(group, B - b0), np = n_img * P;
@@ -560,7 +559,21 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
           for (int64_t c = nc; c < cb_size; ++c) Ops::zero_a_row(zt, np, part * cb_size + c);
         }
         for (int64_t r = 3 * cb_size; r < z_tiles * MR; ++r) Ops::zero_a_row(zt, np, r);
-        Ops::gemm_tiles(z_tiles, ldd, np, zt, gt, dblk + blk * z_tiles * MR * ldd, ldd, grp > 0);
+        // The last group's last pass stores d_fuse^T transposed, straight into d_fuse: row
+        // part*cb_size + c is d_fuse's column part*C + c0 + c; earlier ones sum in dblk.
+        TransposedStore<T> ts;
+        if (grp == n_groups - 1) {
+          for (int64_t r = 0; r < z_tiles * MR; ++r) {
+            const int64_t part = r / cb_size, c = r % cb_size;
+            d_off[r] = part < 3 && c < nc ? (part * C + c0 + c) * p.d_fuse.stride[1] : -1;
+          }
+          ts.base = p.d_fuse.data;
+          ts.row_off = d_off.data();
+          ts.n_stride = p.d_fuse.stride[0];
+          ts.n_end = Co;
+        }
+        Ops::gemm_tiles(z_tiles, ldd, np, zt, gt, dblk + blk * z_tiles * MR * ldd, ldd, grp > 0,
+                        grp == n_groups - 1 ? &ts : nullptr);
         // [gr; gk (; g_id)] = [F_row^T; F_col^T (; F_id^T)] g for this block's channels.
         if constexpr (Ops::kPairs) {
           Ops::gemm_tiles(grk_tiles, n_cols, co_tiles * MR, af + blk * af_size, gb, grk, ld,
@@ -626,33 +639,7 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
       }
       // (implicit barrier before the next group's g overwrites gp and gt)
     }
-    // d_fuse from the blocks' d_fuse^T, in kBlock x kBlock tiles through a local copy: the
-    // block's rows read along o, d_fuse's rows written along its columns, whole lines both.
-#pragma omp for schedule(static)
-    for (int64_t o0 = 0; o0 < Co; o0 += kBlock) {
-      const int64_t on = std::min(Co - o0, kBlock);
-      T tile[kBlock][kBlock];
-      for (int64_t blk = 0; blk < n_cblk; ++blk) {
-        const int64_t c0 = blk * cb_size, nc = std::min(cb_size, C - c0);
-        const T* d = dblk + blk * z_tiles * MR * ldd;
-        for (int64_t part = 0; part < 3; ++part) {
-          for (int64_t j0 = 0; j0 < nc; j0 += kBlock) {
-            const int64_t jn = std::min(nc - j0, kBlock);
-            for (int64_t j = 0; j < jn; ++j) {
-              const T* row = d + (part * cb_size + j0 + j) * ldd + o0;
-              for (int64_t i = 0; i < on; ++i) tile[i][j] = row[i];
-            }
-            for (int64_t i = 0; i < on; ++i) {
-              T* out = p.d_fuse.data + (o0 + i) * p.d_fuse.stride[0] +
-                       (part * C + c0 + j0) * p.d_fuse.stride[1];
-              for (int64_t j = 0; j < jn; ++j) out[j * p.d_fuse.stride[1]] = tile[i][j];
-            }
-          }
-        }
-      }
-    }
   }
-
 
   std::vector<double> total(static_cast<size_t>(part_size + W + H), 0.0);
   for (int64_t blk = 0; blk < n_cblk; ++blk) {
