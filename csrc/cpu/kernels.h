@@ -473,6 +473,8 @@ void pack_a_row(T* ap, int64_t K, int64_t r, const S* data, int64_t k_stride) {
     const int64_t kn = std::min<int64_t>(KB, K - k0);
     if (data == nullptr) {
       for (int64_t kk = 0; kk < kn; ++kk) d[kk] = T(0);
+    } else if (k_stride == 1 && kn == KB) {
+      load_row(data + k0, KB, d);  // a fixed-size copy the compiler inlines (not a call)
     } else if (k_stride == 1) {
       load_row(data + k0, kn, d);
     } else {
