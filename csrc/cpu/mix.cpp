@@ -363,6 +363,64 @@ View<const S, 2> transposed(const View<const S, 2>& v) {
   return t;
 }
 
+// Two float copies of bfloat16 values as one 32-bit pair: lo in the low half, hi in the high.
+inline std::uint32_t pair_bits(float lo, float hi) {
+  return (float_to_bits(lo) >> 16) | (float_to_bits(hi) & 0xffff0000u);
+}
+
+// Rows o0 .. o0+ni-1 of g (rows, ld apart, the first nrow real, the rest zero; np pixels)
+// as columns o0 .. of g^T, the B of z g^T (K = np): element (k, o) at Ops::b_index(k, o, np);
+// the pixel padding of a pair is zero. Whole 8 x 8 blocks (8 rows, 8 pixels or pixel pairs)
+// through transposes, the rest one element at a time.
+template <typename Ops, typename T>
+void pack_g_transposed(const T* rows, int64_t ld, int64_t nrow, int64_t np, int64_t o0,
+                       int64_t ni, typename Ops::BType* gt) {
+  using Bt = typename Ops::BType;
+  constexpr int64_t kStep = Ops::kPairs ? 2 : 1;
+  int64_t k_done = 0;  // pixels done by the transposes
+#if SMLP_CPU_AVX
+  if (nrow == 8 && ni == 8 && o0 % 8 == 0) {
+    if constexpr (!Ops::kPairs && std::is_same_v<T, float> && Ops::MR == 8) {
+      for (; k_done + 8 <= np; k_done += 8) {
+        transpose8x8(rows + k_done, ld, gt + Ops::b_index(k_done, o0, np), Ops::NR);
+      }
+    }
+#if SMLP_CPU_BF16_DOT
+    if constexpr (Ops::kPairs) {
+      // 16 pixels of a row are 8 pairs (32-bit words); 8 rows of them transposed.
+      auto* gt32 = reinterpret_cast<float*>(gt);
+      for (; k_done + 16 <= np; k_done += 16) {
+        alignas(32) std::uint32_t words[8][8];
+        for (int i = 0; i < 8; ++i) {
+          const __m512i bits = _mm512_loadu_si512(rows + i * ld + k_done);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(words[i]),
+                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        }
+        transpose8x8(reinterpret_cast<const float*>(&words[0][0]), 8,
+                     gt32 + Ops::b_index(k_done, o0, np) / 2, Ops::NR);
+      }
+    }
+#endif
+  }
+#endif
+  const int64_t kp = Ops::b_tile(np) / Ops::NR;  // pixels, rounded up to whole pairs
+  for (int64_t i = 0; i < ni; ++i) {
+    const T* row = i < nrow ? rows + i * ld : nullptr;
+    Bt* col = gt + Ops::b_index(0, o0 + i, np);  // column o0 + i, pixel (pair) 0
+    for (int64_t k = k_done; k < kp; k += kStep) {
+      Bt* d = col + (k / kStep) * kStep * Ops::NR;
+      if constexpr (Ops::kPairs) {
+        const T lo = row != nullptr && k < np ? row[k] : T(0);
+        const T hi = row != nullptr && k + 1 < np ? row[k + 1] : T(0);
+        const std::uint32_t w = pair_bits(lo, hi);
+        std::memcpy(d, &w, sizeof w);
+      } else {
+        d[0] = row != nullptr ? row[k] : T(0);
+      }
+    }
+  }
+}
+
 // Ops: FloatGemm<T> (every GEMM in T), or DotGemm (bfloat16 at the avx512bf16 level: the
 // GEMMs' operands rounded to bfloat16, exact for g and x, once for r and k, as PyTorch's
 // own bfloat16 backward rounds them).
@@ -482,46 +540,35 @@ void mix_wgrad_impl(const MixWgradViews<S>& p) {
         T* rows = gp + t * MR * ld;
         pack_rows(p.g, b0, n_img, t * MR, nrow, rows, ld);
         // g^T as the B of z g^T: row k = pixel k, column o = output channel o; columns past
-        // C_out (up to the last NR tile) and the pixel padding zero. Rows t*MR .. of g are
-        // consecutive columns: one pixel (or pixel pair) of them is one contiguous run.
-        {
-          const int64_t tile = Ops::b_tile(np), kp = tile / NR;
-          const int64_t ni = std::min<int64_t>(MR, ldd - t * MR);  // columns of this tile
-          Bt* col[MR];  // column o's element of pixel (pair) 0
-          for (int64_t i = 0; i < ni; ++i) col[i] = gt + Ops::b_index(0, t * MR + i, np);
+        // C_out (up to the last NR tile) and the pixel padding zero.
+        pack_g_transposed<Ops>(rows, ld, nrow, np, t * MR, std::min<int64_t>(MR, ldd - t * MR),
+                               gt);
+        if (t == co_tiles - 1 && co_tiles * MR < ldd) {  // the columns past the last tile
           constexpr int64_t kStep = Ops::kPairs ? 2 : 1;
-          for (int64_t k = 0; k < kp; k += kStep) {
-            const int64_t off = (k / kStep) * kStep * NR;  // pixel (pair) k's row of the tile
-            for (int64_t i = 0; i < ni; ++i) {
-              const T* row = i < nrow ? rows + i * ld : nullptr;
-              Bt* d = col[i] + off;
-              if constexpr (Ops::kPairs) {
-                // g is bfloat16 here: its float copy converts back exactly.
-                d[0] = row != nullptr && k < np ? Ops::exact_b(row[k]) : Bt(0);
-                d[1] = row != nullptr && k + 1 < np ? Ops::exact_b(row[k + 1]) : Bt(0);
-              } else {
-                d[0] = row != nullptr ? row[k] : T(0);
-              }
-            }
-          }
-          if (t == co_tiles - 1) {  // the columns past the last tile of rows
-            for (int64_t o = co_tiles * MR; o < ldd; ++o) {
-              for (int64_t k = 0; k < kp; ++k) gt[Ops::b_index(k, o, np)] = Bt(0);
-            }
+          const int64_t kp = Ops::b_tile(np) / NR, o = co_tiles * MR;
+          for (int64_t k = 0; k < kp; k += kStep) {  // one run per pixel (pair): one NR tile
+            Bt* d = gt + Ops::b_index(k, o, np);
+            std::fill(d, d + (ldd - o) * kStep, Bt(0));
           }
         }
         if constexpr (Ops::kPairs) {
           // Rows t*MR .. of g as rows k of a B (an even count: MR is even), pairs of rows
-          // interleaved; rows past C_out are zero.
+          // interleaved; rows past C_out are zero. g is bfloat16 here: the upper halves of
+          // its float copies are its bits.
           const int64_t K = co_tiles * MR, tile = Ops::b_tile(K);
           for (int64_t i = 0; i < MR; i += 2) {
             const T* r0 = i < nrow ? rows + i * ld : nullptr;
             const T* r1 = i + 1 < nrow ? rows + (i + 1) * ld : nullptr;
             for (int64_t n0 = 0; n0 < n_cols; n0 += NR) {
-              Bt* d = gb + (n0 / NR) * tile + (t * MR + i) * NR;
-              for (int64_t n = 0; n < NR; ++n) {
-                d[2 * n] = r0 != nullptr ? Ops::exact_b(r0[n0 + n]) : Bt(0);
-                d[2 * n + 1] = r1 != nullptr ? Ops::exact_b(r1[n0 + n]) : Bt(0);
+              Bt* d16 = gb + (n0 / NR) * tile + (t * MR + i) * NR;
+              auto* d = reinterpret_cast<std::uint32_t*>(d16);
+              if (r0 != nullptr && r1 != nullptr) {
+                for (int64_t n = 0; n < NR; ++n) d[n] = pair_bits(r0[n0 + n], r1[n0 + n]);
+              } else {
+                for (int64_t n = 0; n < NR; ++n) {
+                  d[n] = pair_bits(r0 != nullptr ? r0[n0 + n] : T(0),
+                                   r1 != nullptr ? r1[n0 + n] : T(0));
+                }
               }
             }
           }
