@@ -19,7 +19,8 @@
 //
 // Weight gradients (and dx): per image group, g is packed twice (rows, the B of F^T g, and
 // g^T, the B of z g^T, z = [x | r | k]); then channel blocks (fixed size, any thread)
-// recompute r and k from x, accumulate their rows of d_fuse^T = z g^T with a GEMM, compute
+// recompute r and k from x, accumulate their rows of d_fuse^T = z g^T with a GEMM (whose
+// last pass, in the last image group, stores its tiles transposed straight into d_fuse), compute
 // [gr; gk; g_id] = [F_row^T; F_col^T; F_id^T] g for their channels, and from those their
 // partial sums of the row/column weight gradients and, if wanted, their channels of
 // dx = g_id + R^T(gr) + K^T(gk). Partials are added in block order at the end (in double),
