@@ -298,6 +298,34 @@ def test_raw_launchers_write_every_element(b, c, c_out, h, w, dtype):
             )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_fuse_weight_gradient_into_a_transposed_view(dtype):
+    """The weight-gradient kernel stores d_fuse from its GEMM's last pass, through 8 x 8
+    transposes where d_fuse's rows are dense; a transposed, offset view of a NaN canvas
+    takes the element-by-element path: every element of the view written, no other. Two
+    image groups and full 8-channel panels (B9, C40), a partial output tile (C_out 37)."""
+    b, c, c_out, h, w = 9, 40, 37, 7, 7
+    x, rw, rb, cw, cb, fw = make_args(b, c, c_out, h, w, dtype=dtype)
+    f_id, f_row, f_col = fw.split(c, dim=1)
+    g = randn(b, c_out, h, w, seed=7, dtype=dtype)
+    canvas = _poisoned(3 * c + 5, c_out + 3, dtype=dtype)
+    d_fuse = canvas[2 : 2 + 3 * c, 1 : 1 + c_out].t()  # (C_out, 3C), strides (1, C_out + 3)
+    outs = [d_fuse] + [_poisoned(*s, dtype=dtype) for s in [(w, w), (w,), (h, h), (h,)]]
+    dx = _poisoned(b, c, h, w, dtype=dtype)
+    _C.cpu_mix_wgrad(
+        *map(tensor_arg, (g, x, rw, rb, cw, cb, f_id, f_row, f_col, *outs, dx)), False, 0
+    )
+    _check_against_reference(
+        d_fuse,
+        lambda *a: R.smlp_mix_bwd_ref(*a).fuse_weight,
+        (g, x, rw, rb, cw, cb, fw),
+        "fuse_weight",
+    )
+    outside = torch.ones_like(canvas, dtype=torch.bool)
+    outside[2 : 2 + 3 * c, 1 : 1 + c_out] = False
+    assert canvas[outside].isnan().all()
+
+
 def _mix_fwd_args(dtype=torch.float32):
     """(tensors, their launcher tuples): the caller holds the tensors while the tuples' raw
     pointers are in use."""
