@@ -555,7 +555,6 @@ struct FloatGemm {
   static T to_b(S v) {
     return load_as<T>(v);
   }
-  static T exact_b(T v) { return v; }
   template <typename S>
   static void pack_a_block(T* ap, int64_t K, int64_t r0, int64_t nr, const S* base, int64_t rs,
                            int64_t ks) {
@@ -676,10 +675,6 @@ struct DotGemm {
   template <typename S>
   static std::uint16_t to_b(S v) {
     return bf16_bits(v);
-  }
-  // A float that holds a bfloat16 value exactly (a bfloat16 tensor read into float).
-  static std::uint16_t exact_b(float v) {
-    return static_cast<std::uint16_t>(float_to_bits(v) >> 16);
   }
   // Rows r0 .. r0+nr-1 with A(r0 + r, k) = base[r*rs + k*ks]; k up to round_up(K, KB) zero.
   template <typename S>
