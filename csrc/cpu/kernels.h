@@ -353,6 +353,37 @@ inline void store_tile_transposed(const T (&tile)[MR][N], const TransposedStore<
   }
 }
 
+// The end of a GEMM tile: C (+)= the MR x NV vectors of acc at c (row-major, ldc), or,
+// with ts, the same values stored transposed through it (C read first if accumulating).
+template <typename T, int MR, int NV>
+inline void store_acc_tile(const typename Simd<T>::V (&acc)[MR][NV], T* c, int64_t ldc,
+                           bool accumulate, const TransposedStore<T>* ts, int64_t r0,
+                           int64_t n0) {
+  using S = Simd<T>;
+  constexpr int L = S::kLanes;
+  if (ts != nullptr) {
+    T tile[MR][NV * L];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) {
+        S::store(&tile[i][j * L], accumulate ? S::load(c + i * ldc + j * L) + acc[i][j]
+                                             : acc[i][j]);
+      }
+    }
+    store_tile_transposed(tile, *ts, r0, n0);
+    return;
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) {
+      T* cp = c + i * ldc + j * L;
+      S::store(cp, accumulate ? S::load(cp) + acc[i][j] : acc[i][j]);
+    }
+  }
+}
+
 template <typename T>
 struct GemmShape {
   // MR x NV accumulators fill the register budget; per k, NV loads of B and MR broadcasts
@@ -397,27 +428,7 @@ inline void gemm_tile(int64_t K, const T* a, const T* b, int64_t ldb, T* c, int6
     }
     a += MR * KB;
   }
-  if (ts != nullptr) {
-    T tile[MR][NV * L];
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) {
-        S::store(&tile[i][j * L], accumulate ? S::load(c + i * ldc + j * L) + acc[i][j]
-                                             : acc[i][j]);
-      }
-    }
-    store_tile_transposed(tile, *ts, r0, n0);
-    return;
-  }
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) {
-      T* cp = c + i * ldc + j * L;
-      S::store(cp, accumulate ? S::load(cp) + acc[i][j] : acc[i][j]);
-    }
-  }
+  store_acc_tile<T, MR, NV>(acc, c, ldc, accumulate, ts, r0, n0);
 }
 
 // C[m][n] (+)= sum_k A[m][k] B[k][n] for m < m_tiles*MR, n < n_cols (a multiple of the
@@ -591,7 +602,8 @@ struct DotShape {
   static constexpr int KC = 384;  // k per pass: a KC x NR slice of B is 36 KiB
   static int64_t panel_size(int64_t K) { return round_up(K, KB) * MR; }
 };
-static_assert(DotShape::NR == GemmShape<float>::NR, "the fp32 and bf16 tiles share C");
+static_assert(DotShape::NR == GemmShape<float>::NR && DotShape::L == Simd<float>::kLanes,
+              "the fp32 and bf16 tiles share C and its vectors");
 
 template <typename S>
 inline std::uint16_t bf16_bits(S v) {
@@ -607,13 +619,10 @@ inline void gemm_dot_tile(int64_t K, const std::uint16_t* a, const std::uint16_t
                           int64_t ldb, float* c, int64_t ldc, bool accumulate,
                           const TransposedStore<float>* ts = nullptr, int64_t r0 = 0,
                           int64_t n0 = 0) {
+  using V = Simd<float>::V;  // a zmm of floats, as __m512
   constexpr int MR = DotShape::MR, KB = DotShape::KB, L = DotShape::L;
-  __m512 acc[MR][NV];
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
-  }
+  V acc[MR][NV];
+  zero_tile<float, MR, NV>(acc);
   for (int64_t k0 = 0; k0 < K; k0 += KB) {
     const int pairs = static_cast<int>((std::min<int64_t>(KB, K - k0) + 1) / 2);
     for (int kp = 0; kp < pairs; ++kp) {
@@ -628,36 +637,16 @@ inline void gemm_dot_tile(int64_t K, const std::uint16_t* a, const std::uint16_t
         std::memcpy(&pair, a + i * KB + 2 * kp, sizeof pair);
         const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
 #pragma GCC unroll 8
-        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, bv[j]);
+        for (int j = 0; j < NV; ++j) {
+          acc[i][j] = reinterpret_cast<V>(
+              _mm512_dpbf16_ps(reinterpret_cast<__m512>(acc[i][j]), av, bv[j]));
+        }
       }
       b += ldb;
     }
     a += MR * KB;
   }
-  if (ts != nullptr) {
-    float tile[MR][NV * L];
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 8
-      for (int j = 0; j < NV; ++j) {
-        const float* cp = c + i * ldc + j * L;
-        _mm512_storeu_ps(&tile[i][j * L], accumulate
-                                              ? _mm512_add_ps(_mm512_loadu_ps(cp), acc[i][j])
-                                              : acc[i][j]);
-      }
-    }
-    store_tile_transposed(tile, *ts, r0, n0);
-    return;
-  }
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NV; ++j) {
-      float* cp = c + i * ldc + j * L;
-      _mm512_storeu_ps(cp, accumulate ? _mm512_add_ps(_mm512_loadu_ps(cp), acc[i][j])
-                                      : acc[i][j]);
-    }
-  }
+  store_acc_tile<float, MR, NV>(acc, c, ldc, accumulate, ts, r0, n0);
 }
 
 // The bfloat16 twin of FloatGemm (same interface; A and B hold bfloat16 bits).
